@@ -1,0 +1,29 @@
+//! Everything the eBPF programs and the agent must agree on.
+//!
+//! * [`maps`]: the `#[repr(C)]` keys and values of every BPF map, with explicit
+//!   padding and compile-time size checks, plus the map names.
+//! * [`stats`]: the per-CPU counter slots (one per verdict or drop reason).
+//! * [`flow`]: the flow hash and the slot choice, used by the programs for new
+//!   flows and by the agent and tests to predict them.
+//!
+//! Addresses and ports inside map keys and values are kept exactly as they
+//! appear on the wire (network byte order), so the programs never swap bytes;
+//! the [`maps::ip`] helpers convert on the userspace side.
+#![no_std]
+
+pub mod flow;
+pub mod maps;
+pub mod stats;
+
+/// Default East-West UDP port (the one Oakestra's NetManager uses too).
+pub const DEFAULT_EWP: u16 = 50103;
+/// Default North-South UDP port.
+pub const DEFAULT_NSP: u16 = 50104;
+/// Bytes the tunnel adds: outer IPv4 (20) + UDP (8).
+pub const ENCAP_OVERHEAD: u16 = 28;
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;

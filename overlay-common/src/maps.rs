@@ -1,0 +1,218 @@
+//! Map names, keys and values.
+//!
+//! Lookup order of the from-instance program for a new flow:
+//! `SERVIPS[dst]` → `SVC_PORTS[service, port, proto]` → `SLOTS[servip, hash % count]`
+//! → `BACKENDS[id]` → (`ENDPOINTS[nsip]` if the backend is local, else `NODES[node]`).
+//! Established flows hit `CONNTRACK` first and skip the rest.
+
+/// Pinned map names (the agent pins them under its per-node directory).
+pub mod names {
+    pub const CONFIG: &str = "CONFIG";
+    pub const STATS: &str = "STATS";
+    pub const SERVIPS: &str = "SERVIPS";
+    pub const SVC_PORTS: &str = "SVC_PORTS";
+    pub const SLOTS: &str = "SLOTS";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    pub const NODES: &str = "NODES";
+    pub const PEERS: &str = "PEERS";
+    pub const ROUTES: &str = "ROUTES";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const ALL: [&str; 11] = [
+        CONFIG, STATS, SERVIPS, SVC_PORTS, SLOTS, BACKENDS, ENDPOINTS, NODES, PEERS, ROUTES,
+        CONNTRACK,
+    ];
+}
+
+/// Capacities. Sized for thousands of services per cluster; the LRU
+/// conntrack evicts the oldest flows when full.
+pub mod capacity {
+    pub const SERVIPS: u32 = 65_536;
+    pub const SVC_PORTS: u32 = 65_536;
+    pub const SLOTS: u32 = 262_144;
+    pub const BACKENDS: u32 = 65_536;
+    pub const ENDPOINTS: u32 = 4_096;
+    pub const NODES: u32 = 1_024;
+    pub const ROUTES: u32 = 1_024;
+    pub const CONNTRACK: u32 = 262_144;
+}
+
+/// Balancing policy a ServIP names.
+pub mod policy {
+    pub const CLOSEST: u8 = 1;
+    pub const ROUNDROBIN: u8 = 2;
+    pub const FASTEST: u8 = 3;
+    pub const FIXED: u8 = 4;
+}
+
+/// The node-wide settings, index 0 of the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// This node's id (as used in `Backend::node`); never 0 once configured.
+    pub node_id: u32,
+    /// Outer source address of encapsulated packets (network order).
+    pub node_ip: u32,
+    pub uplink_ifindex: u32,
+    /// East-West port, network order.
+    pub ewp: u16,
+    /// MTU of the instance links (uplink MTU minus the tunnel overhead).
+    pub mtu: u16,
+}
+
+/// `SERVIPS[servip]`: what a ServIP (or a fixed instance IP) stands for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServIp {
+    pub service: u32,
+    /// Number of valid slots in `SLOTS` for this ServIP; 0 means no backend.
+    pub count: u16,
+    pub policy: u8,
+    pub _pad: u8,
+}
+
+/// `SVC_PORTS` key: a port the service forwards. ICMP echo uses port 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub service: u32,
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// `SLOTS` key: slot `slot` of a ServIP's table; the value is a backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SlotKey {
+    pub servip: u32,
+    pub slot: u32,
+}
+
+/// `BACKENDS[id]`: an instance a slot can point at.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// NamespaceIP, network order.
+    pub nsip: u32,
+    /// Node id; equal to `Config::node_id` for a local instance.
+    pub node: u32,
+}
+
+/// `ENDPOINTS[nsip]`: an instance on this node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host-side veth: packets from the instance enter here, and
+    /// `bpf_redirect_peer` to it lands inside the instance.
+    pub ifindex: u32,
+    pub service: u32,
+    pub instance: u32,
+    /// MAC of the instance's interface (destination of delivered frames).
+    pub mac: [u8; 6],
+    /// MAC of the host-side veth (source of delivered frames).
+    pub host_mac: [u8; 6],
+}
+
+/// `NODES[id]`: where to send tunnel packets for a node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Node {
+    /// Node IP (or its NAT-mapped public IP), network order.
+    pub ip: u32,
+    /// Its EWP (or NAT-mapped port), network order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// `CONNTRACK` key: a 5-tuple as seen on the wire in one direction.
+/// ICMP echo uses the echo identifier as both ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Direction of a conntrack entry.
+pub mod ct {
+    /// Client → ServIP: `addr` is the chosen backend's NamespaceIP.
+    pub const FORWARD: u8 = 1;
+    /// Backend → client: `addr` is the ServIP to restore as source.
+    pub const REVERSE: u8 = 2;
+}
+
+/// `CONNTRACK` value. Written once when a flow starts; never per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    pub addr: u32,
+    /// Forward entries: the backend's node id.
+    pub node: u32,
+    pub service: u32,
+    pub dir: u8,
+    pub _pad: [u8; 3],
+}
+
+/// One `STATS` slot (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<Config>() == 16);
+    assert!(core::mem::size_of::<ServIp>() == 8);
+    assert!(core::mem::size_of::<PortKey>() == 8);
+    assert!(core::mem::size_of::<SlotKey>() == 8);
+    assert!(core::mem::size_of::<Backend>() == 8);
+    assert!(core::mem::size_of::<Endpoint>() == 24);
+    assert!(core::mem::size_of::<Node>() == 8);
+    assert!(core::mem::size_of::<CtKey>() == 16);
+    assert!(core::mem::size_of::<CtEntry>() == 16);
+    assert!(core::mem::size_of::<Counter>() == 16);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are `#[repr(C)]` plain data with explicit padding.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for ServIp {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for Node {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for Counter {}
+}
+
+/// Conversions between `core::net` types and the wire-order integers in maps.
+pub mod ip {
+    use core::net::Ipv4Addr;
+
+    pub fn to_wire(ip: Ipv4Addr) -> u32 {
+        u32::from_ne_bytes(ip.octets())
+    }
+
+    pub fn from_wire(raw: u32) -> Ipv4Addr {
+        Ipv4Addr::from(raw.to_ne_bytes())
+    }
+
+    pub fn port_to_wire(port: u16) -> u16 {
+        port.to_be()
+    }
+
+    pub fn port_from_wire(raw: u16) -> u16 {
+        u16::from_be(raw)
+    }
+}

@@ -1,0 +1,72 @@
+//! Counter slots of the per-CPU `STATS` array: one per verdict and drop reason.
+//!
+//! Every packet a program handles is counted in exactly one slot, so the sum of
+//! all slots is the number of packets seen.
+
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $name:ident = $label:literal,)*) => {
+        /// Why a program did what it did with a packet.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Reason { $($(#[$doc])* $name,)* }
+
+        impl Reason {
+            pub const ALL: &'static [Reason] = &[$(Reason::$name,)*];
+
+            /// Stable name used by `overlay-ctl maps stats`.
+            pub const fn label(self) -> &'static str {
+                match self { $(Reason::$name => $label,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Not for the overlay: handed to the kernel unchanged.
+    Pass = "pass",
+    /// Delivered into a local instance.
+    DeliverLocal = "deliver_local",
+    /// Encapsulated toward another node.
+    Encap = "encap",
+    /// Decapsulated from a registered node and delivered.
+    Decap = "decap",
+    /// A new flow to a ServIP chose a backend (counted besides its delivery).
+    NewFlow = "new_flow",
+    /// ICMP error generated toward the sender (no backend, closed port, too big).
+    IcmpReply = "icmp_reply",
+    /// Truncated or inconsistent headers.
+    DropMalformed = "drop_malformed",
+    /// IPv4 with options on the overlay path (unsupported, see docs).
+    DropIpOptions = "drop_ip_options",
+    /// IPv4 fragment on the overlay path (unsupported, see docs).
+    DropFragment = "drop_fragment",
+    /// Source address is not the instance's NamespaceIP.
+    DropSpoofed = "drop_spoofed",
+    /// Tunnel packet from an address that is not a registered node.
+    DropUnknownPeer = "drop_unknown_peer",
+    /// ServIP without backends (answered with ICMP host unreachable).
+    DropNoBackend = "drop_no_backend",
+    /// Port or protocol the service does not forward (ICMP port unreachable).
+    DropPort = "drop_port",
+    /// Larger than the overlay MTU with DF set (ICMP fragmentation needed).
+    DropTooBig = "drop_too_big",
+    /// Decapsulated packet for a NamespaceIP that is not on this node.
+    DropNoEndpoint = "drop_no_endpoint",
+    /// Slot or backend missing while the agent rewrites a table, or no route.
+    DropNoRoute = "drop_no_route",
+    /// A kernel helper refused (room adjustment, checksum, redirect).
+    DropHelper = "drop_helper",
+}
+
+/// Number of slots in `STATS`.
+pub const REASONS: u32 = Reason::ALL.len() as u32;
+
+impl Reason {
+    pub fn from_index(i: u32) -> Option<Reason> {
+        Reason::ALL.get(i as usize).copied()
+    }
+
+    pub fn is_drop(self) -> bool {
+        self.label().starts_with("drop_")
+    }
+}

@@ -1,0 +1,169 @@
+//! The eBPF dataplane: the embedded object, loading, attaching and pinning.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Map, MapData, PerCpuArray};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, xdp::XdpMode};
+use aya::{Ebpf, EbpfLoader};
+use overlay_common::maps::{Counter, names};
+use overlay_common::stats::{REASONS, Reason};
+
+/// The eBPF object built by `overlay-build` (the same as `cargo xtask build-ebpf`).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay-ebpf.o"));
+
+/// Program names inside [`OBJECT`].
+pub mod programs {
+    /// TC ingress on each instance's host-side veth.
+    pub const FROM_INSTANCE: &str = "from_instance";
+    /// XDP on the uplink.
+    pub const UPLINK_XDP: &str = "uplink_xdp";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("eBPF object has no {0}")]
+    Missing(&'static str),
+    #[error(
+        "cannot open pinned map {path}: {source} (is an agent running with this pin directory?)"
+    )]
+    Pinned {
+        path: PathBuf,
+        source: aya::maps::MapError,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A loaded copy of the dataplane.
+pub struct Dataplane {
+    ebpf: Ebpf,
+}
+
+impl Dataplane {
+    /// Loads the object. With `pin_dir`, every map is pinned there by name and
+    /// an already pinned map is reused, so a restarted agent adopts the state.
+    pub fn load(pin_dir: Option<&Path>) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, PathBuf)> = pin_dir
+            .map(|d| names::ALL.iter().map(|n| (*n, d.join(n))).collect())
+            .unwrap_or_default();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        Ok(Dataplane {
+            ebpf: loader.load(OBJECT)?,
+        })
+    }
+
+    pub fn ebpf(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// A TC program, loaded into the kernel (verified) and ready to attach or test-run.
+    pub fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(Error::Missing(name))?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| Error::Program { name, source })?;
+        }
+        Ok(prog)
+    }
+
+    /// An XDP program, loaded and ready to attach or test-run.
+    pub fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(Error::Missing(name))?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| Error::Program { name, source })?;
+        }
+        Ok(prog)
+    }
+
+    /// Attaches the from-instance program to an instance's host-side veth (TCX ingress).
+    pub fn attach_instance(&mut self, ifname: &str) -> Result<()> {
+        let name = programs::FROM_INSTANCE;
+        let prog = self.classifier(name)?;
+        prog.attach(ifname, TcAttachType::Ingress)
+            .map_err(|source| Error::Program { name, source })?;
+        Ok(())
+    }
+
+    /// Attaches the uplink programs.
+    pub fn attach_uplink(&mut self, ifname: &str) -> Result<()> {
+        let name = programs::UPLINK_XDP;
+        let prog = self.xdp(name)?;
+        prog.attach(ifname, XdpMode::default())
+            .map_err(|source| Error::Program { name, source })?;
+        Ok(())
+    }
+
+    /// Per-reason counters summed over CPUs.
+    pub fn stats(&self) -> Result<Vec<(Reason, Counter)>> {
+        let map = self
+            .ebpf
+            .map(names::STATS)
+            .ok_or(Error::Missing(names::STATS))?;
+        let array =
+            PerCpuArray::<&MapData, Counter>::try_from(map).map_err(|source| Error::Map {
+                name: names::STATS,
+                source,
+            })?;
+        sum_stats(&array)
+    }
+}
+
+/// Per-reason counters read from the pinned `STATS` map in `pin_dir`.
+pub fn pinned_stats(pin_dir: &Path) -> Result<Vec<(Reason, Counter)>> {
+    let path = pin_dir.join(names::STATS);
+    let data = MapData::from_pin(&path).map_err(|source| Error::Pinned {
+        path: path.clone(),
+        source,
+    })?;
+    let map = Map::PerCpuArray(data);
+    let array = PerCpuArray::<MapData, Counter>::try_from(map).map_err(|source| Error::Map {
+        name: names::STATS,
+        source,
+    })?;
+    sum_stats(&array)
+}
+
+fn sum_stats<T: std::borrow::Borrow<MapData>>(
+    array: &PerCpuArray<T, Counter>,
+) -> Result<Vec<(Reason, Counter)>> {
+    (0..REASONS)
+        .filter_map(|i| Reason::from_index(i).map(|r| (i, r)))
+        .map(|(i, reason)| {
+            let per_cpu = array.get(&i, 0).map_err(|source| Error::Map {
+                name: names::STATS,
+                source,
+            })?;
+            let total = per_cpu.iter().fold(Counter::default(), |acc, c| Counter {
+                packets: acc.packets + c.packets,
+                bytes: acc.bytes + c.bytes,
+            });
+            Ok((reason, total))
+        })
+        .collect()
+}

@@ -1,0 +1,19 @@
+//! The overlay's eBPF programs, one file per hook. All policy lives in maps
+//! that the agent fills (see `overlay_common::maps`).
+#![no_std]
+#![no_main]
+
+mod from_instance;
+mod maps;
+mod uplink_xdp;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable by construction: no code path panics (no unwrap, no indexing).
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,1 @@
+//! Machine preparation for tests and the demo.

@@ -1,0 +1,7 @@
+//! `cargo xtask test` and `cargo xtask demo`.
+pub fn run() -> anyhow::Result<()> {
+    anyhow::bail!("not yet")
+}
+pub fn demo() -> anyhow::Result<()> {
+    anyhow::bail!("not yet")
+}
