@@ -58,17 +58,8 @@ impl<'a> Options<'a> {
 /// Secures the toolchain, builds `overlay-ebpf` with BTF, returns the object's path.
 pub fn build_ebpf(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let tc = ensure_toolchain(log)?;
-    let mut cmd = tc.nightly_cargo();
-    cmd.current_dir(opts.workspace)
-        .args(["build", "--package", PACKAGE, "--bins", "--target", TARGET])
-        .args(["-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(&opts.target_dir)
-        // BTF for CO-RE and readable verifier logs; the cfg is what aya-ebpf expects.
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
-        );
+    let mut cmd = ebpf_cargo(&tc, "build", opts.workspace, &opts.target_dir);
+    cmd.arg("--bins");
     if opts.release {
         cmd.arg("--release");
     }
@@ -85,6 +76,58 @@ pub fn build_ebpf(opts: &Options, log: &mut dyn FnMut(&str)) -> Result<PathBuf> 
         )));
     }
     Ok(object)
+}
+
+/// Secures the toolchain and runs clippy on `overlay-ebpf` for its target,
+/// with the environment of [`build_ebpf`] and every warning an error.
+pub fn clippy_ebpf(workspace: &Path, log: &mut dyn FnMut(&str)) -> Result<()> {
+    let tc = ensure_toolchain(log)?;
+    ensure_nightly_clippy(&tc, log)?;
+    let opts = Options::new(workspace, false);
+    let mut cmd = ebpf_cargo(&tc, "clippy", workspace, &opts.target_dir);
+    cmd.args(["--", "-D", "warnings"]);
+    run(
+        &mut cmd,
+        "clippy found problems in overlay-ebpf (output above)",
+    )
+}
+
+/// `cargo +nightly <subcommand> --package overlay-ebpf` for the eBPF target,
+/// with `build-std`, the given target directory and the flags every eBPF
+/// build needs; callers add their own arguments.
+fn ebpf_cargo(tc: &Toolchain, subcommand: &str, workspace: &Path, target_dir: &Path) -> Command {
+    let mut cmd = tc.nightly_cargo();
+    cmd.current_dir(workspace)
+        .args([subcommand, "--package", PACKAGE, "--target", TARGET])
+        .args(["-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(target_dir)
+        // BTF for CO-RE and readable verifier logs; the cfg is what aya-ebpf expects.
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        );
+    // BPF code must be optimised in every profile (unoptimised code does not
+    // verify); set for the nested build only, so host crates keep their profile.
+    for profile in ["DEV", "RELEASE"] {
+        cmd.env(format!("CARGO_PROFILE_{profile}_OPT_LEVEL"), "3")
+            .env(format!("CARGO_PROFILE_{profile}_DEBUG_ASSERTIONS"), "false")
+            .env(format!("CARGO_PROFILE_{profile}_OVERFLOW_CHECKS"), "false")
+            .env(format!("CARGO_PROFILE_{profile}_CODEGEN_UNITS"), "1");
+    }
+    cmd
+}
+
+/// Adds clippy to the nightly toolchain when it lacks it.
+fn ensure_nightly_clippy(tc: &Toolchain, log: &mut dyn FnMut(&str)) -> Result<()> {
+    if output(tc.nightly_cargo().args(["clippy", "--version"])).is_some() {
+        return Ok(());
+    }
+    log("installing clippy for the nightly toolchain");
+    run(
+        Command::new("rustup").args(["component", "add", "clippy", "--toolchain", "nightly"]),
+        "could not add clippy: run `rustup component add clippy --toolchain nightly`",
+    )
 }
 
 /// Runs a command with inherited output; maps a failure to `what`.

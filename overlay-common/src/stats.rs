@@ -30,10 +30,8 @@ reasons! {
     Encap = "encap",
     /// Decapsulated from a registered node and delivered.
     Decap = "decap",
-    /// A new flow to a ServIP chose a backend (counted besides its delivery).
+    /// A new flow to a ServIP chose a backend (counted besides the packet's own verdict).
     NewFlow = "new_flow",
-    /// ICMP error generated toward the sender (no backend, closed port, too big).
-    IcmpReply = "icmp_reply",
     /// Truncated or inconsistent headers.
     DropMalformed = "drop_malformed",
     /// IPv4 with options on the overlay path (unsupported, see docs).

@@ -15,7 +15,9 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub mod programs {
     /// TC ingress on each instance's host-side veth.
     pub const FROM_INSTANCE: &str = "from_instance";
-    /// XDP on the uplink.
+    /// TC ingress on the uplink: decapsulation and delivery.
+    pub const UPLINK: &str = "uplink";
+    /// XDP on the uplink: early drop of tunnel packets from unknown sources.
     pub const UPLINK_XDP: &str = "uplink_xdp";
 }
 
@@ -110,11 +112,15 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Attaches the uplink programs.
+    /// Attaches the uplink programs (XDP, then TCX ingress).
     pub fn attach_uplink(&mut self, ifname: &str) -> Result<()> {
         let name = programs::UPLINK_XDP;
         let prog = self.xdp(name)?;
         prog.attach(ifname, XdpMode::default())
+            .map_err(|source| Error::Program { name, source })?;
+        let name = programs::UPLINK;
+        let prog = self.classifier(name)?;
+        prog.attach(ifname, TcAttachType::Ingress)
             .map_err(|source| Error::Program { name, source })?;
         Ok(())
     }

@@ -1,20 +1,131 @@
 //! TC ingress on the host side of each instance's veth: everything an
 //! instance sends enters the overlay here.
+//!
+//! Source must be the instance's NamespaceIP. A ServIP destination is
+//! translated to a backend (conntrack first, slot table for new flows); a
+//! reply to a translated flow gets its ServIP back; then the packet goes into
+//! a local instance (`bpf_redirect_peer`) or through the tunnel to its node.
+//! Destinations outside the overlay go to the node's own stack.
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use overlay_common::stats::Reason;
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use overlay_common::{
+    maps::{Config, Endpoint, ServIp, ct},
+    stats::Reason,
+};
 
-use crate::maps::count;
+use crate::icmp;
+use crate::maps::{ENDPOINTS, NODES, ROUTES, SERVIPS, config, count};
+use crate::nat;
+use crate::packet::{self, Flow, IP_DST, IP_OFF, L4, L4_OFF};
+use crate::tunnel;
 
 #[classifier]
 pub fn from_instance(ctx: TcContext) -> i32 {
     match try_from_instance(&ctx) {
-        Ok(action) => action,
-        Err(()) => TC_ACT_OK,
+        Ok((action, reason)) => {
+            count(reason, ctx.len());
+            action
+        }
+        Err(reason) => {
+            count(reason, ctx.len());
+            TC_ACT_SHOT as i32
+        }
     }
 }
 
-fn try_from_instance(ctx: &TcContext) -> Result<i32, ()> {
-    count(Reason::Pass, ctx.len());
-    Ok(TC_ACT_OK)
+/// Where a packet is headed inside the overlay.
+enum Dest {
+    Local(Endpoint),
+    Remote(u32),
+}
+
+#[inline(always)]
+fn try_from_instance(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
+    let pass = Ok((TC_ACT_OK as i32, Reason::Pass));
+    packet::pull(ctx);
+    let Some(ip) = packet::ipv4(ctx, IP_OFF)? else {
+        return pass;
+    };
+    let Some(cfg) = config() else {
+        return pass;
+    };
+    // SAFETY: values are copied out of the maps at once.
+    let ep = unsafe { ENDPOINTS.get(&ip.saddr) }.copied();
+    // SAFETY: reading the program's own context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if ep.is_none_or(|ep| ep.ifindex != ifindex) {
+        return Err(Reason::DropSpoofed);
+    }
+    if let Some(sv) = unsafe { SERVIPS.get(&ip.daddr) }.copied() {
+        let f = packet::flow(ctx, &ip, L4_OFF)?;
+        return to_servip(ctx, cfg, f, &sv);
+    }
+    let Some(dest) = route(ip.daddr) else {
+        return pass;
+    };
+    let mut f = packet::flow(ctx, &ip, L4_OFF)?;
+    nat::reverse(ctx, &mut f)?;
+    send(ctx, cfg, &f, dest)
+}
+
+#[inline(always)]
+fn to_servip(ctx: &TcContext, cfg: &Config, mut f: Flow, sv: &ServIp) -> Result<(i32, Reason), Reason> {
+    if f.l4 == L4::IcmpError {
+        let e = nat::icmp_error(ctx, &f, ct::FORWARD)?.ok_or(Reason::DropPort)?;
+        f.daddr = e.addr;
+        return send(ctx, cfg, &f, dest_of(e.addr, e.node, cfg)?);
+    }
+    let t = match nat::backend(&f, sv, cfg.node_id) {
+        Ok(t) => t,
+        Err(r @ Reason::DropPort) => return Ok((icmp::unreachable(ctx, icmp::CODE_PORT_UNREACH, 0)?, r)),
+        Err(r @ Reason::DropNoBackend) => return Ok((icmp::unreachable(ctx, icmp::CODE_HOST_UNREACH, 0)?, r)),
+        Err(r) => return Err(r),
+    };
+    nat::rewrite(ctx, f.l4, IP_DST, f.daddr, t.nsip)?;
+    f.daddr = t.nsip;
+    send(ctx, cfg, &f, dest_of(t.nsip, t.node, cfg)?)
+}
+
+#[inline(always)]
+fn dest_of(nsip: u32, node: u32, cfg: &Config) -> Result<Dest, Reason> {
+    if node != cfg.node_id {
+        return Ok(Dest::Remote(node));
+    }
+    // SAFETY: value copied out at once.
+    let ep = unsafe { ENDPOINTS.get(&nsip) }.copied().ok_or(Reason::DropNoEndpoint)?;
+    Ok(Dest::Local(ep))
+}
+
+/// A local instance, or the node whose subnet holds `addr`.
+#[inline(always)]
+fn route(addr: u32) -> Option<Dest> {
+    // SAFETY: values copied out at once.
+    if let Some(ep) = unsafe { ENDPOINTS.get(&addr) } {
+        return Some(Dest::Local(*ep));
+    }
+    ROUTES.get(&Key::new(32, addr)).map(|node| Dest::Remote(*node))
+}
+
+#[inline(always)]
+fn send(ctx: &TcContext, cfg: &Config, f: &Flow, dest: Dest) -> Result<(i32, Reason), Reason> {
+    match dest {
+        Dest::Local(ep) => Ok((tunnel::to_endpoint(ctx, &ep)?, Reason::DeliverLocal)),
+        Dest::Remote(id) => {
+            // SAFETY: value copied out at once.
+            let node = unsafe { NODES.get(&id) }.copied().ok_or(Reason::DropNoRoute)?;
+            if f.len > cfg.mtu && !tunnel::is_gso(ctx) {
+                if f.df {
+                    let action = icmp::unreachable(ctx, icmp::CODE_FRAG_NEEDED, cfg.mtu)?;
+                    return Ok((action, Reason::DropTooBig));
+                }
+                return Err(Reason::DropTooBig);
+            }
+            Ok((tunnel::encap(ctx, cfg, &node, f)?, Reason::Encap))
+        }
+    }
 }

@@ -4,7 +4,12 @@
 #![no_main]
 
 mod from_instance;
+mod icmp;
 mod maps;
+mod nat;
+mod packet;
+mod tunnel;
+mod uplink;
 mod uplink_xdp;
 
 #[cfg(not(test))]

@@ -1,8 +1,12 @@
 //! `cargo xtask <command>`: the developer's entry points.
 //!
 //! * `build-ebpf [--release]`: secure the eBPF toolchain and build `overlay-ebpf`.
-//! * `test`: prepare the machine (packages, bpffs) and run every test and lint.
-//! * `demo`: a live overlay in network namespaces, with its counters.
+//! * `test [-- CARGO_TEST_ARGS]`: prepare the machine (root, packages, bpffs)
+//!   and run every lint and test.
+//! * `demo`: a live dataplane in network namespaces, with its counters.
+//!
+//! The xtask depends on neither `overlay-ctl` nor the eBPF object, so it
+//! compiles even when the eBPF build is broken.
 
 mod build;
 mod prepare;
@@ -26,9 +30,15 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
-    /// Run lints, host unit tests, eBPF packet tests and namespace end-to-end tests.
-    Test,
-    /// Run the overlay in network namespaces and show its counters.
+    /// As root: prepare the machine, then fmt, clippy (host and eBPF), all tests,
+    /// and a check that no test namespace is left.
+    Test {
+        /// Extra arguments for `cargo test`, after `--`; e.g.
+        /// `cargo xtask test -- ping -- --nocapture`.
+        #[arg(last = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// As root: run the dataplane in network namespaces and show its counters.
     Demo,
 }
 
@@ -38,8 +48,8 @@ fn main() {
         Cmd::BuildEbpf { release } => build::build_ebpf(release).map(|p| {
             println!("{}", p.display());
         }),
-        Cmd::Test => test::run(),
-        Cmd::Demo => test::demo(),
+        Cmd::Test { cargo_test_args } => test::run(&cargo_test_args),
+        Cmd::Demo => test::demo().map(|code| std::process::exit(code)),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -53,4 +63,21 @@ pub fn workspace() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_args_after_double_dash_go_to_cargo_test() {
+        let cli =
+            Cli::try_parse_from(["xtask", "test", "--", "ping", "--", "--nocapture"]).unwrap();
+        let Cmd::Test { cargo_test_args } = cli.cmd else {
+            panic!("not the test command");
+        };
+        assert_eq!(cargo_test_args, ["ping", "--", "--nocapture"]);
+        let cli = Cli::try_parse_from(["xtask", "test"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Test { cargo_test_args } if cargo_test_args.is_empty()));
+    }
 }

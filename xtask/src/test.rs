@@ -1,7 +1,183 @@
 //! `cargo xtask test` and `cargo xtask demo`.
-pub fn run() -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::prepare::prepare;
+
+const TEST_NEEDS: &str = "the end-to-end tests build network namespaces and load eBPF programs";
+const DEMO_NEEDS: &str = "the demo builds network namespaces and loads eBPF programs";
+
+type StepFn<'a> = Box<dyn FnOnce() -> anyhow::Result<()> + 'a>;
+
+/// Runs every step in order; the first failure stops the run. `cargo_test_args`
+/// are appended to `cargo test`.
+pub fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
+    let ws = crate::workspace();
+    let ws = ws.as_path();
+    let mut test_args = vec!["test", "--workspace", "--exclude", "overlay-ebpf"];
+    test_args.extend(cargo_test_args.iter().map(String::as_str));
+    let steps: Vec<(&str, String, StepFn)> = vec![
+        (
+            "prepare",
+            "root, Debian packages, bpffs, stale namespaces".into(),
+            Box::new(|| prepare("cargo xtask test", TEST_NEEDS)),
+        ),
+        (
+            "fmt",
+            "cargo fmt --all --check".into(),
+            Box::new(move || cargo(ws, &["fmt", "--all", "--check"])),
+        ),
+        (
+            "clippy",
+            "cargo clippy --workspace --exclude overlay-ebpf --all-targets -- -D warnings".into(),
+            Box::new(move || {
+                cargo(
+                    ws,
+                    &[
+                        "clippy",
+                        "--workspace",
+                        "--exclude",
+                        "overlay-ebpf",
+                        "--all-targets",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ],
+                )
+            }),
+        ),
+        (
+            "clippy-ebpf",
+            "cargo +nightly clippy --package overlay-ebpf --target bpfel-unknown-none -- -D warnings"
+                .into(),
+            Box::new(move || {
+                overlay_build::clippy_ebpf(ws, &mut |m| println!("clippy-ebpf: {m}"))?;
+                Ok(())
+            }),
+        ),
+        (
+            "test",
+            format!("cargo {}", test_args.join(" ")),
+            Box::new(move || cargo(ws, &test_args)),
+        ),
+        (
+            "leftovers",
+            "no ovt* namespace may remain".into(),
+            Box::new(no_leftover_namespaces),
+        ),
+    ];
+
+    let total = steps.len();
+    let mut timings: Vec<(&str, Duration)> = Vec::new();
+    let mut failure = None;
+    for (i, (name, what, step)) in steps.into_iter().enumerate() {
+        println!("==> [{}/{total}] {name}: {what}", i + 1);
+        let start = Instant::now();
+        let result = step();
+        timings.push((name, start.elapsed()));
+        if let Err(e) = result {
+            failure = Some((name, e));
+            break;
+        }
+    }
+    println!("==> timings");
+    for (name, took) in &timings {
+        println!("    {name:<12} {:>7.1}s", took.as_secs_f64());
+    }
+    let sum: Duration = timings.iter().map(|(_, d)| *d).sum();
+    println!("    {:<12} {:>7.1}s", "total", sum.as_secs_f64());
+    match failure {
+        Some((name, e)) => Err(e.context(format!("cargo xtask test: step `{name}` failed"))),
+        None => {
+            println!("==> all {total} steps passed");
+            Ok(())
+        }
+    }
 }
-pub fn demo() -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+
+/// `cargo ARGS` in the workspace with the cargo that runs the xtask.
+fn cargo(ws: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(cargo_bin())
+        .current_dir(ws)
+        .args(args)
+        .status()
+        .context("cannot start cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn cargo_bin() -> OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+fn no_leftover_namespaces() -> anyhow::Result<()> {
+    let left: Vec<String> = overlay_testnet::list_netns()
+        .context("listing network namespaces")?
+        .into_iter()
+        .filter(|n| n.starts_with("ovt"))
+        .collect();
+    if !left.is_empty() {
+        bail!(
+            "the tests left network namespaces behind: {} (a test does not drop its Netns/Topology; delete them with `ip netns del NAME`)",
+            left.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Prepares the machine and runs `overlay-ctl`'s `demo` example; returns
+/// its exit code. Ctrl-C reaches the demo, which cleans up; should it die
+/// anyway, its namespaces are deleted here once it has exited.
+pub fn demo() -> anyhow::Result<i32> {
+    prepare("cargo xtask demo", DEMO_NEEDS)?;
+    let _guard = IgnoreSigint::install()?;
+    let status = Command::new(cargo_bin())
+        .current_dir(crate::workspace())
+        .args(["run", "--quiet", "-p", "overlay-ctl", "--example", "demo"])
+        .status()
+        .context("cannot start cargo")?;
+    let deleted = overlay_testnet::cleanup_stale().context("deleting the demo's namespaces")?;
+    if deleted > 0 {
+        eprintln!("demo: deleted {deleted} namespace(s) the demo left behind");
+    }
+    Ok(status.code().unwrap_or_else(|| {
+        use std::os::unix::process::ExitStatusExt;
+        128 + status.signal().unwrap_or(1)
+    }))
+}
+
+/// While alive, SIGINT does not kill the xtask (so it can clean up after the
+/// demo); a handler rather than SIG_IGN, so the child's default is restored
+/// by exec and Ctrl-C still reaches it.
+struct IgnoreSigint(nix::sys::signal::SigAction);
+
+extern "C" fn on_sigint(_: nix::libc::c_int) {}
+
+impl IgnoreSigint {
+    fn install() -> anyhow::Result<Self> {
+        use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+        let action = SigAction::new(
+            SigHandler::Handler(on_sigint),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        // SAFETY: the handler does nothing, which is async-signal-safe.
+        let old =
+            unsafe { sigaction(Signal::SIGINT, &action) }.context("installing a SIGINT handler")?;
+        Ok(IgnoreSigint(old))
+    }
+}
+
+impl Drop for IgnoreSigint {
+    fn drop(&mut self) {
+        // SAFETY: restores the disposition that was there before.
+        let _ = unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGINT, &self.0) };
+    }
 }

@@ -1,0 +1,153 @@
+//! Conntrack, backend choice and address translation.
+//!
+//! NAT state lives only on the client's node (as in Cilium): a new flow to a
+//! ServIP writes a FORWARD entry (client → ServIP gives the backend) and a
+//! REVERSE entry (backend → client gives the ServIP to restore). Nothing is
+//! written per packet afterwards.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
+use overlay_common::{
+    IPPROTO_ICMP,
+    flow::{flow_hash, pick_slot},
+    maps::{CtEntry, CtKey, PortKey, ServIp, SlotKey, ct},
+    stats::Reason,
+};
+
+use crate::maps::{BACKENDS, CONNTRACK, SLOTS, SVC_PORTS, count};
+use crate::packet::{Flow, IP_CSUM, Ipv4, L4, L4_OFF, read};
+
+/// Where a translated packet goes: a NamespaceIP on a node.
+pub struct Target {
+    pub nsip: u32,
+    pub node: u32,
+}
+
+#[inline(always)]
+fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
+    CtKey {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+fn tracked(k: &CtKey, dir: u8) -> Option<CtEntry> {
+    // SAFETY: the value is copied out at once; LRU entries may be evicted later.
+    unsafe { CONNTRACK.get(k) }.copied().filter(|e| e.dir == dir)
+}
+
+/// The backend of a flow to a ServIP: the tracked one, or a new choice from
+/// the slot table (then both conntrack entries are written).
+#[inline(always)]
+pub fn backend(f: &Flow, sv: &ServIp, local_node: u32) -> Result<Target, Reason> {
+    let fwd = key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
+    if let Some(e) = tracked(&fwd, ct::FORWARD) {
+        return Ok(Target { nsip: e.addr, node: e.node });
+    }
+    let port = match f.l4 {
+        L4::Tcp | L4::Udp => f.dport,
+        L4::Echo => 0,
+        _ => return Err(Reason::DropPort),
+    };
+    let pk = PortKey { service: sv.service, port, proto: f.proto, _pad: 0 };
+    // SAFETY: presence check only.
+    if unsafe { SVC_PORTS.get(&pk) }.is_none() {
+        return Err(Reason::DropPort);
+    }
+    if sv.count == 0 {
+        return Err(Reason::DropNoBackend);
+    }
+    let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
+    let slot = SlotKey { servip: f.daddr, slot: pick_slot(hash, sv.count as u32) };
+    // SAFETY: values copied out at once.
+    let id = unsafe { SLOTS.get(&slot) }.copied().ok_or(Reason::DropNoRoute)?;
+    let b = unsafe { BACKENDS.get(&id) }.copied().ok_or(Reason::DropNoRoute)?;
+    let entry = |addr, node, dir| CtEntry { addr, node, service: sv.service, dir, _pad: [0; 3] };
+    let rev = key(b.nsip, f.saddr, f.dport, f.sport, f.proto);
+    // Reverse first: a reply must never arrive before its translation exists.
+    CONNTRACK
+        .insert(&rev, &entry(f.daddr, local_node, ct::REVERSE), 0)
+        .map_err(|_| Reason::DropHelper)?;
+    CONNTRACK
+        .insert(&fwd, &entry(b.nsip, b.node, ct::FORWARD), 0)
+        .map_err(|_| Reason::DropHelper)?;
+    count(Reason::NewFlow, 0);
+    Ok(Target { nsip: b.nsip, node: b.node })
+}
+
+/// Restores the ServIP as source of a reply (backend → client), if tracked.
+#[inline(always)]
+pub fn reverse(ctx: &TcContext, f: &mut Flow) -> Result<(), Reason> {
+    if f.l4 == L4::IcmpError {
+        if let Some(e) = icmp_error(ctx, f, ct::REVERSE)? {
+            f.saddr = e.addr;
+        }
+        return Ok(());
+    }
+    if let Some(e) = tracked(&key(f.saddr, f.daddr, f.sport, f.dport, f.proto), ct::REVERSE) {
+        rewrite(ctx, f.l4, crate::packet::IP_SRC, f.saddr, e.addr)?;
+        f.saddr = e.addr;
+    }
+    Ok(())
+}
+
+/// Rewrites the IPv4 address at `off` from `old` to `new`, fixing the IP
+/// checksum and, for TCP and UDP, the pseudo-header part of the L4 checksum
+/// (the kernel helpers keep CHECKSUM_PARTIAL packets consistent).
+#[inline(always)]
+pub fn rewrite(ctx: &TcContext, l4: L4, off: usize, old: u32, new: u32) -> Result<(), Reason> {
+    let h = |_| Reason::DropHelper;
+    ctx.store(off, &new, 0).map_err(h)?;
+    ctx.l3_csum_replace(IP_CSUM, old as u64, new as u64, 4).map_err(h)?;
+    let (csum_off, flags) = match l4 {
+        L4::Tcp => (L4_OFF + 16, BPF_F_PSEUDO_HDR),
+        L4::Udp => (L4_OFF + 6, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0),
+        _ => return Ok(()),
+    };
+    ctx.l4_csum_replace(csum_off, old as u64, new as u64, (flags | 4) as u64)
+        .map_err(h)
+}
+
+/// Offset of the packet an ICMP error quotes.
+const QUOTE: usize = L4_OFF + 8;
+const ICMP_CSUM: usize = L4_OFF + 2;
+
+/// Translates an ICMP error that quotes a tracked flow: the quoted address
+/// (and the outer one, when the error comes from / goes to that same address)
+/// gets the entry's address. `dir` is the kind of entry to look for.
+#[inline(always)]
+pub fn icmp_error(ctx: &TcContext, f: &Flow, dir: u8) -> Result<Option<CtEntry>, Reason> {
+    let q: Ipv4 = read(ctx, QUOTE)?;
+    if q.vihl != 0x45 {
+        return Ok(None);
+    }
+    let ports: [u16; 4] = read(ctx, QUOTE + 20)?;
+    let (qs, qd) = if q.proto == IPPROTO_ICMP { (ports[2], ports[2]) } else { (ports[0], ports[1]) };
+    // The quoted packet went the other way: swap it into this direction's key.
+    let Some(e) = tracked(&key(q.daddr, q.saddr, qd, qs, q.proto), dir) else {
+        return Ok(None);
+    };
+    let (field, old, outer, outer_old) = if dir == ct::REVERSE {
+        (QUOTE + 16, q.daddr, crate::packet::IP_SRC, f.saddr)
+    } else {
+        (QUOTE + 12, q.saddr, crate::packet::IP_DST, f.daddr)
+    };
+    let h = |_| Reason::DropHelper;
+    ctx.store(field, &e.addr, 0).map_err(h)?;
+    ctx.l3_csum_replace(QUOTE + 10, old as u64, e.addr as u64, 4).map_err(h)?;
+    let new_check: u16 = read(ctx, QUOTE + 10)?;
+    // The ICMP checksum covers the quote: both changed fields enter it.
+    ctx.l4_csum_replace(ICMP_CSUM, old as u64, e.addr as u64, 4).map_err(h)?;
+    ctx.l4_csum_replace(ICMP_CSUM, q.check as u64, new_check as u64, 2).map_err(h)?;
+    if outer_old == old {
+        rewrite(ctx, L4::IcmpError, outer, old, e.addr)?;
+    }
+    Ok(Some(e))
+}

@@ -1,0 +1,118 @@
+//! Encapsulation toward a node's EWP, decapsulation, and getting packets out.
+//!
+//! Wire format (SPEC section 4): outer IPv4 + UDP (checksum 0, source port
+//! from the flow hash) carrying the inner IPv4 packet unchanged.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        BPF_F_ADJ_ROOM_FIXED_GSO, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, bpf_redir_neigh,
+    },
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    programs::TcContext,
+};
+use overlay_common::{
+    ENCAP_OVERHEAD, IPPROTO_UDP,
+    flow::{encap_sport, flow_hash},
+    maps::{Config, Endpoint, Node},
+    stats::Reason,
+};
+
+use crate::packet::{Flow, IP_OFF, Ipv4, ipv4_csum};
+
+const AF_INET: u8 = 2;
+
+#[repr(C)]
+struct Outer {
+    ip: Ipv4,
+    udp: [u16; 4],
+}
+
+/// True for a GSO super-packet: the kernel segments it after encapsulation.
+#[inline(always)]
+pub fn is_gso(ctx: &TcContext) -> bool {
+    // SAFETY: reading a field of the program's own context.
+    unsafe { (*ctx.skb.skb).gso_size != 0 }
+}
+
+/// Encapsulates `f` toward `node` and sends it out of the uplink.
+/// The caller has checked the size against the overlay MTU.
+#[inline(always)]
+pub fn encap(ctx: &TcContext, cfg: &Config, node: &Node, f: &Flow) -> Result<i32, Reason> {
+    let flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_FIXED_GSO;
+    ctx.adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags as u64)
+        .map_err(|_| Reason::DropHelper)?;
+    let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
+    let mut ip = Ipv4 {
+        vihl: 0x45,
+        tos: f.tos,
+        tot_len: f.len.wrapping_add(ENCAP_OVERHEAD).to_be(),
+        id: 0,
+        frag: if f.df { 0x4000u16.to_be() } else { 0 },
+        ttl: 64,
+        proto: IPPROTO_UDP,
+        check: 0,
+        saddr: cfg.node_ip,
+        daddr: node.ip,
+    };
+    ip.check = ipv4_csum(&ip);
+    let udp = [encap_sport(hash).to_be(), node.port, f.len.wrapping_add(8).to_be(), 0];
+    ctx.store(IP_OFF, &Outer { ip, udp }, 0).map_err(|_| Reason::DropHelper)?;
+    out(ctx, cfg, node.ip)
+}
+
+/// Removes the outer IPv4 + UDP headers.
+#[inline(always)]
+pub fn decap(ctx: &TcContext) -> Result<(), Reason> {
+    let flags = BPF_F_ADJ_ROOM_DECAP_L3_IPV4 | BPF_F_ADJ_ROOM_FIXED_GSO;
+    ctx.adjust_room(-(ENCAP_OVERHEAD as i32), BPF_ADJ_ROOM_MAC, flags as u64)
+        .map_err(|_| Reason::DropHelper)
+}
+
+/// Routes an encapsulated packet to `dst` through the node's FIB and sends
+/// it; when the neighbour is not resolved yet the kernel resolves it.
+#[inline(always)]
+fn out(ctx: &TcContext, cfg: &Config, dst: u32) -> Result<i32, Reason> {
+    // SAFETY: plain data; zero is a valid starting value for every field.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = IPPROTO_UDP;
+    p.ifindex = cfg.uplink_ifindex;
+    p.__bindgen_anon_3.ipv4_src = cfg.node_ip;
+    p.__bindgen_anon_4.ipv4_dst = dst;
+    let size = core::mem::size_of::<bpf_fib_lookup>() as i32;
+    // SAFETY: helper call with a valid context and a stack buffer of `size`.
+    let rc = unsafe { fib_lookup(ctx.skb.skb as *mut _, &mut p, size, 0) } as u32;
+    if rc == BPF_FIB_LKUP_RET_SUCCESS {
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&p.dmac);
+        macs[6..].copy_from_slice(&p.smac);
+        ctx.store(0, &macs, 0).map_err(|_| Reason::DropHelper)?;
+        // SAFETY: helper call.
+        return Ok(unsafe { bpf_redirect(p.ifindex, 0) } as i32);
+    }
+    if rc == BPF_FIB_LKUP_RET_NO_NEIGH {
+        // SAFETY: reading the union member the lookup filled (the next hop).
+        let nh_ip = unsafe { p.__bindgen_anon_4.ipv4_dst };
+        let mut nh = bpf_redir_neigh {
+            nh_family: AF_INET as u32,
+            __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: nh_ip },
+        };
+        let size = core::mem::size_of::<bpf_redir_neigh>() as i32;
+        // SAFETY: helper call with a stack buffer of `size`.
+        return Ok(unsafe { bpf_redirect_neigh(p.ifindex, &mut nh, size, 0) } as i32);
+    }
+    Err(Reason::DropNoRoute)
+}
+
+/// Delivers into a local instance: its MACs, then straight into its namespace.
+#[inline(always)]
+pub fn to_endpoint(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Reason> {
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&ep.mac);
+    macs[6..].copy_from_slice(&ep.host_mac);
+    ctx.store(0, &macs, 0).map_err(|_| Reason::DropHelper)?;
+    // SAFETY: helper call.
+    Ok(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32)
+}

@@ -1,0 +1,70 @@
+//! TC ingress on the uplink: tunnel packets from registered nodes are
+//! decapsulated, replies get their ServIP back, and the inner packet is
+//! delivered into its instance. Everything else passes untouched.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
+use overlay_common::{IPPROTO_UDP, stats::Reason};
+
+use crate::maps::{ENDPOINTS, PEERS, config, count};
+use crate::nat;
+use crate::packet::{self, IP_OFF, Ipv4, L4_OFF, read};
+use crate::tunnel;
+
+/// The inner IPv4 header and its L4 header, before decapsulation.
+const INNER_IP: usize = L4_OFF + 8;
+const INNER_L4: usize = INNER_IP + 20;
+
+#[classifier]
+pub fn uplink(ctx: TcContext) -> i32 {
+    match try_uplink(&ctx) {
+        Ok(Some((action, reason))) => {
+            count(reason, ctx.len());
+            action
+        }
+        // Not a tunnel packet: the node's own traffic, not counted.
+        Ok(None) => TC_ACT_OK as i32,
+        Err(reason) => {
+            count(reason, ctx.len());
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+#[inline(always)]
+fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
+    packet::pull(ctx);
+    let (Some(cfg), Ok(Some(ip))) = (config(), packet::ipv4(ctx, IP_OFF)) else {
+        return Ok(None);
+    };
+    if ip.proto != IPPROTO_UDP || ip.daddr != cfg.node_ip || ip.vihl != 0x45 {
+        return Ok(None);
+    }
+    let Ok(udp) = read::<[u16; 4]>(ctx, L4_OFF) else {
+        return Ok(None);
+    };
+    if udp[1] != cfg.ewp {
+        return Ok(None);
+    }
+    // From here on the packet is addressed to the tunnel: it is ours to judge.
+    if u16::from_be(ip.frag) & 0x3fff != 0 {
+        return Err(Reason::DropFragment);
+    }
+    // SAFETY: presence check only.
+    if unsafe { PEERS.get(&ip.saddr) }.is_none() {
+        return Err(Reason::DropUnknownPeer);
+    }
+    let inner: Ipv4 = read(ctx, INNER_IP)?;
+    if inner.vihl >> 4 != 4 || inner.vihl & 0xf < 5 {
+        return Err(Reason::DropMalformed);
+    }
+    let mut f = packet::flow(ctx, &inner, INNER_L4)?;
+    tunnel::decap(ctx)?;
+    nat::reverse(ctx, &mut f)?;
+    // SAFETY: value copied out at once.
+    let ep = unsafe { ENDPOINTS.get(&f.daddr) }.copied().ok_or(Reason::DropNoEndpoint)?;
+    Ok(Some((tunnel::to_endpoint(ctx, &ep)?, Reason::Decap)))
+}
