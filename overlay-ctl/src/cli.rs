@@ -44,7 +44,8 @@ pub fn main() -> anyhow::Result<()> {
             json,
             pin_dir,
         } => {
-            let stats = dataplane::pinned_stats(&pin_dir)
+            let stats = dataplane::Tables::open_pinned(&pin_dir)
+                .and_then(|t| t.stats())
                 .with_context(|| format!("reading stats from {}", pin_dir.display()))?;
             if json {
                 let rows: Vec<_> = stats

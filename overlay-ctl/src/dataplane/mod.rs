@@ -1,12 +1,14 @@
 //! The eBPF dataplane: the embedded object, loading, attaching and pinning.
 
+mod tables;
+
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Map, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, xdp::XdpMode};
 use aya::{Ebpf, EbpfLoader};
-use overlay_common::maps::{Counter, names};
-use overlay_common::stats::{REASONS, Reason};
+use overlay_common::maps::names;
+
+pub use tables::Tables;
 
 /// The eBPF object built by `overlay-build` (the same as `cargo xtask build-ebpf`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay-ebpf.o"));
@@ -37,6 +39,8 @@ pub enum Error {
     },
     #[error("eBPF object has no {0}")]
     Missing(&'static str),
+    #[error("a slot table of {0} entries is larger than 65535")]
+    TooManySlots(usize),
     #[error(
         "cannot open pinned map {path}: {source} (is an agent running with this pin directory?)"
     )]
@@ -51,6 +55,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// A loaded copy of the dataplane.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// Taken out of `ebpf`; kept here so the programs' map fds stay open.
+    pub tables: Tables,
 }
 
 impl Dataplane {
@@ -64,9 +70,9 @@ impl Dataplane {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        Ok(Dataplane {
-            ebpf: loader.load(OBJECT)?,
-        })
+        let mut ebpf = loader.load(OBJECT)?;
+        let tables = Tables::take(&mut ebpf)?;
+        Ok(Dataplane { ebpf, tables })
     }
 
     pub fn ebpf(&mut self) -> &mut Ebpf {
@@ -124,52 +130,11 @@ impl Dataplane {
             .map_err(|source| Error::Program { name, source })?;
         Ok(())
     }
+}
 
+impl Dataplane {
     /// Per-reason counters summed over CPUs.
-    pub fn stats(&self) -> Result<Vec<(Reason, Counter)>> {
-        let map = self
-            .ebpf
-            .map(names::STATS)
-            .ok_or(Error::Missing(names::STATS))?;
-        let array =
-            PerCpuArray::<&MapData, Counter>::try_from(map).map_err(|source| Error::Map {
-                name: names::STATS,
-                source,
-            })?;
-        sum_stats(&array)
+    pub fn stats(&self) -> Result<Vec<(overlay_common::stats::Reason, overlay_common::maps::Counter)>> {
+        self.tables.stats()
     }
-}
-
-/// Per-reason counters read from the pinned `STATS` map in `pin_dir`.
-pub fn pinned_stats(pin_dir: &Path) -> Result<Vec<(Reason, Counter)>> {
-    let path = pin_dir.join(names::STATS);
-    let data = MapData::from_pin(&path).map_err(|source| Error::Pinned {
-        path: path.clone(),
-        source,
-    })?;
-    let map = Map::PerCpuArray(data);
-    let array = PerCpuArray::<MapData, Counter>::try_from(map).map_err(|source| Error::Map {
-        name: names::STATS,
-        source,
-    })?;
-    sum_stats(&array)
-}
-
-fn sum_stats<T: std::borrow::Borrow<MapData>>(
-    array: &PerCpuArray<T, Counter>,
-) -> Result<Vec<(Reason, Counter)>> {
-    (0..REASONS)
-        .filter_map(|i| Reason::from_index(i).map(|r| (i, r)))
-        .map(|(i, reason)| {
-            let per_cpu = array.get(&i, 0).map_err(|source| Error::Map {
-                name: names::STATS,
-                source,
-            })?;
-            let total = per_cpu.iter().fold(Counter::default(), |acc, c| Counter {
-                packets: acc.packets + c.packets,
-                bytes: acc.bytes + c.bytes,
-            });
-            Ok((reason, total))
-        })
-        .collect()
 }

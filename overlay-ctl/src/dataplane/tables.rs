@@ -1,0 +1,246 @@
+//! Typed access to the dataplane's maps, from a freshly loaded object or
+//! from the pins an agent left behind.
+//!
+//! Writers follow one rule (after Cilium): never show a packet a half-built
+//! service. A ServIP's ports, backends and slots are written before its
+//! `SERVIPS` entry announces the slot count; stale slots are deleted after.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::Ebpf;
+use overlay_common::maps::{
+    Backend, Config, Counter, CtEntry, CtKey, Endpoint, Node, PortKey, ServIp, SlotKey, ip, names,
+};
+use overlay_common::stats::{REASONS, Reason};
+
+use super::{Error, Result};
+
+/// Every map of one dataplane.
+pub struct Tables {
+    config: Array<MapData, Config>,
+    stats: PerCpuArray<MapData, Counter>,
+    servips: HashMap<MapData, u32, ServIp>,
+    ports: HashMap<MapData, PortKey, u32>,
+    slots: HashMap<MapData, SlotKey, u32>,
+    backends: HashMap<MapData, u32, Backend>,
+    endpoints: HashMap<MapData, u32, Endpoint>,
+    nodes: HashMap<MapData, u32, Node>,
+    peers: HashMap<MapData, u32, u32>,
+    routes: LpmTrie<MapData, u32, u32>,
+    conntrack: HashMap<MapData, CtKey, CtEntry>,
+}
+
+fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Option<Map>) -> Result<T> {
+    let map = map.ok_or(Error::Missing(name))?;
+    T::try_from(map).map_err(|source| Error::Map { name, source })
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> Error {
+    move |source| Error::Map { name, source }
+}
+
+macro_rules! tables {
+    ($get:expr) => {{
+        #[allow(unused_mut)] // only the loaded-object variant needs it
+        let mut get = $get;
+        Tables {
+            config: typed(names::CONFIG, get(names::CONFIG)?)?,
+            stats: typed(names::STATS, get(names::STATS)?)?,
+            servips: typed(names::SERVIPS, get(names::SERVIPS)?)?,
+            ports: typed(names::SVC_PORTS, get(names::SVC_PORTS)?)?,
+            slots: typed(names::SLOTS, get(names::SLOTS)?)?,
+            backends: typed(names::BACKENDS, get(names::BACKENDS)?)?,
+            endpoints: typed(names::ENDPOINTS, get(names::ENDPOINTS)?)?,
+            nodes: typed(names::NODES, get(names::NODES)?)?,
+            peers: typed(names::PEERS, get(names::PEERS)?)?,
+            routes: typed(names::ROUTES, get(names::ROUTES)?)?,
+            conntrack: typed(names::CONNTRACK, get(names::CONNTRACK)?)?,
+        }
+    }};
+}
+
+impl Tables {
+    /// Takes the maps out of a loaded object (its programs keep using them).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(tables!(|name: &'static str| -> Result<Option<Map>> { Ok(ebpf.take_map(name)) }))
+    }
+
+    /// Opens the maps pinned in `dir` (by an agent, possibly no longer running).
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        Ok(tables!(|name: &'static str| -> Result<Option<Map>> {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path).map_err(|source| Error::Pinned { path, source })?;
+            let map = match name {
+                names::CONFIG => Map::Array(data),
+                names::STATS => Map::PerCpuArray(data),
+                names::ROUTES => Map::LpmTrie(data),
+                names::CONNTRACK => Map::LruHashMap(data),
+                _ => Map::HashMap(data),
+            };
+            Ok(Some(map))
+        }))
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        self.config.get(&0, 0).map_err(map_err(names::CONFIG))
+    }
+
+    pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
+        self.config.set(0, cfg, 0).map_err(map_err(names::CONFIG))
+    }
+
+    /// Per-reason counters summed over CPUs.
+    pub fn stats(&self) -> Result<Vec<(Reason, Counter)>> {
+        (0..REASONS)
+            .filter_map(|i| Reason::from_index(i).map(|r| (i, r)))
+            .map(|(i, reason)| {
+                let per_cpu = self.stats.get(&i, 0).map_err(map_err(names::STATS))?;
+                let total = per_cpu.iter().fold(Counter::default(), |acc, c| Counter {
+                    packets: acc.packets + c.packets,
+                    bytes: acc.bytes + c.bytes,
+                });
+                Ok((reason, total))
+            })
+            .collect()
+    }
+
+    /// Packets counted under `reason` so far.
+    pub fn count(&self, reason: Reason) -> Result<u64> {
+        Ok(self
+            .stats()?
+            .into_iter()
+            .find(|(r, _)| *r == reason)
+            .map(|(_, c)| c.packets)
+            .unwrap_or(0))
+    }
+
+    /// A node: where its tunnel packets go, and that its address may send them.
+    pub fn put_node(&mut self, id: u32, addr: Ipv4Addr, ewp: u16) -> Result<()> {
+        let node = Node { ip: ip::to_wire(addr), port: ip::port_to_wire(ewp), _pad: 0 };
+        self.nodes.insert(id, node, 0).map_err(map_err(names::NODES))?;
+        self.peers.insert(node.ip, id, 0).map_err(map_err(names::PEERS))
+    }
+
+    pub fn remove_node(&mut self, id: u32) -> Result<()> {
+        if let Ok(node) = self.nodes.get(&id, 0) {
+            ignore_missing(self.peers.remove(&node.ip)).map_err(map_err(names::PEERS))?;
+        }
+        ignore_missing(self.nodes.remove(&id)).map_err(map_err(names::NODES))
+    }
+
+    /// A node's instance subnet.
+    pub fn put_route(&mut self, subnet: Ipv4Addr, prefix: u32, node: u32) -> Result<()> {
+        let key = Key::new(prefix, ip::to_wire(subnet));
+        self.routes.insert(&key, node, 0).map_err(map_err(names::ROUTES))
+    }
+
+    pub fn remove_route(&mut self, subnet: Ipv4Addr, prefix: u32) -> Result<()> {
+        let key = Key::new(prefix, ip::to_wire(subnet));
+        ignore_missing(self.routes.remove(&key)).map_err(map_err(names::ROUTES))
+    }
+
+    pub fn put_endpoint(&mut self, nsip: Ipv4Addr, ep: &Endpoint) -> Result<()> {
+        self.endpoints.insert(ip::to_wire(nsip), ep, 0).map_err(map_err(names::ENDPOINTS))
+    }
+
+    pub fn remove_endpoint(&mut self, nsip: Ipv4Addr) -> Result<()> {
+        ignore_missing(self.endpoints.remove(&ip::to_wire(nsip))).map_err(map_err(names::ENDPOINTS))
+    }
+
+    pub fn put_backend(&mut self, id: u32, nsip: Ipv4Addr, node: u32) -> Result<()> {
+        let b = Backend { nsip: ip::to_wire(nsip), node };
+        self.backends.insert(id, b, 0).map_err(map_err(names::BACKENDS))
+    }
+
+    pub fn remove_backend(&mut self, id: u32) -> Result<()> {
+        ignore_missing(self.backends.remove(&id)).map_err(map_err(names::BACKENDS))
+    }
+
+    /// The ports (and protocols) a service forwards; port 0 with ICMP is echo.
+    pub fn put_port(&mut self, service: u32, port: u16, proto: u8) -> Result<()> {
+        let key = PortKey { service, port: ip::port_to_wire(port), proto, _pad: 0 };
+        self.ports.insert(key, 1, 0).map_err(map_err(names::SVC_PORTS))
+    }
+
+    pub fn remove_port(&mut self, service: u32, port: u16, proto: u8) -> Result<()> {
+        let key = PortKey { service, port: ip::port_to_wire(port), proto, _pad: 0 };
+        ignore_missing(self.ports.remove(&key)).map_err(map_err(names::SVC_PORTS))
+    }
+
+    /// Publishes a ServIP with its slot table (backend ids, repeated for
+    /// weight), in the order that never exposes a half-built table.
+    pub fn put_servip(&mut self, servip: Ipv4Addr, service: u32, policy: u8, slots: &[u32]) -> Result<()> {
+        let vip = ip::to_wire(servip);
+        let old = self.servips.get(&vip, 0).map(|s| s.count).unwrap_or(0);
+        for (i, id) in slots.iter().enumerate() {
+            let key = SlotKey { servip: vip, slot: i as u32 };
+            self.slots.insert(key, id, 0).map_err(map_err(names::SLOTS))?;
+        }
+        let count = u16::try_from(slots.len()).map_err(|_| Error::TooManySlots(slots.len()))?;
+        let sv = ServIp { service, count, policy, _pad: 0 };
+        self.servips.insert(vip, sv, 0).map_err(map_err(names::SERVIPS))?;
+        self.remove_slots(vip, count as u32..old as u32)
+    }
+
+    pub fn remove_servip(&mut self, servip: Ipv4Addr) -> Result<()> {
+        let vip = ip::to_wire(servip);
+        let Ok(sv) = self.servips.get(&vip, 0) else { return Ok(()) };
+        ignore_missing(self.servips.remove(&vip)).map_err(map_err(names::SERVIPS))?;
+        self.remove_slots(vip, 0..sv.count as u32)
+    }
+
+    fn remove_slots(&mut self, vip: u32, range: std::ops::Range<u32>) -> Result<()> {
+        for slot in range {
+            ignore_missing(self.slots.remove(&SlotKey { servip: vip, slot })).map_err(map_err(names::SLOTS))?;
+        }
+        Ok(())
+    }
+
+    pub fn servips(&self) -> Vec<(Ipv4Addr, ServIp)> {
+        self.servips.iter().filter_map(|r| r.ok()).map(|(k, v)| (ip::from_wire(k), v)).collect()
+    }
+
+    pub fn slots(&self, servip: Ipv4Addr) -> Vec<u32> {
+        let vip = ip::to_wire(servip);
+        let count = self.servips.get(&vip, 0).map(|s| s.count).unwrap_or(0);
+        (0..count as u32)
+            .filter_map(|slot| self.slots.get(&SlotKey { servip: vip, slot }, 0).ok())
+            .collect()
+    }
+
+    pub fn backends(&self) -> Vec<(u32, Backend)> {
+        self.backends.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    pub fn endpoints(&self) -> Vec<(Ipv4Addr, Endpoint)> {
+        self.endpoints.iter().filter_map(|r| r.ok()).map(|(k, v)| (ip::from_wire(k), v)).collect()
+    }
+
+    pub fn nodes(&self) -> Vec<(u32, Node)> {
+        self.nodes.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    pub fn routes(&self) -> Vec<(Ipv4Addr, u32, u32)> {
+        self.routes
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, node)| (ip::from_wire(k.data()), k.prefix_len(), node))
+            .collect()
+    }
+
+    pub fn conntrack(&self) -> Vec<(CtKey, CtEntry)> {
+        self.conntrack.iter().filter_map(|r| r.ok()).collect()
+    }
+}
+
+/// Deleting what is already gone is success: writers are idempotent.
+fn ignore_missing(r: std::result::Result<(), MapError>) -> std::result::Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
