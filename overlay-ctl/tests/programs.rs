@@ -18,6 +18,10 @@ fn all_programs_verify() {
         let info = dp.classifier(name).expect(name).info().expect("info");
         println!("{name}: {}", insns(info));
     }
-    let info = dp.xdp(programs::UPLINK_XDP).expect("xdp").info().expect("info");
+    let info = dp
+        .xdp(programs::UPLINK_XDP)
+        .expect("xdp")
+        .info()
+        .expect("info");
     println!("{}: {}", programs::UPLINK_XDP, insns(info));
 }

@@ -74,7 +74,12 @@ fn try_from_instance(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
 }
 
 #[inline(always)]
-fn to_servip(ctx: &TcContext, cfg: &Config, mut f: Flow, sv: &ServIp) -> Result<(i32, Reason), Reason> {
+fn to_servip(
+    ctx: &TcContext,
+    cfg: &Config,
+    mut f: Flow,
+    sv: &ServIp,
+) -> Result<(i32, Reason), Reason> {
     if f.l4 == L4::IcmpError {
         let e = nat::icmp_error(ctx, &f, ct::FORWARD)?.ok_or(Reason::DropPort)?;
         f.daddr = e.addr;
@@ -82,8 +87,18 @@ fn to_servip(ctx: &TcContext, cfg: &Config, mut f: Flow, sv: &ServIp) -> Result<
     }
     let t = match nat::backend(&f, sv, cfg.node_id) {
         Ok(t) => t,
-        Err(r @ Reason::DropPort) => return Ok((icmp::unreachable(ctx, icmp::CODE_PORT_UNREACH, 0)?, r)),
-        Err(r @ Reason::DropNoBackend) => return Ok((icmp::unreachable(ctx, icmp::CODE_HOST_UNREACH, 0)?, r)),
+        Err(r @ Reason::DropPort) => {
+            return Ok((
+                icmp::unreachable(ctx, f.proto, icmp::CODE_PORT_UNREACH, 0)?,
+                r,
+            ));
+        }
+        Err(r @ Reason::DropNoBackend) => {
+            return Ok((
+                icmp::unreachable(ctx, f.proto, icmp::CODE_HOST_UNREACH, 0)?,
+                r,
+            ));
+        }
         Err(r) => return Err(r),
     };
     nat::rewrite(ctx, f.l4, IP_DST, f.daddr, t.nsip)?;
@@ -97,7 +112,9 @@ fn dest_of(nsip: u32, node: u32, cfg: &Config) -> Result<Dest, Reason> {
         return Ok(Dest::Remote(node));
     }
     // SAFETY: value copied out at once.
-    let ep = unsafe { ENDPOINTS.get(&nsip) }.copied().ok_or(Reason::DropNoEndpoint)?;
+    let ep = unsafe { ENDPOINTS.get(&nsip) }
+        .copied()
+        .ok_or(Reason::DropNoEndpoint)?;
     Ok(Dest::Local(ep))
 }
 
@@ -108,7 +125,9 @@ fn route(addr: u32) -> Option<Dest> {
     if let Some(ep) = unsafe { ENDPOINTS.get(&addr) } {
         return Some(Dest::Local(*ep));
     }
-    ROUTES.get(&Key::new(32, addr)).map(|node| Dest::Remote(*node))
+    ROUTES
+        .get(&Key::new(32, addr))
+        .map(|node| Dest::Remote(*node))
 }
 
 #[inline(always)]
@@ -117,10 +136,12 @@ fn send(ctx: &TcContext, cfg: &Config, f: &Flow, dest: Dest) -> Result<(i32, Rea
         Dest::Local(ep) => Ok((tunnel::to_endpoint(ctx, &ep)?, Reason::DeliverLocal)),
         Dest::Remote(id) => {
             // SAFETY: value copied out at once.
-            let node = unsafe { NODES.get(&id) }.copied().ok_or(Reason::DropNoRoute)?;
+            let node = unsafe { NODES.get(&id) }
+                .copied()
+                .ok_or(Reason::DropNoRoute)?;
             if f.len > cfg.mtu && !tunnel::is_gso(ctx) {
                 if f.df {
-                    let action = icmp::unreachable(ctx, icmp::CODE_FRAG_NEEDED, cfg.mtu)?;
+                    let action = icmp::unreachable(ctx, f.proto, icmp::CODE_FRAG_NEEDED, cfg.mtu)?;
                     return Ok((action, Reason::DropTooBig));
                 }
                 return Err(Reason::DropTooBig);

@@ -50,6 +50,12 @@ pub static ROUTES: LpmTrie<u32, u32> =
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> =
     LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
 
+/// Per-CPU scratch space for building packets off the stack.
+pub type Scratch = [u64; 12];
+
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// Counts one packet of `len` bytes under `reason`.
 #[inline(always)]
 pub fn count(reason: Reason, len: u32) {

@@ -40,7 +40,9 @@ fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
 #[inline(always)]
 fn tracked(k: &CtKey, dir: u8) -> Option<CtEntry> {
     // SAFETY: the value is copied out at once; LRU entries may be evicted later.
-    unsafe { CONNTRACK.get(k) }.copied().filter(|e| e.dir == dir)
+    unsafe { CONNTRACK.get(k) }
+        .copied()
+        .filter(|e| e.dir == dir)
 }
 
 /// The backend of a flow to a ServIP: the tracked one, or a new choice from
@@ -49,14 +51,22 @@ fn tracked(k: &CtKey, dir: u8) -> Option<CtEntry> {
 pub fn backend(f: &Flow, sv: &ServIp, local_node: u32) -> Result<Target, Reason> {
     let fwd = key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
     if let Some(e) = tracked(&fwd, ct::FORWARD) {
-        return Ok(Target { nsip: e.addr, node: e.node });
+        return Ok(Target {
+            nsip: e.addr,
+            node: e.node,
+        });
     }
     let port = match f.l4 {
         L4::Tcp | L4::Udp => f.dport,
         L4::Echo => 0,
         _ => return Err(Reason::DropPort),
     };
-    let pk = PortKey { service: sv.service, port, proto: f.proto, _pad: 0 };
+    let pk = PortKey {
+        service: sv.service,
+        port,
+        proto: f.proto,
+        _pad: 0,
+    };
     // SAFETY: presence check only.
     if unsafe { SVC_PORTS.get(&pk) }.is_none() {
         return Err(Reason::DropPort);
@@ -65,11 +75,24 @@ pub fn backend(f: &Flow, sv: &ServIp, local_node: u32) -> Result<Target, Reason>
         return Err(Reason::DropNoBackend);
     }
     let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
-    let slot = SlotKey { servip: f.daddr, slot: pick_slot(hash, sv.count as u32) };
+    let slot = SlotKey {
+        servip: f.daddr,
+        slot: pick_slot(hash, sv.count as u32),
+    };
     // SAFETY: values copied out at once.
-    let id = unsafe { SLOTS.get(&slot) }.copied().ok_or(Reason::DropNoRoute)?;
-    let b = unsafe { BACKENDS.get(&id) }.copied().ok_or(Reason::DropNoRoute)?;
-    let entry = |addr, node, dir| CtEntry { addr, node, service: sv.service, dir, _pad: [0; 3] };
+    let id = unsafe { SLOTS.get(&slot) }
+        .copied()
+        .ok_or(Reason::DropNoRoute)?;
+    let b = unsafe { BACKENDS.get(&id) }
+        .copied()
+        .ok_or(Reason::DropNoRoute)?;
+    let entry = |addr, node, dir| CtEntry {
+        addr,
+        node,
+        service: sv.service,
+        dir,
+        _pad: [0; 3],
+    };
     let rev = key(b.nsip, f.saddr, f.dport, f.sport, f.proto);
     // Reverse first: a reply must never arrive before its translation exists.
     CONNTRACK
@@ -79,7 +102,10 @@ pub fn backend(f: &Flow, sv: &ServIp, local_node: u32) -> Result<Target, Reason>
         .insert(&fwd, &entry(b.nsip, b.node, ct::FORWARD), 0)
         .map_err(|_| Reason::DropHelper)?;
     count(Reason::NewFlow, 0);
-    Ok(Target { nsip: b.nsip, node: b.node })
+    Ok(Target {
+        nsip: b.nsip,
+        node: b.node,
+    })
 }
 
 /// Restores the ServIP as source of a reply (backend → client), if tracked.
@@ -91,7 +117,10 @@ pub fn reverse(ctx: &TcContext, f: &mut Flow) -> Result<(), Reason> {
         }
         return Ok(());
     }
-    if let Some(e) = tracked(&key(f.saddr, f.daddr, f.sport, f.dport, f.proto), ct::REVERSE) {
+    if let Some(e) = tracked(
+        &key(f.saddr, f.daddr, f.sport, f.dport, f.proto),
+        ct::REVERSE,
+    ) {
         rewrite(ctx, f.l4, crate::packet::IP_SRC, f.saddr, e.addr)?;
         f.saddr = e.addr;
     }
@@ -105,7 +134,8 @@ pub fn reverse(ctx: &TcContext, f: &mut Flow) -> Result<(), Reason> {
 pub fn rewrite(ctx: &TcContext, l4: L4, off: usize, old: u32, new: u32) -> Result<(), Reason> {
     let h = |_| Reason::DropHelper;
     ctx.store(off, &new, 0).map_err(h)?;
-    ctx.l3_csum_replace(IP_CSUM, old as u64, new as u64, 4).map_err(h)?;
+    ctx.l3_csum_replace(IP_CSUM, old as u64, new as u64, 4)
+        .map_err(h)?;
     let (csum_off, flags) = match l4 {
         L4::Tcp => (L4_OFF + 16, BPF_F_PSEUDO_HDR),
         L4::Udp => (L4_OFF + 6, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0),
@@ -129,7 +159,11 @@ pub fn icmp_error(ctx: &TcContext, f: &Flow, dir: u8) -> Result<Option<CtEntry>,
         return Ok(None);
     }
     let ports: [u16; 4] = read(ctx, QUOTE + 20)?;
-    let (qs, qd) = if q.proto == IPPROTO_ICMP { (ports[2], ports[2]) } else { (ports[0], ports[1]) };
+    let (qs, qd) = if q.proto == IPPROTO_ICMP {
+        (ports[2], ports[2])
+    } else {
+        (ports[0], ports[1])
+    };
     // The quoted packet went the other way: swap it into this direction's key.
     let Some(e) = tracked(&key(q.daddr, q.saddr, qd, qs, q.proto), dir) else {
         return Ok(None);
@@ -141,11 +175,14 @@ pub fn icmp_error(ctx: &TcContext, f: &Flow, dir: u8) -> Result<Option<CtEntry>,
     };
     let h = |_| Reason::DropHelper;
     ctx.store(field, &e.addr, 0).map_err(h)?;
-    ctx.l3_csum_replace(QUOTE + 10, old as u64, e.addr as u64, 4).map_err(h)?;
+    ctx.l3_csum_replace(QUOTE + 10, old as u64, e.addr as u64, 4)
+        .map_err(h)?;
     let new_check: u16 = read(ctx, QUOTE + 10)?;
     // The ICMP checksum covers the quote: both changed fields enter it.
-    ctx.l4_csum_replace(ICMP_CSUM, old as u64, e.addr as u64, 4).map_err(h)?;
-    ctx.l4_csum_replace(ICMP_CSUM, q.check as u64, new_check as u64, 2).map_err(h)?;
+    ctx.l4_csum_replace(ICMP_CSUM, old as u64, e.addr as u64, 4)
+        .map_err(h)?;
+    ctx.l4_csum_replace(ICMP_CSUM, q.check as u64, new_check as u64, 2)
+        .map_err(h)?;
     if outer_old == old {
         rewrite(ctx, L4::IcmpError, outer, old, e.addr)?;
     }

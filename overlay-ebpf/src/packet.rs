@@ -128,7 +128,11 @@ pub fn flow(ctx: &TcContext, ip: &Ipv4, l4_off: usize) -> Result<Flow, Reason> {
             // The checksum field must be present too.
             let csum_end = if ip.proto == IPPROTO_TCP { 18 } else { 8 };
             let _: u16 = read(ctx, l4_off + csum_end - 2)?;
-            let kind = if ip.proto == IPPROTO_TCP { L4::Tcp } else { L4::Udp };
+            let kind = if ip.proto == IPPROTO_TCP {
+                L4::Tcp
+            } else {
+                L4::Udp
+            };
             (kind, ports[0], ports[1])
         }
         IPPROTO_ICMP => {

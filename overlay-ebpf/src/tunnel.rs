@@ -7,9 +7,12 @@ use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
         BPF_F_ADJ_ROOM_FIXED_GSO, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup, bpf_redir_neigh,
+        BPF_FIB_LOOKUP_OUTPUT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
+        bpf_redir_neigh,
     },
-    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::generated::{
+        bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer,
+    },
     programs::TcContext,
 };
 use overlay_common::{
@@ -40,7 +43,8 @@ pub fn is_gso(ctx: &TcContext) -> bool {
 /// The caller has checked the size against the overlay MTU.
 #[inline(always)]
 pub fn encap(ctx: &TcContext, cfg: &Config, node: &Node, f: &Flow) -> Result<i32, Reason> {
-    let flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_FIXED_GSO;
+    let flags =
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_FIXED_GSO;
     ctx.adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags as u64)
         .map_err(|_| Reason::DropHelper)?;
     let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
@@ -57,8 +61,14 @@ pub fn encap(ctx: &TcContext, cfg: &Config, node: &Node, f: &Flow) -> Result<i32
         daddr: node.ip,
     };
     ip.check = ipv4_csum(&ip);
-    let udp = [encap_sport(hash).to_be(), node.port, f.len.wrapping_add(8).to_be(), 0];
-    ctx.store(IP_OFF, &Outer { ip, udp }, 0).map_err(|_| Reason::DropHelper)?;
+    let udp = [
+        encap_sport(hash).to_be(),
+        node.port,
+        f.len.wrapping_add(8).to_be(),
+        0,
+    ];
+    ctx.store(IP_OFF, &Outer { ip, udp }, 0)
+        .map_err(|_| Reason::DropHelper)?;
     out(ctx, cfg, node.ip)
 }
 
@@ -83,7 +93,9 @@ fn out(ctx: &TcContext, cfg: &Config, dst: u32) -> Result<i32, Reason> {
     p.__bindgen_anon_4.ipv4_dst = dst;
     let size = core::mem::size_of::<bpf_fib_lookup>() as i32;
     // SAFETY: helper call with a valid context and a stack buffer of `size`.
-    let rc = unsafe { fib_lookup(ctx.skb.skb as *mut _, &mut p, size, 0) } as u32;
+    // OUTPUT: the node itself sends these packets (no forwarding sysctl needed).
+    let rc =
+        unsafe { fib_lookup(ctx.skb.skb as *mut _, &mut p, size, BPF_FIB_LOOKUP_OUTPUT) } as u32;
     if rc == BPF_FIB_LKUP_RET_SUCCESS {
         let mut macs = [0u8; 12];
         macs[..6].copy_from_slice(&p.dmac);
@@ -103,6 +115,7 @@ fn out(ctx: &TcContext, cfg: &Config, dst: u32) -> Result<i32, Reason> {
         // SAFETY: helper call with a stack buffer of `size`.
         return Ok(unsafe { bpf_redirect_neigh(p.ifindex, &mut nh, size, 0) } as i32);
     }
+    // FWD_DISABLED: the uplink needs net.ipv4.conf.<uplink>.forwarding=1.
     Err(Reason::DropNoRoute)
 }
 

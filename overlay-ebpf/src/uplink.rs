@@ -65,6 +65,8 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
     tunnel::decap(ctx)?;
     nat::reverse(ctx, &mut f)?;
     // SAFETY: value copied out at once.
-    let ep = unsafe { ENDPOINTS.get(&f.daddr) }.copied().ok_or(Reason::DropNoEndpoint)?;
+    let ep = unsafe { ENDPOINTS.get(&f.daddr) }
+        .copied()
+        .ok_or(Reason::DropNoEndpoint)?;
     Ok(Some((tunnel::to_endpoint(ctx, &ep)?, Reason::Decap)))
 }

@@ -43,5 +43,6 @@ fn try_uplink_xdp(ctx: &XdpContext) -> Option<Reason> {
     }
     let udp: [u16; 4] = read(ctx, L4_OFF)?;
     // SAFETY: presence check only.
-    (udp[1] == cfg.ewp && unsafe { PEERS.get(&ip.saddr) }.is_none()).then_some(Reason::DropUnknownPeer)
+    (udp[1] == cfg.ewp && unsafe { PEERS.get(&ip.saddr) }.is_none())
+        .then_some(Reason::DropUnknownPeer)
 }

@@ -167,6 +167,24 @@ impl Netns {
         })
     }
 
+    /// Runs `f` on a new detached thread inside this namespace (for servers
+    /// that outlive one call); the thread keeps the namespace alive until it ends.
+    pub fn thread<F, R>(&self, f: F) -> Result<std::thread::JoinHandle<R>>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let file = self.open()?;
+        let name = self.name.clone();
+        Ok(std::thread::spawn(move || {
+            if let Err(e) = setns(&file, CloneFlags::CLONE_NEWNET) {
+                panic!("setns into network namespace {name}: {e}");
+            }
+            drop(file);
+            f()
+        }))
+    }
+
     /// Writes `value` to the sysctl `key` (e.g. `net.ipv4.ip_forward`) of
     /// this namespace.
     pub fn set_sysctl(&self, key: &str, value: &str) -> Result<()> {

@@ -134,7 +134,9 @@ impl Dataplane {
 
 impl Dataplane {
     /// Per-reason counters summed over CPUs.
-    pub fn stats(&self) -> Result<Vec<(overlay_common::stats::Reason, overlay_common::maps::Counter)>> {
+    pub fn stats(
+        &self,
+    ) -> Result<Vec<(overlay_common::stats::Reason, overlay_common::maps::Counter)>> {
         self.tables.stats()
     }
 }

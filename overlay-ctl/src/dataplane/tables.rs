@@ -8,9 +8,9 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
-use aya::Ebpf;
 use overlay_common::maps::{
     Backend, Config, Counter, CtEntry, CtKey, Endpoint, Node, PortKey, ServIp, SlotKey, ip, names,
 };
@@ -65,7 +65,9 @@ macro_rules! tables {
 impl Tables {
     /// Takes the maps out of a loaded object (its programs keep using them).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        Ok(tables!(|name: &'static str| -> Result<Option<Map>> { Ok(ebpf.take_map(name)) }))
+        Ok(tables!(|name: &'static str| -> Result<Option<Map>> {
+            Ok(ebpf.take_map(name))
+        }))
     }
 
     /// Opens the maps pinned in `dir` (by an agent, possibly no longer running).
@@ -119,9 +121,17 @@ impl Tables {
 
     /// A node: where its tunnel packets go, and that its address may send them.
     pub fn put_node(&mut self, id: u32, addr: Ipv4Addr, ewp: u16) -> Result<()> {
-        let node = Node { ip: ip::to_wire(addr), port: ip::port_to_wire(ewp), _pad: 0 };
-        self.nodes.insert(id, node, 0).map_err(map_err(names::NODES))?;
-        self.peers.insert(node.ip, id, 0).map_err(map_err(names::PEERS))
+        let node = Node {
+            ip: ip::to_wire(addr),
+            port: ip::port_to_wire(ewp),
+            _pad: 0,
+        };
+        self.nodes
+            .insert(id, node, 0)
+            .map_err(map_err(names::NODES))?;
+        self.peers
+            .insert(node.ip, id, 0)
+            .map_err(map_err(names::PEERS))
     }
 
     pub fn remove_node(&mut self, id: u32) -> Result<()> {
@@ -134,7 +144,9 @@ impl Tables {
     /// A node's instance subnet.
     pub fn put_route(&mut self, subnet: Ipv4Addr, prefix: u32, node: u32) -> Result<()> {
         let key = Key::new(prefix, ip::to_wire(subnet));
-        self.routes.insert(&key, node, 0).map_err(map_err(names::ROUTES))
+        self.routes
+            .insert(&key, node, 0)
+            .map_err(map_err(names::ROUTES))
     }
 
     pub fn remove_route(&mut self, subnet: Ipv4Addr, prefix: u32) -> Result<()> {
@@ -143,7 +155,9 @@ impl Tables {
     }
 
     pub fn put_endpoint(&mut self, nsip: Ipv4Addr, ep: &Endpoint) -> Result<()> {
-        self.endpoints.insert(ip::to_wire(nsip), ep, 0).map_err(map_err(names::ENDPOINTS))
+        self.endpoints
+            .insert(ip::to_wire(nsip), ep, 0)
+            .map_err(map_err(names::ENDPOINTS))
     }
 
     pub fn remove_endpoint(&mut self, nsip: Ipv4Addr) -> Result<()> {
@@ -151,8 +165,13 @@ impl Tables {
     }
 
     pub fn put_backend(&mut self, id: u32, nsip: Ipv4Addr, node: u32) -> Result<()> {
-        let b = Backend { nsip: ip::to_wire(nsip), node };
-        self.backends.insert(id, b, 0).map_err(map_err(names::BACKENDS))
+        let b = Backend {
+            nsip: ip::to_wire(nsip),
+            node,
+        };
+        self.backends
+            .insert(id, b, 0)
+            .map_err(map_err(names::BACKENDS))
     }
 
     pub fn remove_backend(&mut self, id: u32) -> Result<()> {
@@ -161,46 +180,83 @@ impl Tables {
 
     /// The ports (and protocols) a service forwards; port 0 with ICMP is echo.
     pub fn put_port(&mut self, service: u32, port: u16, proto: u8) -> Result<()> {
-        let key = PortKey { service, port: ip::port_to_wire(port), proto, _pad: 0 };
-        self.ports.insert(key, 1, 0).map_err(map_err(names::SVC_PORTS))
+        let key = PortKey {
+            service,
+            port: ip::port_to_wire(port),
+            proto,
+            _pad: 0,
+        };
+        self.ports
+            .insert(key, 1, 0)
+            .map_err(map_err(names::SVC_PORTS))
     }
 
     pub fn remove_port(&mut self, service: u32, port: u16, proto: u8) -> Result<()> {
-        let key = PortKey { service, port: ip::port_to_wire(port), proto, _pad: 0 };
+        let key = PortKey {
+            service,
+            port: ip::port_to_wire(port),
+            proto,
+            _pad: 0,
+        };
         ignore_missing(self.ports.remove(&key)).map_err(map_err(names::SVC_PORTS))
     }
 
     /// Publishes a ServIP with its slot table (backend ids, repeated for
     /// weight), in the order that never exposes a half-built table.
-    pub fn put_servip(&mut self, servip: Ipv4Addr, service: u32, policy: u8, slots: &[u32]) -> Result<()> {
+    pub fn put_servip(
+        &mut self,
+        servip: Ipv4Addr,
+        service: u32,
+        policy: u8,
+        slots: &[u32],
+    ) -> Result<()> {
         let vip = ip::to_wire(servip);
         let old = self.servips.get(&vip, 0).map(|s| s.count).unwrap_or(0);
         for (i, id) in slots.iter().enumerate() {
-            let key = SlotKey { servip: vip, slot: i as u32 };
-            self.slots.insert(key, id, 0).map_err(map_err(names::SLOTS))?;
+            let key = SlotKey {
+                servip: vip,
+                slot: i as u32,
+            };
+            self.slots
+                .insert(key, id, 0)
+                .map_err(map_err(names::SLOTS))?;
         }
         let count = u16::try_from(slots.len()).map_err(|_| Error::TooManySlots(slots.len()))?;
-        let sv = ServIp { service, count, policy, _pad: 0 };
-        self.servips.insert(vip, sv, 0).map_err(map_err(names::SERVIPS))?;
+        let sv = ServIp {
+            service,
+            count,
+            policy,
+            _pad: 0,
+        };
+        self.servips
+            .insert(vip, sv, 0)
+            .map_err(map_err(names::SERVIPS))?;
         self.remove_slots(vip, count as u32..old as u32)
     }
 
     pub fn remove_servip(&mut self, servip: Ipv4Addr) -> Result<()> {
         let vip = ip::to_wire(servip);
-        let Ok(sv) = self.servips.get(&vip, 0) else { return Ok(()) };
+        let Ok(sv) = self.servips.get(&vip, 0) else {
+            return Ok(());
+        };
         ignore_missing(self.servips.remove(&vip)).map_err(map_err(names::SERVIPS))?;
         self.remove_slots(vip, 0..sv.count as u32)
     }
 
     fn remove_slots(&mut self, vip: u32, range: std::ops::Range<u32>) -> Result<()> {
         for slot in range {
-            ignore_missing(self.slots.remove(&SlotKey { servip: vip, slot })).map_err(map_err(names::SLOTS))?;
+            ignore_missing(self.slots.remove(&SlotKey { servip: vip, slot }))
+                .map_err(map_err(names::SLOTS))?;
         }
         Ok(())
     }
 
     pub fn servips(&self) -> Vec<(Ipv4Addr, ServIp)> {
-        self.servips.iter().filter_map(|r| r.ok()).map(|(k, v)| (ip::from_wire(k), v)).collect()
+        self.servips
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| (ip::from_wire(k), v))
+            .collect()
     }
 
     pub fn slots(&self, servip: Ipv4Addr) -> Vec<u32> {
@@ -216,7 +272,11 @@ impl Tables {
     }
 
     pub fn endpoints(&self) -> Vec<(Ipv4Addr, Endpoint)> {
-        self.endpoints.iter().filter_map(|r| r.ok()).map(|(k, v)| (ip::from_wire(k), v)).collect()
+        self.endpoints
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| (ip::from_wire(k), v))
+            .collect()
     }
 
     pub fn nodes(&self) -> Vec<(u32, Node)> {
