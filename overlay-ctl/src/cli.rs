@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde_json::json;
 
-use crate::dataplane;
+use crate::{agent, api, config::AgentConfig, dataplane::Tables, maps_view};
 
 #[derive(Parser)]
 #[command(
@@ -20,46 +21,154 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the node agent (loads the dataplane, serves the API, follows the desired state).
+    Agent {
+        #[arg(long)]
+        config: PathBuf,
+        /// Remove everything the agent created on this node, then exit.
+        #[arg(long)]
+        teardown: bool,
+    },
+    /// Deploy or remove instances on this node, through the local agent.
+    Instance {
+        #[command(subcommand)]
+        cmd: InstanceCmd,
+        /// The agent's API socket.
+        #[arg(
+            long,
+            env = "OVERLAY_API",
+            default_value = "/run/overlay/agent.sock",
+            global = true
+        )]
+        api: PathBuf,
+    },
     /// Read the pinned dataplane maps directly (works while no agent runs).
     Maps {
-        table: Table,
+        table: maps_view::Table,
         #[arg(long)]
         json: bool,
+        /// Take the pin directory from this agent configuration.
+        #[arg(long, conflicts_with = "pin_dir")]
+        config: Option<PathBuf>,
         /// Pin directory of the node's maps.
-        #[arg(long, env = "OVERLAY_PIN_DIR", default_value = "/sys/fs/bpf/overlay")]
-        pin_dir: PathBuf,
+        #[arg(long, env = "OVERLAY_PIN_DIR")]
+        pin_dir: Option<PathBuf>,
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Table {
-    Stats,
+#[derive(Subcommand)]
+enum InstanceCmd {
+    /// Link a network namespace into the overlay as instance N of SERVICE.
+    Deploy {
+        /// `app.appns.svc.svcns`
+        service: String,
+        #[arg(long)]
+        instance: u32,
+        /// The instance's network namespace: NAME, PATH or PID.
+        #[arg(long)]
+        netns: String,
+    },
+    /// Remove instance N of SERVICE from this node.
+    Rm {
+        service: String,
+        #[arg(long)]
+        instance: u32,
+    },
+    /// List this node's instances.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Agent { config, teardown } => {
+            let cfg = AgentConfig::load(&config)?;
+            init_logs();
+            let rt = tokio::runtime::Runtime::new()?;
+            if teardown {
+                rt.block_on(agent::teardown(cfg))?;
+            } else {
+                rt.block_on(agent::run(cfg))?;
+            }
+        }
+        Cmd::Instance { cmd, api } => instance(cmd, &api)?,
         Cmd::Maps {
-            table: Table::Stats,
+            table,
             json,
+            config,
             pin_dir,
         } => {
-            let stats = dataplane::Tables::open_pinned(&pin_dir)
-                .and_then(|t| t.stats())
-                .with_context(|| format!("reading stats from {}", pin_dir.display()))?;
+            let dir = match (config, pin_dir) {
+                (Some(c), _) => AgentConfig::load(&c)?.bpf_pin_dir,
+                (None, Some(d)) => d,
+                (None, None) => {
+                    bail!("give --pin-dir DIR or --config agent.toml (or set OVERLAY_PIN_DIR)")
+                }
+            };
+            let tables = Tables::open_pinned(&dir)
+                .with_context(|| format!("reading the maps pinned in {}", dir.display()))?;
+            print!("{}", maps_view::render(&tables, table, json)?);
+        }
+    }
+    Ok(())
+}
+
+fn instance(cmd: InstanceCmd, api: &std::path::Path) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match cmd {
+        InstanceCmd::Deploy {
+            service,
+            instance,
+            netns,
+        } => {
+            if instance == 0 {
+                bail!("--instance: instance numbers start at 1");
+            }
+            netns.parse::<crate::netns::NetnsRef>()?;
+            let body = json!({ "service": service, "instance": instance, "netns": netns });
+            let out = rt.block_on(api::call(api, "POST", "/v1/instances", Some(body)))?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        InstanceCmd::Rm { service, instance } => {
+            let uri = format!("/v1/instances/{service}/{instance}");
+            rt.block_on(api::call(api, "DELETE", &uri, None))?;
+            println!("removed {service} instance {instance}");
+        }
+        InstanceCmd::Ls { json } => {
+            let out = rt.block_on(api::call(api, "GET", "/v1/instances", None))?;
             if json {
-                let rows: Vec<_> = stats
-                    .iter()
-                    .map(|(r, c)| serde_json::json!({"reason": r.label(), "packets": c.packets, "bytes": c.bytes}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                println!("{:<20} {:>12} {:>14}", "REASON", "PACKETS", "BYTES");
-                for (r, c) in stats {
-                    println!("{:<20} {:>12} {:>14}", r.label(), c.packets, c.bytes);
+                println!(
+                    "{:<32} {:>8} {:<16} {:<8} NETNS",
+                    "SERVICE", "INSTANCE", "NSIP", "LINK"
+                );
+                for i in out.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<32} {:>8} {:<16} {:<8} {}",
+                        i["service"].as_str().unwrap_or(""),
+                        i["instance"],
+                        i["nsip"].as_str().unwrap_or(""),
+                        i["host_if"].as_str().unwrap_or(""),
+                        i["netns"].as_str().unwrap_or("")
+                    );
                 }
             }
         }
     }
     Ok(())
+}
+
+fn init_logs() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
 }

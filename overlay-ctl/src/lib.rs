@@ -2,11 +2,26 @@
 //!
 //! Module map:
 //!
+//! * [`model`]: the desired state: nodes, services with ServIPs, instances.
+//! * [`config`]: the agent's `agent.toml`.
+//! * [`reconcile`]: desired state to BPF map contents, applied by difference.
 //! * [`dataplane`]: the embedded eBPF object; load, attach, pin, and typed
 //!   access to its maps (also from a pin directory while no agent runs).
+//! * [`netns`]: instance links: veth pairs, addresses, routes (rtnetlink).
+//! * [`agent`]: the node daemon: host preparation, local instances, following
+//!   the desired state.
+//! * [`api`]: the agent's HTTP API on a Unix socket, and its client.
+//! * [`maps_view`]: `overlay-ctl maps` tables and JSON.
 //! * [`cli`]: the `overlay-ctl` command line (clap), a thin layer over the rest.
 //!
-//! The agent, store, reconciler, DNS and API modules arrive with their issues.
+//! The store (etcd) and DNS modules arrive with their issues.
 
+pub mod agent;
+pub mod api;
 pub mod cli;
+pub mod config;
 pub mod dataplane;
+pub mod maps_view;
+pub mod model;
+pub mod netns;
+pub mod reconcile;

@@ -1,5 +1,6 @@
 //! The eBPF dataplane: the embedded object, loading, attaching and pinning.
 
+mod links;
 mod tables;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,8 @@ pub enum Error {
     },
     #[error("eBPF object has no {0}")]
     Missing(&'static str),
+    #[error("pinning {path}: {why}")]
+    Pin { path: PathBuf, why: String },
     #[error("a slot table of {0} entries is larger than 65535")]
     TooManySlots(usize),
     #[error(
@@ -55,6 +58,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// A loaded copy of the dataplane.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// Where maps and links are pinned; `None` for a throwaway copy (tests).
+    pin_dir: Option<PathBuf>,
     /// Taken out of `ebpf`; kept here so the programs' map fds stay open.
     pub tables: Tables,
 }
@@ -72,7 +77,18 @@ impl Dataplane {
         }
         let mut ebpf = loader.load(OBJECT)?;
         let tables = Tables::take(&mut ebpf)?;
-        Ok(Dataplane { ebpf, tables })
+        if let Some(dir) = pin_dir {
+            let links = dir.join("links");
+            std::fs::create_dir_all(&links).map_err(|e| Error::Pin {
+                path: links,
+                why: e.to_string(),
+            })?;
+        }
+        Ok(Dataplane {
+            ebpf,
+            tables,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+        })
     }
 
     pub fn ebpf(&mut self) -> &mut Ebpf {
@@ -109,26 +125,51 @@ impl Dataplane {
         Ok(prog)
     }
 
+    /// Pin path of the link of `hook` on `ifname`, when this copy pins.
+    fn link_pin(&self, hook: &str, ifname: &str) -> Option<PathBuf> {
+        self.pin_dir
+            .as_ref()
+            .map(|d| d.join("links").join(format!("{hook}-{ifname}")))
+    }
+
+    fn attach_tc(&mut self, name: &'static str, ifname: &str) -> Result<()> {
+        let pin = self.link_pin(name, ifname);
+        let prog = self.classifier(name)?;
+        match pin {
+            Some(pin) => links::tc(prog, name, ifname, &pin),
+            None => prog
+                .attach(ifname, TcAttachType::Ingress)
+                .map(drop)
+                .map_err(|source| Error::Program { name, source }),
+        }
+    }
+
     /// Attaches the from-instance program to an instance's host-side veth (TCX ingress).
     pub fn attach_instance(&mut self, ifname: &str) -> Result<()> {
-        let name = programs::FROM_INSTANCE;
-        let prog = self.classifier(name)?;
-        prog.attach(ifname, TcAttachType::Ingress)
-            .map_err(|source| Error::Program { name, source })?;
-        Ok(())
+        self.attach_tc(programs::FROM_INSTANCE, ifname)
+    }
+
+    /// Detaches the from-instance program from `ifname` (its pin, if any).
+    pub fn detach_instance(&mut self, ifname: &str) -> Result<()> {
+        match self.link_pin(programs::FROM_INSTANCE, ifname) {
+            Some(pin) => links::unpin(&pin),
+            None => Ok(()),
+        }
     }
 
     /// Attaches the uplink programs (XDP, then TCX ingress).
     pub fn attach_uplink(&mut self, ifname: &str) -> Result<()> {
         let name = programs::UPLINK_XDP;
+        let pin = self.link_pin(name, ifname);
         let prog = self.xdp(name)?;
-        prog.attach(ifname, XdpMode::default())
-            .map_err(|source| Error::Program { name, source })?;
-        let name = programs::UPLINK;
-        let prog = self.classifier(name)?;
-        prog.attach(ifname, TcAttachType::Ingress)
-            .map_err(|source| Error::Program { name, source })?;
-        Ok(())
+        match pin {
+            Some(pin) => links::xdp(prog, name, ifname, &pin)?,
+            None => {
+                prog.attach(ifname, XdpMode::default())
+                    .map_err(|source| Error::Program { name, source })?;
+            }
+        }
+        self.attach_tc(programs::UPLINK, ifname)
     }
 }
 

@@ -267,6 +267,10 @@ impl Tables {
             .collect()
     }
 
+    pub fn ports(&self) -> Vec<PortKey> {
+        self.ports.keys().filter_map(|r| r.ok()).collect()
+    }
+
     pub fn backends(&self) -> Vec<(u32, Backend)> {
         self.backends.iter().filter_map(|r| r.ok()).collect()
     }

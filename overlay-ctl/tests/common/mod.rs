@@ -4,6 +4,7 @@
 //! NamespaceIP/32 and a default route via a link-local gateway).
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod agents;
 pub mod servers;
 
 use std::net::Ipv4Addr;

@@ -1,0 +1,184 @@
+//! The node's side of things: bpffs, forwarding, masquerade, own addresses.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
+
+use super::{AgentError, Node, Result};
+use crate::config::AgentConfig;
+
+fn host_err(what: impl std::fmt::Display) -> AgentError {
+    AgentError::Host(what.to_string())
+}
+
+/// bpffs under the pin directory, the directories, forwarding, masquerade.
+pub fn prepare(cfg: &AgentConfig) -> Result<()> {
+    ensure_bpffs(&cfg.bpf_pin_dir)?;
+    for dir in [&cfg.bpf_pin_dir, &cfg.state_dir] {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| host_err(format!("creating {}: {e}", dir.display())))?;
+    }
+    if let Some(parent) = cfg.api_socket.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| host_err(format!("creating {}: {e}", parent.display())))?;
+    }
+    // Instances route through the node; the tunnel's FIB lookup needs it too.
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .map_err(|e| host_err(format!("enabling IPv4 forwarding: {e}")))?;
+    if cfg.masquerade {
+        if let Some(subnet) = cfg.subnet {
+            nft(&format!(
+                "table ip {t}\nflush table ip {t}\ntable ip {t} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {subnet} oifname \"{u}\" masquerade\n  }}\n}}\n",
+                t = table(cfg),
+                u = cfg.uplink
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+fn table(cfg: &AgentConfig) -> String {
+    format!("overlay_{}", cfg.node_id.replace('-', "_"))
+}
+
+fn nft(script: &str) -> Result<()> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            host_err(format!(
+                "running nft (install nftables, or set masquerade = false): {e}"
+            ))
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(script.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| host_err(format!("nft: {e}")))?;
+    if !out.status.success() {
+        return Err(host_err(format!(
+            "nft failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Mounts a bpffs at `dir` unless `dir` (or its nearest existing parent) is on one.
+fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let on_bpffs = statfs(existing)
+        .map(|s| s.filesystem_type() == BPF_FS_MAGIC)
+        .unwrap_or(false);
+    if on_bpffs {
+        return Ok(());
+    }
+    let mountpoint = Path::new("/sys/fs/bpf");
+    if !dir.starts_with(mountpoint) {
+        return Err(host_err(format!(
+            "{} is not on a bpf filesystem: mount one (mount -t bpf bpf DIR) or use /sys/fs/bpf",
+            dir.display()
+        )));
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        mountpoint,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| host_err(format!("mounting bpffs on /sys/fs/bpf: {e}")))
+}
+
+/// This node's identity and addresses.
+pub fn node(cfg: &AgentConfig) -> Result<Node> {
+    let ifindex = nix::net::if_::if_nametoindex(cfg.uplink.as_str())
+        .map_err(|e| host_err(format!("uplink `{}`: {e}", cfg.uplink)))?;
+    let ip = match cfg.node_ip {
+        Some(ip) => ip,
+        None => uplink_addr(&cfg.uplink)?,
+    };
+    let mtu = match cfg.mtu {
+        Some(m) => m,
+        None => uplink_mtu(&cfg.uplink)?,
+    };
+    let subnet = cfg
+        .subnet
+        .ok_or_else(|| host_err("no node subnet configured"))?;
+    let (ip, ewp) = match cfg.public {
+        Some(p) => (*p.ip(), p.port()),
+        None => (ip, cfg.ewp),
+    };
+    Ok(Node {
+        name: cfg.node_id.clone(),
+        ip,
+        ewp,
+        subnet,
+        uplink_ifindex: ifindex,
+        mtu: mtu - overlay_common::ENCAP_OVERHEAD,
+    })
+}
+
+fn uplink_addr(uplink: &str) -> Result<Ipv4Addr> {
+    let addrs =
+        nix::ifaddrs::getifaddrs().map_err(|e| host_err(format!("listing addresses: {e}")))?;
+    addrs
+        .filter(|a| a.interface_name == uplink)
+        .find_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
+        .ok_or_else(|| {
+            host_err(format!(
+                "uplink `{uplink}` has no IPv4 address: set node_ip"
+            ))
+        })
+}
+
+fn uplink_mtu(uplink: &str) -> Result<u16> {
+    let path = format!("/proc/sys/net/ipv4/conf/{uplink}/mtu");
+    let sys = format!("/sys/class/net/{uplink}/mtu");
+    std::fs::read_to_string(&sys)
+        .or_else(|_| std::fs::read_to_string(&path))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| host_err(format!("cannot read the MTU of `{uplink}`: set mtu")))
+}
+
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Removes pinned links (detaching the programs), pinned maps, the
+/// masquerade table and the API socket.
+pub fn teardown(cfg: &AgentConfig) -> Result<()> {
+    let rm = |p: &Path| match std::fs::remove_dir_all(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(host_err(format!("removing {}: {e}", p.display())))
+        }
+        _ => Ok(()),
+    };
+    rm(&cfg.bpf_pin_dir)?;
+    let _ = std::fs::remove_file(&cfg.api_socket);
+    let _ = std::fs::remove_file(cfg.state_dir.join(super::instances::FILE));
+    if cfg.masquerade {
+        let _ = nft(&format!("delete table ip {}\n", table(cfg)));
+    }
+    Ok(())
+}

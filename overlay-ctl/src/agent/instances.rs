@@ -1,0 +1,164 @@
+//! Local instances: deploy and undeploy for the node engine, persisted in the
+//! state directory so a restarted agent re-adopts them.
+
+use std::net::Ipv4Addr;
+
+use overlay_common::maps::Endpoint;
+use serde::{Deserialize, Serialize};
+
+use super::{Agent, AgentError, Result};
+use crate::config::AgentConfig;
+use crate::netns::{self, LinkSpec, NetnsRef};
+
+pub const FILE: &str = "instances.json";
+
+/// An instance this node runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalInstance {
+    pub service: String,
+    pub instance: u32,
+    pub netns: String,
+    pub nsip: Ipv4Addr,
+    pub host_if: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_ip: Option<Ipv4Addr>,
+}
+
+/// `POST /v1/instances`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    pub service: String,
+    pub instance: u32,
+    /// Network namespace: a name, a path, or a PID.
+    pub netns: String,
+}
+
+pub fn load(cfg: &AgentConfig) -> Result<Vec<LocalInstance>> {
+    let path = cfg.state_dir.join(FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| AgentError::State(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(AgentError::State(format!("{}: {e}", path.display()))),
+    }
+}
+
+fn save(agent: &Agent) -> Result<()> {
+    let path = agent.cfg.state_dir.join(FILE);
+    let tmp = path.with_extension("tmp");
+    let list: Vec<&LocalInstance> = agent.instances.values().collect();
+    let bytes = serde_json::to_vec_pretty(&list).map_err(|e| AgentError::State(e.to_string()))?;
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| AgentError::State(format!("{}: {e}", path.display())))
+}
+
+/// Re-links (idempotently) and re-attaches every recorded instance.
+pub async fn restore(agent: &mut Agent) -> Result<()> {
+    for inst in load(&agent.cfg)? {
+        if let Err(e) = link(agent, &inst).await {
+            tracing::warn!(service = %inst.service, instance = inst.instance, "cannot restore instance: {e}");
+            continue;
+        }
+        agent
+            .instances
+            .insert((inst.service.to_ascii_lowercase(), inst.instance), inst);
+    }
+    Ok(())
+}
+
+/// Creates the link, attaches the program and records the endpoint.
+async fn link(agent: &mut Agent, inst: &LocalInstance) -> Result<()> {
+    let service = agent
+        .cluster
+        .service(&inst.service)
+        .map(|s| s.id)
+        .unwrap_or(0);
+    let spec = LinkSpec {
+        netns: inst.netns.parse::<NetnsRef>()?,
+        host_if: inst.host_if.clone(),
+        nsip: inst.nsip,
+        mtu: agent.node.mtu,
+        gateway: agent.cfg.gateway,
+    };
+    let l = netns::create(&spec).await?;
+    agent.dp.attach_instance(&inst.host_if)?;
+    let ep = Endpoint {
+        ifindex: l.host_ifindex,
+        service,
+        instance: inst.instance,
+        mac: l.inst_mac,
+        host_mac: l.host_mac,
+    };
+    agent.endpoints.insert(inst.nsip, ep);
+    Ok(())
+}
+
+/// Deploys an instance: idempotent for the same request.
+pub async fn deploy(agent: &mut Agent, req: DeployRequest) -> Result<LocalInstance> {
+    if req.instance == 0 {
+        return Err(AgentError::BadRequest("instance numbers start at 1".into()));
+    }
+    req.netns.parse::<NetnsRef>()?;
+    let svc = agent
+        .cluster
+        .service(&req.service)
+        .ok_or_else(|| AgentError::UnknownService(req.service.clone()))?;
+    let key = (svc.name.to_ascii_lowercase(), req.instance);
+    let fixed_ip = agent
+        .cluster
+        .instances
+        .iter()
+        .find(|i| i.service.eq_ignore_ascii_case(&svc.name) && i.instance == req.instance)
+        .and_then(|i| i.fixed_ip);
+    let inst = match agent.instances.get(&key) {
+        Some(old) if old.netns == req.netns => old.clone(),
+        Some(old) => LocalInstance {
+            netns: req.netns.clone(),
+            ..old.clone()
+        },
+        None => {
+            let nsip = free_nsip(agent)?;
+            let host_if = format!("ov{}", u32::from(nsip) - u32::from(agent.node.subnet.addr));
+            LocalInstance {
+                service: svc.name.clone(),
+                instance: req.instance,
+                netns: req.netns.clone(),
+                nsip,
+                host_if,
+                fixed_ip,
+            }
+        }
+    };
+    link(agent, &inst).await?;
+    agent.instances.insert(key, inst.clone());
+    save(agent)?;
+    agent.reconcile()?;
+    Ok(inst)
+}
+
+/// Undeploys an instance; `false` when there was none.
+pub async fn undeploy(agent: &mut Agent, service: &str, instance: u32) -> Result<bool> {
+    let Some(inst) = agent
+        .instances
+        .remove(&(service.to_ascii_lowercase(), instance))
+    else {
+        return Ok(false);
+    };
+    agent.endpoints.remove(&inst.nsip);
+    agent.reconcile()?;
+    agent.dp.detach_instance(&inst.host_if)?;
+    netns::remove(&inst.host_if).await?;
+    save(agent)?;
+    Ok(true)
+}
+
+/// The lowest free host address of the node subnet (.0, .1 and the last are kept).
+fn free_nsip(agent: &Agent) -> Result<Ipv4Addr> {
+    let subnet = agent.node.subnet;
+    (2..subnet.size().saturating_sub(1))
+        .map(|n| subnet.host(n))
+        .find(|ip| agent.instances.values().all(|i| i.nsip != *ip))
+        .ok_or(AgentError::SubnetFull(subnet))
+}

@@ -1,0 +1,165 @@
+//! The agent's local API: HTTP/1.1 + JSON over a Unix socket (see docs/api.md),
+//! and the client the CLI uses.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use crate::agent::{self, AgentError, DeployRequest, Shared};
+
+#[derive(Clone)]
+struct Ctx {
+    agent: Shared,
+    changed: Arc<Notify>,
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AgentError::UnknownService(_) => StatusCode::NOT_FOUND,
+            AgentError::BadRequest(_)
+            | AgentError::Link(
+                crate::netns::Error::InvalidNetns { .. } | crate::netns::Error::OpenNetns { .. },
+            ) => StatusCode::BAD_REQUEST,
+            AgentError::SubnetFull(_) => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+/// Binds the socket (replacing a stale one) and serves until aborted.
+pub async fn serve(
+    agent: Shared,
+    changed: Arc<Notify>,
+) -> Result<tokio::task::JoinHandle<()>, AgentError> {
+    let path = agent.lock().await.cfg.api_socket.clone();
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)
+        .map_err(|e| AgentError::Host(format!("binding the API socket {}: {e}", path.display())))?;
+    let app = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/instances", get(list).post(deploy))
+        .route("/v1/instances/{service}/{instance}", delete(undeploy))
+        .with_state(Ctx { agent, changed });
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("API server stopped: {e}");
+        }
+    }))
+}
+
+async fn status(State(c): State<Ctx>) -> Json<Value> {
+    let a = c.agent.lock().await;
+    Json(json!({
+        "node": a.node.name, "ip": a.node.ip, "ewp": a.node.ewp, "subnet": a.node.subnet,
+        "mtu": a.node.mtu, "instances": a.instances.len(), "services": a.cluster.services.len(),
+    }))
+}
+
+async fn list(State(c): State<Ctx>) -> Json<Value> {
+    let a = c.agent.lock().await;
+    Json(json!(a.instances.values().collect::<Vec<_>>()))
+}
+
+async fn deploy(
+    State(c): State<Ctx>,
+    Json(req): Json<DeployRequest>,
+) -> Result<Json<Value>, AgentError> {
+    let inst = agent::instances_deploy(&c.agent, req).await?;
+    c.changed.notify_one();
+    Ok(Json(json!(inst)))
+}
+
+async fn undeploy(
+    State(c): State<Ctx>,
+    UrlPath((service, instance)): UrlPath<(String, u32)>,
+) -> Result<StatusCode, AgentError> {
+    let found = agent::instances_undeploy(&c.agent, &service, instance).await?;
+    c.changed.notify_one();
+    Ok(if found {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    })
+}
+
+/// Client side: errors a CLI user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach the agent at {path}: {source} (is `overlay-ctl agent` running? set OVERLAY_API)"
+    )]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("talking to the agent: {0}")]
+    Http(String),
+    #[error("the agent answered {status}: {message}")]
+    Status { status: u16, message: String },
+}
+
+/// One request to the agent; returns the JSON body of a 2xx answer.
+pub async fn call(
+    socket: &Path,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> Result<Value, ClientError> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: socket.display().to_string(),
+            source,
+        })?;
+    let http = |e: &dyn std::fmt::Display| ClientError::Http(e.to_string());
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| http(&e))?;
+    tokio::spawn(conn);
+    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "overlay")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(bytes)))
+        .map_err(|e| http(&e))?;
+    let resp = sender.send_request(req).await.map_err(|e| http(&e))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| http(&e))?
+        .to_bytes();
+    let value: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&body).into()))
+    };
+    if status.is_success() {
+        return Ok(value);
+    }
+    let message = value
+        .get("error")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| value.to_string());
+    Err(ClientError::Status {
+        status: status.as_u16(),
+        message,
+    })
+}

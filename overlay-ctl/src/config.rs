@@ -1,0 +1,180 @@
+//! The agent's configuration file (`agent.toml`, SPEC section 7).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::model::Subnet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: key `{key}`: {why}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        why: String,
+    },
+}
+
+/// Agent settings. Unknown keys are rejected so that a typo never goes unnoticed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub node_id: String,
+    /// Interface toward the other nodes.
+    pub uplink: String,
+    /// Default: the uplink's first IPv4 address.
+    pub node_ip: Option<Ipv4Addr>,
+    #[serde(default = "default_ewp")]
+    pub ewp: u16,
+    #[serde(default = "default_nsp")]
+    pub nsp: u16,
+    /// NAT-mapped address other nodes must use.
+    pub public: Option<SocketAddrV4>,
+    /// etcd endpoints, comma-separated (cluster issue); absent: `state_file`.
+    pub store: Option<String>,
+    /// Desired state of the cluster (nodes, services, remote instances) as a
+    /// JSON file, for clusters without a store.
+    pub state_file: Option<PathBuf>,
+    /// This node's instance subnet when no store leases one.
+    pub subnet: Option<Subnet>,
+    pub state_dir: PathBuf,
+    pub bpf_pin_dir: PathBuf,
+    pub api_socket: PathBuf,
+    /// Masquerade instance traffic to destinations outside the overlay.
+    #[serde(default = "default_true")]
+    pub masquerade: bool,
+    /// Link-local gateway address instances route through.
+    #[serde(default = "default_gateway")]
+    pub gateway: Ipv4Addr,
+    /// Uplink MTU; default: read from the interface.
+    pub mtu: Option<u16>,
+}
+
+fn default_ewp() -> u16 {
+    overlay_common::DEFAULT_EWP
+}
+fn default_nsp() -> u16 {
+    overlay_common::DEFAULT_NSP
+}
+fn default_true() -> bool {
+    true
+}
+fn default_gateway() -> Ipv4Addr {
+    Ipv4Addr::new(169, 254, 1, 1)
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key, why: &str| ConfigError::Invalid {
+            path: path.into(),
+            key,
+            why: why.into(),
+        };
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !name_ok(&self.node_id) {
+            return Err(bad("node_id", "must be 1-63 letters, digits, '-' or '_'"));
+        }
+        if self.uplink.is_empty() || self.uplink.len() > 15 || self.uplink.contains('/') {
+            return Err(bad(
+                "uplink",
+                "must be an interface name of 1-15 characters",
+            ));
+        }
+        if self.ewp == 0 || self.nsp == 0 || self.ewp == self.nsp {
+            return Err(bad("ewp", "ewp and nsp must be distinct non-zero ports"));
+        }
+        if self.store.is_none() && self.state_file.is_none() {
+            return Err(bad("store", "set `store` (etcd endpoints) or `state_file`"));
+        }
+        if self.store.is_none() && self.subnet.is_none() {
+            return Err(bad(
+                "subnet",
+                "without a store the node's /24 must be configured",
+            ));
+        }
+        if !self.gateway.is_link_local() {
+            return Err(bad(
+                "gateway",
+                "must be a link-local address (169.254.0.0/16)",
+            ));
+        }
+        if self
+            .mtu
+            .is_some_and(|m| m < 576 + overlay_common::ENCAP_OVERHEAD)
+        {
+            return Err(bad("mtu", "must be at least 604"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        node_id = "n1"
+        uplink = "eth0"
+        state_file = "/tmp/cluster.json"
+        subnet = "10.30.1.0/24"
+        state_dir = "/var/lib/overlay/n1"
+        bpf_pin_dir = "/sys/fs/bpf/overlay/n1"
+        api_socket = "/run/overlay/n1.sock"
+    "#;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(text, Path::new("agent.toml"))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!((c.ewp, c.nsp, c.masquerade), (50103, 50104, true));
+        assert_eq!(c.gateway, Ipv4Addr::new(169, 254, 1, 1));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let typo = GOOD.replace("uplink =", "uplnk =");
+        assert!(parse(&typo).unwrap_err().to_string().contains("uplnk"));
+        let port = format!("{GOOD}\newp = \"x\"");
+        assert!(parse(&port).unwrap_err().to_string().contains("ewp"));
+        let gw = format!("{GOOD}\ngateway = \"10.0.0.1\"");
+        assert!(parse(&gw).unwrap_err().to_string().contains("gateway"));
+        let sub = GOOD.replace("10.30.1.0/24", "10.30.1.0/33");
+        assert!(parse(&sub).unwrap_err().to_string().contains("subnet"));
+        let id = GOOD.replace("\"n1\"", "\"n 1\"");
+        assert!(parse(&id).unwrap_err().to_string().contains("node_id"));
+    }
+}

@@ -1,0 +1,121 @@
+//! `overlay-ctl maps ...`: human tables and stable JSON of the pinned maps.
+
+use std::fmt::Write;
+
+use clap::ValueEnum;
+use overlay_common::maps::{ct, ip};
+use serde_json::{Value, json};
+
+use crate::dataplane::{Result, Tables};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Table {
+    Services,
+    Backends,
+    Endpoints,
+    Nodes,
+    Conntrack,
+    Stats,
+}
+
+fn mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn policy(p: u8) -> &'static str {
+    use overlay_common::maps::policy::*;
+    match p {
+        CLOSEST => "closest",
+        ROUNDROBIN => "roundrobin",
+        FASTEST => "fastest",
+        FIXED => "fixed",
+        _ => "?",
+    }
+}
+
+fn proto(p: u8) -> &'static str {
+    match p {
+        overlay_common::IPPROTO_TCP => "tcp",
+        overlay_common::IPPROTO_UDP => "udp",
+        overlay_common::IPPROTO_ICMP => "icmp",
+        _ => "other",
+    }
+}
+
+/// Rows of one table as JSON objects (the `--json` output, stable for scripts).
+pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
+    Ok(match table {
+        Table::Services => t
+            .servips()
+            .into_iter()
+            .map(|(vip, sv)| {
+                let ports: Vec<Value> = t.ports().into_iter().filter(|k| k.service == sv.service).map(|k| json!({"port": ip::port_from_wire(k.port), "proto": proto(k.proto)})).collect();
+                json!({"servip": vip, "service": sv.service, "policy": policy(sv.policy), "slots": t.slots(vip), "ports": ports})
+            })
+            .collect(),
+        Table::Backends => t.backends().into_iter().map(|(id, b)| json!({"id": id, "nsip": ip::from_wire(b.nsip), "node": b.node})).collect(),
+        Table::Endpoints => t
+            .endpoints()
+            .into_iter()
+            .map(|(nsip, e)| json!({"nsip": nsip, "ifindex": e.ifindex, "service": e.service, "instance": e.instance, "mac": mac(&e.mac), "host_mac": mac(&e.host_mac)}))
+            .collect(),
+        Table::Nodes => t.nodes().into_iter().map(|(id, n)| json!({"id": id, "ip": ip::from_wire(n.ip), "ewp": ip::port_from_wire(n.port)})).collect(),
+        Table::Conntrack => t
+            .conntrack()
+            .into_iter()
+            .map(|(k, e)| {
+                json!({
+                    "src": format!("{}:{}", ip::from_wire(k.saddr), ip::port_from_wire(k.sport)),
+                    "dst": format!("{}:{}", ip::from_wire(k.daddr), ip::port_from_wire(k.dport)),
+                    "proto": proto(k.proto),
+                    "dir": if e.dir == ct::FORWARD { "forward" } else { "reverse" },
+                    "nat": ip::from_wire(e.addr), "node": e.node, "service": e.service,
+                })
+            })
+            .collect(),
+        Table::Stats => t.stats()?.into_iter().map(|(r, c)| json!({"reason": r.label(), "packets": c.packets, "bytes": c.bytes})).collect(),
+    })
+}
+
+/// The table as text: pretty JSON, or aligned columns named after the JSON keys.
+pub fn render(t: &Tables, table: Table, as_json: bool) -> Result<String> {
+    let rows = rows(t, table)?;
+    if as_json {
+        return Ok(serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n");
+    }
+    let Some(first) = rows.first().and_then(Value::as_object) else {
+        return Ok("(empty)\n".into());
+    };
+    let cols: Vec<&String> = first.keys().collect();
+    let cell = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let widths: Vec<usize> = cols
+        .iter()
+        .map(|c| {
+            rows.iter()
+                .map(|r| cell(&r[c.as_str()]).len())
+                .max()
+                .unwrap_or(0)
+                .max(c.len())
+        })
+        .collect();
+    let mut out = String::new();
+    for (c, w) in cols.iter().zip(&widths) {
+        let _ = write!(out, "{:<w$}  ", c.to_uppercase(), w = w);
+    }
+    out = out.trim_end().to_string() + "\n";
+    for r in &rows {
+        let mut line = String::new();
+        for (c, w) in cols.iter().zip(&widths) {
+            let _ = write!(line, "{:<w$}  ", cell(&r[c.as_str()]), w = w);
+        }
+        out += line.trim_end();
+        out.push('\n');
+    }
+    Ok(out)
+}

@@ -1,0 +1,200 @@
+//! The cluster's desired state as the agent sees it: nodes, services with
+//! their ServIPs, and instances with their node and NamespaceIP.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An IPv4 prefix such as `10.30.1.0/24`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Subnet {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Subnet {
+    pub fn mask(&self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
+        }
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.addr)
+    }
+
+    /// The `n`th address of the prefix.
+    pub fn host(&self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) + n)
+    }
+
+    pub fn size(&self) -> u32 {
+        1u32.checked_shl(32 - self.prefix as u32).unwrap_or(0)
+    }
+
+    /// A node's numeric id in the dataplane: its subnet's /24 number, unique
+    /// because subnets are leased to one node each.
+    pub fn node_id(&self) -> u32 {
+        u32::from(self.addr) >> 8
+    }
+}
+
+impl FromStr for Subnet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not ADDRESS/PREFIX"))?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("`{a}` is not an IPv4 address"))?;
+        let prefix: u8 = p
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("`{p}` is not a prefix length 0-32"))?;
+        let net = Subnet { addr, prefix };
+        if u32::from(addr) & !net.mask() != 0 {
+            return Err(format!("`{s}` has host bits set"));
+        }
+        Ok(net)
+    }
+}
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Serialize for Subnet {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Subnet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Balancing policies a ServIP can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    Closest,
+    Roundrobin,
+    Fastest,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 3] = [Policy::Closest, Policy::Roundrobin, Policy::Fastest];
+
+    pub fn code(self) -> u8 {
+        use overlay_common::maps::policy;
+        match self {
+            Policy::Closest => policy::CLOSEST,
+            Policy::Roundrobin => policy::ROUNDROBIN,
+            Policy::Fastest => policy::FASTEST,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    #[serde(default = "default_ewp")]
+    pub ewp: u16,
+    pub subnet: Subnet,
+}
+
+fn default_ewp() -> u16 {
+    overlay_common::DEFAULT_EWP
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// `app.appns.svc.svcns`
+    pub name: String,
+    /// Cluster-wide numeric id (the dataplane's service key).
+    pub id: u32,
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    #[serde(default, alias = "statefull")]
+    pub stateful: bool,
+    /// One ServIP per policy; empty for a stateful service.
+    #[serde(default)]
+    pub servips: BTreeMap<Policy, Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSpec {
+    pub service: String,
+    pub instance: u32,
+    pub node: String,
+    pub nsip: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_ip: Option<Ipv4Addr>,
+}
+
+impl InstanceSpec {
+    /// Backend id in the dataplane: the NamespaceIP, unique cluster-wide.
+    pub fn backend_id(&self) -> u32 {
+        u32::from(self.nsip)
+    }
+}
+
+/// Everything the reconciler turns into maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterState {
+    #[serde(default)]
+    pub nodes: Vec<NodeSpec>,
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+    #[serde(default)]
+    pub instances: Vec<InstanceSpec>,
+}
+
+impl ClusterState {
+    pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
+        self.services
+            .iter()
+            .find(|s| s.name.eq_ignore_ascii_case(name))
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets() {
+        let s: Subnet = "10.30.5.0/24".parse().unwrap();
+        assert!(s.contains(Ipv4Addr::new(10, 30, 5, 9)));
+        assert!(!s.contains(Ipv4Addr::new(10, 30, 6, 9)));
+        assert_eq!(s.host(2), Ipv4Addr::new(10, 30, 5, 2));
+        assert_eq!(s.size(), 256);
+        assert_eq!(s.node_id(), (10 << 16) | (30 << 8) | 5);
+        for bad in ["10.30.5.1/24", "10.30.5.0/33", "10.30.5.0", "x/24"] {
+            assert!(bad.parse::<Subnet>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Desired state to BPF maps, by difference.
+//!
+//! [`desired`] computes the complete map contents a node should have;
+//! [`read`] reads what the maps hold now (a restarted agent starts from
+//! there: a full resync); [`apply`] writes only the difference, additions in
+//! dependency order and removals after, so no packet ever meets a ServIP whose
+//! slots, backends, ports or node are not there yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use overlay_common::maps::{Config, Endpoint, ip, policy};
+use overlay_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+
+use crate::dataplane::{Result, Tables};
+use crate::model::{ClusterState, InstanceSpec, Policy};
+
+/// The full contents of one node's maps (the parts the agent owns).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MapSet {
+    pub config: Option<Config>,
+    /// node id → (address, EWP)
+    pub nodes: BTreeMap<u32, (Ipv4Addr, u16)>,
+    /// (subnet, prefix) → node id
+    pub routes: BTreeMap<(Ipv4Addr, u32), u32>,
+    /// backend id → (NamespaceIP, node id)
+    pub backends: BTreeMap<u32, (Ipv4Addr, u32)>,
+    /// (service id, port, protocol)
+    pub ports: BTreeSet<(u32, u16, u8)>,
+    pub endpoints: BTreeMap<Ipv4Addr, Endpoint>,
+    /// ServIP → (service id, policy, slots)
+    pub servips: BTreeMap<Ipv4Addr, (u32, u8, Vec<u32>)>,
+}
+
+/// What this node contributes besides the cluster state.
+pub struct LocalNode<'a> {
+    pub name: &'a str,
+    pub config: Config,
+    /// Local instances' endpoints, keyed by NamespaceIP.
+    pub endpoints: &'a BTreeMap<Ipv4Addr, Endpoint>,
+}
+
+/// The maps a node should hold for `state`.
+pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
+    let mut m = MapSet {
+        config: Some(local.config),
+        endpoints: local.endpoints.clone(),
+        ..Default::default()
+    };
+    let node_ids: BTreeMap<&str, u32> = state
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.subnet.node_id()))
+        .collect();
+    for n in &state.nodes {
+        let id = n.subnet.node_id();
+        m.nodes.insert(id, (n.ip, n.ewp));
+        m.routes.insert((n.subnet.addr, n.subnet.prefix as u32), id);
+    }
+    for svc in &state.services {
+        let live: Vec<(&InstanceSpec, u32)> = state
+            .instances
+            .iter()
+            .filter(|i| i.service.eq_ignore_ascii_case(&svc.name))
+            .filter_map(|i| node_ids.get(i.node.as_str()).map(|&n| (i, n)))
+            .collect();
+        for (inst, node) in &live {
+            m.backends.insert(inst.backend_id(), (inst.nsip, *node));
+        }
+        for &port in &svc.ports {
+            m.ports.insert((svc.id, port, IPPROTO_TCP));
+            m.ports.insert((svc.id, port, IPPROTO_UDP));
+        }
+        m.ports.insert((svc.id, 0, IPPROTO_ICMP));
+        let local_id = node_ids
+            .get(local.name)
+            .copied()
+            .unwrap_or(local.config.node_id);
+        for (&pol, &vip) in &svc.servips {
+            m.servips
+                .insert(vip, (svc.id, pol.code(), slots(pol, &live, local_id)));
+        }
+        for (inst, _) in &live {
+            if let Some(fixed) = inst.fixed_ip {
+                m.servips
+                    .insert(fixed, (svc.id, policy::FIXED, vec![inst.backend_id()]));
+            }
+        }
+    }
+    m
+}
+
+/// The slot table of one policy: backend ids, sorted so every node agrees.
+/// `closest` keeps local instances when there are any.
+pub fn slots(pol: Policy, live: &[(&InstanceSpec, u32)], local_node: u32) -> Vec<u32> {
+    let mut ids: Vec<u32> = match pol {
+        Policy::Closest if live.iter().any(|(_, n)| *n == local_node) => live
+            .iter()
+            .filter(|(_, n)| *n == local_node)
+            .map(|(i, _)| i.backend_id())
+            .collect(),
+        _ => live.iter().map(|(i, _)| i.backend_id()).collect(),
+    };
+    ids.sort_unstable();
+    ids
+}
+
+/// What the maps hold now.
+pub fn read(t: &Tables) -> MapSet {
+    let mut m = MapSet {
+        config: t.config().ok().filter(|c| c.node_id != 0),
+        ..Default::default()
+    };
+    for (id, n) in t.nodes() {
+        m.nodes
+            .insert(id, (ip::from_wire(n.ip), ip::port_from_wire(n.port)));
+    }
+    for (addr, prefix, node) in t.routes() {
+        m.routes.insert((addr, prefix), node);
+    }
+    for (id, b) in t.backends() {
+        m.backends.insert(id, (ip::from_wire(b.nsip), b.node));
+    }
+    for k in t.ports() {
+        m.ports
+            .insert((k.service, ip::port_from_wire(k.port), k.proto));
+    }
+    m.endpoints = t.endpoints().into_iter().collect();
+    for (vip, sv) in t.servips() {
+        m.servips.insert(vip, (sv.service, sv.policy, t.slots(vip)));
+    }
+    m
+}
+
+/// Counts of entries written and removed by one [`apply`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub written: usize,
+    pub removed: usize,
+}
+
+/// Moves the maps from `have` to `want`, touching only what differs.
+pub fn apply(t: &mut Tables, have: &MapSet, want: &MapSet) -> Result<Changes> {
+    let mut c = Changes::default();
+    if let Some(cfg) = want.config.filter(|w| have.config.as_ref() != Some(w)) {
+        t.set_config(&cfg)?;
+        c.written += 1;
+    }
+    for (&id, &(addr, ewp)) in changed(&have.nodes, &want.nodes) {
+        t.put_node(id, addr, ewp)?;
+        c.written += 1;
+    }
+    for (&(net, prefix), &node) in changed(&have.routes, &want.routes) {
+        t.put_route(net, prefix, node)?;
+        c.written += 1;
+    }
+    for (&id, &(nsip, node)) in changed(&have.backends, &want.backends) {
+        t.put_backend(id, nsip, node)?;
+        c.written += 1;
+    }
+    for &(svc, port, proto) in want.ports.difference(&have.ports) {
+        t.put_port(svc, port, proto)?;
+        c.written += 1;
+    }
+    for (&nsip, ep) in changed(&have.endpoints, &want.endpoints) {
+        t.put_endpoint(nsip, ep)?;
+        c.written += 1;
+    }
+    for (&vip, (svc, pol, slots)) in changed(&have.servips, &want.servips) {
+        t.put_servip(vip, *svc, *pol, slots)?;
+        c.written += 1;
+    }
+    // Removals, in reverse dependency order.
+    for vip in gone(&have.servips, &want.servips) {
+        t.remove_servip(*vip)?;
+        c.removed += 1;
+    }
+    for nsip in gone(&have.endpoints, &want.endpoints) {
+        t.remove_endpoint(*nsip)?;
+        c.removed += 1;
+    }
+    for &(svc, port, proto) in have.ports.difference(&want.ports) {
+        t.remove_port(svc, port, proto)?;
+        c.removed += 1;
+    }
+    for id in gone(&have.backends, &want.backends) {
+        t.remove_backend(*id)?;
+        c.removed += 1;
+    }
+    for (net, prefix) in gone(&have.routes, &want.routes) {
+        t.remove_route(*net, *prefix)?;
+        c.removed += 1;
+    }
+    for id in gone(&have.nodes, &want.nodes) {
+        t.remove_node(*id)?;
+        c.removed += 1;
+    }
+    Ok(c)
+}
+
+/// Entries of `want` that `have` lacks or holds with another value.
+fn changed<'a, K: Ord, V: PartialEq>(
+    have: &'a BTreeMap<K, V>,
+    want: &'a BTreeMap<K, V>,
+) -> impl Iterator<Item = (&'a K, &'a V)> {
+    want.iter().filter(move |(k, v)| have.get(k) != Some(v))
+}
+
+/// Keys of `have` that `want` no longer has.
+fn gone<'a, K: Ord, V>(
+    have: &'a BTreeMap<K, V>,
+    want: &'a BTreeMap<K, V>,
+) -> impl Iterator<Item = &'a K> {
+    have.keys().filter(move |k| !want.contains_key(k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{NodeSpec, ServiceSpec};
+
+    fn state() -> ClusterState {
+        let node = |name: &str, o: u8| NodeSpec {
+            name: name.into(),
+            ip: Ipv4Addr::new(192, 0, 2, 10 + o),
+            ewp: 50103,
+            subnet: format!("10.30.{o}.0/24").parse().unwrap(),
+        };
+        let inst = |n: u32, node: &str, o: u8| InstanceSpec {
+            service: "a.b.c.d".into(),
+            instance: n,
+            node: node.into(),
+            nsip: Ipv4Addr::new(10, 30, o, 2),
+            fixed_ip: None,
+        };
+        ClusterState {
+            nodes: vec![node("n1", 1), node("n2", 2)],
+            services: vec![ServiceSpec {
+                name: "a.b.c.d".into(),
+                id: 7,
+                ports: vec![80],
+                stateful: false,
+                servips: Policy::ALL
+                    .iter()
+                    .zip(1..)
+                    .map(|(p, i)| (*p, Ipv4Addr::new(172, 30, 0, i)))
+                    .collect(),
+            }],
+            instances: vec![inst(1, "n1", 1), inst(2, "n2", 2)],
+        }
+    }
+
+    fn local<'a>(eps: &'a BTreeMap<Ipv4Addr, Endpoint>) -> LocalNode<'a> {
+        let config = Config {
+            node_id: "10.30.1.0/24"
+                .parse::<crate::model::Subnet>()
+                .unwrap()
+                .node_id(),
+            ..Default::default()
+        };
+        LocalNode {
+            name: "n1",
+            config,
+            endpoints: eps,
+        }
+    }
+
+    #[test]
+    fn policies_pick_their_slots() {
+        let eps = BTreeMap::new();
+        let m = desired(&state(), &local(&eps));
+        let n1 = u32::from(Ipv4Addr::new(10, 30, 1, 2));
+        let n2 = u32::from(Ipv4Addr::new(10, 30, 2, 2));
+        assert_eq!(
+            m.servips[&Ipv4Addr::new(172, 30, 0, 1)].2,
+            vec![n1],
+            "closest keeps the local instance"
+        );
+        assert_eq!(m.servips[&Ipv4Addr::new(172, 30, 0, 2)].2, vec![n1, n2]);
+        assert_eq!(m.ports.len(), 3, "tcp, udp and icmp echo");
+        assert_eq!(m.nodes.len(), 2);
+    }
+
+    #[test]
+    fn fixed_ips_for_stateful_instances() {
+        let mut s = state();
+        s.services[0].servips.clear();
+        s.services[0].stateful = true;
+        s.instances[1].fixed_ip = Some(Ipv4Addr::new(172, 30, 1, 2));
+        let eps = BTreeMap::new();
+        let m = desired(&s, &local(&eps));
+        assert_eq!(m.servips.len(), 1);
+        let (_, pol, slots) = &m.servips[&Ipv4Addr::new(172, 30, 1, 2)];
+        assert_eq!(
+            (*pol, slots.clone()),
+            (policy::FIXED, vec![u32::from(Ipv4Addr::new(10, 30, 2, 2))])
+        );
+    }
+
+    #[test]
+    fn difference_helpers() {
+        let have: BTreeMap<u32, u32> = [(1, 1), (2, 2)].into();
+        let want: BTreeMap<u32, u32> = [(2, 3), (4, 4)].into();
+        assert_eq!(
+            changed(&have, &want).map(|(k, _)| *k).collect::<Vec<_>>(),
+            vec![2, 4]
+        );
+        assert_eq!(gone(&have, &want).copied().collect::<Vec<_>>(), vec![1]);
+    }
+}

@@ -1,0 +1,323 @@
+//! Two agents in two node namespaces, desired state from a file, instances
+//! deployed through the CLI and the agents' API.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use common::agents::{Agent, Workdir, node_spec};
+use common::servers;
+use overlay_ctl::model::{ClusterState, InstanceSpec, Policy, ServiceSpec};
+use overlay_testnet::{Netns, Topology, wait_until};
+
+const SVC: &str = "shop.prod.cart.v1";
+const CLIENT: &str = "shop.prod.web.v1";
+const CLOSEST: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
+const ROUNDROBIN: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
+const PORT: u16 = 8080;
+
+fn service(name: &str, id: u32, base: u8, ports: Vec<u16>) -> ServiceSpec {
+    let servips = Policy::ALL
+        .iter()
+        .zip(0..)
+        .map(|(p, i)| (*p, Ipv4Addr::new(172, 30, base, 1 + i)))
+        .collect();
+    ServiceSpec {
+        name: name.into(),
+        id,
+        ports,
+        stateful: false,
+        servips,
+    }
+}
+
+struct Setup {
+    topo: Topology,
+    work: Workdir,
+    agents: Vec<Agent>,
+    state: ClusterState,
+}
+
+fn setup(label: &str) -> Setup {
+    overlay_testnet::require_root().unwrap();
+    let topo = Topology::new(2).unwrap();
+    let work = Workdir::new(label);
+    let state = ClusterState {
+        nodes: topo
+            .nodes()
+            .iter()
+            .map(|n| node_spec(&format!("n{}", n.index), n.index, n.ip))
+            .collect(),
+        services: vec![
+            service(SVC, 1, 0, vec![PORT]),
+            service(CLIENT, 2, 1, vec![]),
+        ],
+        instances: vec![],
+    };
+    work.write_cluster(&state);
+    let mut agents = Vec::new();
+    for n in topo.nodes() {
+        let mut a = Agent::configure(&work, &format!("n{}", n.index), n.index);
+        a.start(n.ns());
+        agents.push(a);
+    }
+    Setup {
+        topo,
+        work,
+        agents,
+        state,
+    }
+}
+
+impl Setup {
+    fn publish(&mut self, inst: InstanceSpec) {
+        self.state.instances.push(inst);
+        self.work.write_cluster(&self.state);
+    }
+}
+
+fn who_set(ns: &Netns, vip: Ipv4Addr, tries: usize) -> BTreeSet<String> {
+    (0..tries)
+        .filter_map(|_| servers::tcp_who(ns, SocketAddr::from((vip, PORT))).ok())
+        .map(|(w, _)| w)
+        .collect()
+}
+
+fn tcx_programs(ns: &Netns, ifname: &str) -> usize {
+    let ifname = ifname.to_string();
+    ns.enter(move || {
+        aya::programs::SchedClassifier::query_tcx(&ifname, aya::programs::TcAttachType::Ingress)
+            .map(|(_, progs)| progs.len())
+            .unwrap_or(0)
+    })
+    .unwrap()
+}
+
+#[test]
+fn agents_serve_servips_and_restart_without_loss() {
+    let mut s = setup("restart");
+    let (s1_ns, s2_ns, c_ns) = (
+        Netns::new("s1").unwrap(),
+        Netns::new("s2").unwrap(),
+        Netns::new("c").unwrap(),
+    );
+    let s1 = s.agents[0].deploy(SVC, 1, &s1_ns);
+    let s2 = s.agents[1].deploy(SVC, 2, &s2_ns);
+    let c = s.agents[0].deploy(CLIENT, 1, &c_ns);
+    assert_eq!(
+        s.agents[0].deploy(SVC, 1, &s1_ns),
+        s1,
+        "deploy is idempotent"
+    );
+    for i in [s1.clone(), s2.clone(), c] {
+        s.publish(i);
+    }
+    servers::tcp(&s1_ns, PORT, "s1");
+    servers::tcp(&s2_ns, PORT, "s2");
+
+    wait_until(
+        Duration::from_secs(10),
+        "both instances behind the roundrobin ServIP",
+        || who_set(&c_ns, ROUNDROBIN, 12).len() == 2,
+    )
+    .unwrap();
+    assert_eq!(
+        who_set(&c_ns, CLOSEST, 8),
+        BTreeSet::from(["s1".to_string()]),
+        "closest prefers the local instance"
+    );
+    let services = s.agents[0].maps_json("services");
+    assert!(
+        services
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["servip"] == ROUNDROBIN.to_string()),
+        "{services}"
+    );
+
+    // Restart n1's agent while a ping runs through its dataplane.
+    let mut cmd = c_ns.cmd(
+        "ping",
+        [
+            "-i",
+            "0.02",
+            "-c",
+            "150",
+            "-W",
+            "1",
+            &ROUNDROBIN.to_string(),
+        ],
+    );
+    let mut ping =
+        overlay_testnet::NsChild::spawn(cmd.stdout(std::process::Stdio::piped())).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.agents[0].stop();
+    let stopped = who_set(&c_ns, ROUNDROBIN, 12);
+    let n1 = s.topo.node(1).ns();
+    let diag = format!(
+        "links: s1 {} c {} uplink {}\nstats {}",
+        tcx_programs(n1, &format!("ov{}", s1.nsip.octets()[3])),
+        tcx_programs(n1, "ov4"),
+        tcx_programs(n1, "eth0"),
+        s.agents[0].ctl_ok(&[
+            "maps",
+            "stats",
+            "--pin-dir",
+            s.agents[0].pin_dir.to_str().unwrap()
+        ])
+    );
+    assert_eq!(
+        stopped.len(),
+        2,
+        "dataplane keeps forwarding without its agent: {stopped:?}\n{diag}"
+    );
+    let endpoints = s.agents[0].maps_json("endpoints");
+    assert_eq!(
+        endpoints.as_array().unwrap().len(),
+        2,
+        "maps readable while no agent runs: {endpoints}"
+    );
+    s.agents[0].start(s.topo.node(1).ns());
+    let out = ping.wait_with_output_lossy();
+    assert!(
+        out.contains("150 packets transmitted, 150 received"),
+        "no packet may be lost across a restart:\n{out}"
+    );
+    let host_if = format!("ov{}", s1.nsip.octets()[3]);
+    assert_eq!(
+        tcx_programs(s.topo.node(1).ns(), &host_if),
+        1,
+        "one program on the instance link after restart"
+    );
+    assert_eq!(
+        tcx_programs(s.topo.node(1).ns(), "eth0"),
+        1,
+        "one program on the uplink after restart"
+    );
+
+    // Undeploy: endpoint and link go, new flows go to s2 only.
+    s.agents[0].ctl_ok(&["instance", "rm", SVC, "--instance", "1"]);
+    s.state.instances.retain(|i| i.nsip != s1.nsip);
+    s.work.write_cluster(&s.state);
+    assert!(
+        s.topo.node(1).ns().ip(["link", "show", &host_if]).is_err(),
+        "link {host_if} removed"
+    );
+    wait_until(Duration::from_secs(5), "n1 forgets s1", || {
+        who_set(&c_ns, ROUNDROBIN, 6) == BTreeSet::from(["s2".to_string()])
+    })
+    .unwrap();
+
+    // Teardown removes pins and detaches the programs.
+    s.agents[0].stop();
+    s.agents[0].ctl_ok(&[
+        "agent",
+        "--config",
+        s.agents[0].config.to_str().unwrap(),
+        "--teardown",
+    ]);
+    assert!(!s.agents[0].pin_dir.exists(), "pins removed");
+    assert_eq!(
+        tcx_programs(s.topo.node(1).ns(), "eth0"),
+        0,
+        "uplink program detached"
+    );
+}
+
+#[test]
+fn masquerade_and_clear_errors() {
+    let mut s = setup("errors");
+    let ext = s
+        .topo
+        .add_host("ext", Ipv4Addr::new(192, 0, 2, 100))
+        .unwrap()
+        .name()
+        .to_string();
+    let c_ns = Netns::new("c").unwrap();
+    let c = s.agents[0].deploy(CLIENT, 1, &c_ns);
+    s.publish(c);
+    c_ns.run("ping", ["-c", "2", "-W", "2", "192.0.2.100"])
+        .unwrap_or_else(|e| panic!("instance reaches {ext} through masquerade: {e}"));
+
+    let a = &s.agents[0];
+    let out = a.ctl(&[
+        "instance",
+        "deploy",
+        "no.such.svc.x",
+        "--instance",
+        "1",
+        "--netns",
+        c_ns.name(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown service"),
+        "{out:?}"
+    );
+    let out = a.ctl(&[
+        "instance",
+        "deploy",
+        SVC,
+        "--instance",
+        "1",
+        "--netns",
+        "no-such-ns",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-such-ns"),
+        "{out:?}"
+    );
+    assert_eq!(
+        a.ctl_ok(&["instance", "ls", "--json"])
+            .matches("\"nsip\"")
+            .count(),
+        1,
+        "nothing half-deployed"
+    );
+
+    let bad = s.work.dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&a.config)
+            .unwrap()
+            .replace("uplink", "uplnk"),
+    )
+    .unwrap();
+    let out = a.ctl(&["agent", "--config", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("uplnk"),
+        "{out:?}"
+    );
+
+    let out = std::process::Command::new(common::agents::BIN)
+        .args(["instance", "ls"])
+        .env("OVERLAY_API", "/nonexistent.sock")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach the agent"),
+        "{out:?}"
+    );
+}
+
+trait WaitLossy {
+    fn wait_with_output_lossy(&mut self) -> String;
+}
+
+impl WaitLossy for overlay_testnet::NsChild {
+    fn wait_with_output_lossy(&mut self) -> String {
+        let _ = self.wait();
+        let mut out = String::new();
+        if let Some(mut so) = self.stdout.take() {
+            use std::io::Read;
+            let _ = so.read_to_string(&mut out);
+        }
+        out
+    }
+}
