@@ -85,6 +85,30 @@ fn who_set(ns: &Netns, vip: Ipv4Addr, tries: usize) -> BTreeSet<String> {
         .collect()
 }
 
+/// Connects until a connection lands on `want`; returns it, still open.
+fn connect_to(ns: &Netns, vip: Ipv4Addr, want: &str) -> std::net::TcpStream {
+    use std::io::{BufRead, BufReader, Write};
+    for _ in 0..64 {
+        let s = ns
+            .enter(|| {
+                std::net::TcpStream::connect_timeout(
+                    &SocketAddr::from((vip, PORT)),
+                    Duration::from_secs(3),
+                )
+            })
+            .unwrap()
+            .expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (&s).write_all(b"who\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        if line.trim() == want {
+            return s;
+        }
+    }
+    panic!("no connection reached {want}");
+}
+
 fn tcx_programs(ns: &Netns, ifname: &str) -> usize {
     let ifname = ifname.to_string();
     ns.enter(move || {
@@ -138,7 +162,7 @@ fn agents_serve_servips_and_restart_without_loss() {
         "{services}"
     );
 
-    // Restart n1's agent while a ping runs through its dataplane.
+    // Restart n1's agent (SIGTERM) while a ping runs through its dataplane.
     let mut cmd = c_ns.cmd(
         "ping",
         [
@@ -156,23 +180,10 @@ fn agents_serve_servips_and_restart_without_loss() {
     std::thread::sleep(Duration::from_millis(300));
     s.agents[0].stop();
     let stopped = who_set(&c_ns, ROUNDROBIN, 12);
-    let n1 = s.topo.node(1).ns();
-    let diag = format!(
-        "links: s1 {} c {} uplink {}\nstats {}",
-        tcx_programs(n1, &format!("ov{}", s1.nsip.octets()[3])),
-        tcx_programs(n1, "ov4"),
-        tcx_programs(n1, "eth0"),
-        s.agents[0].ctl_ok(&[
-            "maps",
-            "stats",
-            "--pin-dir",
-            s.agents[0].pin_dir.to_str().unwrap()
-        ])
-    );
     assert_eq!(
         stopped.len(),
         2,
-        "dataplane keeps forwarding without its agent: {stopped:?}\n{diag}"
+        "dataplane keeps forwarding without its agent: {stopped:?}"
     );
     let endpoints = s.agents[0].maps_json("endpoints");
     assert_eq!(
@@ -186,6 +197,29 @@ fn agents_serve_servips_and_restart_without_loss() {
         out.contains("150 packets transmitted, 150 received"),
         "no packet may be lost across a restart:\n{out}"
     );
+
+    // kill -9 during a TCP stream: the stream goes on, the new agent adopts.
+    let tables = ["services", "backends", "endpoints", "nodes"];
+    let before: Vec<_> = tables.iter().map(|t| s.agents[0].maps_json(t)).collect();
+    let mut conn = connect_to(&c_ns, ROUNDROBIN, "s1");
+    let stream = std::thread::spawn(move || {
+        for _ in 0..40 {
+            servers::bulk(&mut conn, 1 << 20)?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    s.agents[0].kill9();
+    s.agents[0].start(s.topo.node(1).ns());
+    stream
+        .join()
+        .unwrap()
+        .expect("the TCP stream survives kill -9 and restart");
+    let after: Vec<_> = tables.iter().map(|t| s.agents[0].maps_json(t)).collect();
+    assert_eq!(
+        before, after,
+        "the restarted agent adopts the maps unchanged"
+    );
     let host_if = format!("ov{}", s1.nsip.octets()[3]);
     assert_eq!(
         tcx_programs(s.topo.node(1).ns(), &host_if),
@@ -196,6 +230,33 @@ fn agents_serve_servips_and_restart_without_loss() {
         tcx_programs(s.topo.node(1).ns(), "eth0"),
         1,
         "one program on the uplink after restart"
+    );
+
+    // Human and JSON CLI output.
+    let pin = s.agents[0].pin_dir.to_str().unwrap().to_string();
+    let table = s.agents[0].ctl_ok(&["maps", "services", "--pin-dir", &pin]);
+    assert!(
+        table.starts_with("SERVIP")
+            && table.contains("roundrobin")
+            && table.contains(&ROUNDROBIN.to_string()),
+        "{table}"
+    );
+    let stats = s.agents[0].ctl_ok(&[
+        "maps",
+        "stats",
+        "--config",
+        s.agents[0].config.to_str().unwrap(),
+    ]);
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.starts_with("deliver_local") || l.contains(" deliver_local ")),
+        "{stats}"
+    );
+    let ls = s.agents[0].ctl_ok(&["instance", "ls"]);
+    assert!(
+        ls.starts_with("SERVICE") && ls.contains(&s1.nsip.to_string()),
+        "{ls}"
     );
 
     // Undeploy: endpoint and link go, new flows go to s2 only.

@@ -121,6 +121,14 @@ impl Agent {
         assert!(status.success(), "agent {} exited with {status}", self.name);
     }
 
+    /// kill -9: no clean-up at all.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.proc.take() {
+            child.kill().expect("SIGKILL");
+            let _ = child.wait();
+        }
+    }
+
     pub fn ctl(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
