@@ -13,7 +13,8 @@
 //! Everything goes through rtnetlink (no `ip` commands). [`create`] and
 //! [`remove`] work on the namespace of the calling thread (the node's): its
 //! netlink socket is opened there, so call them from a thread in the node
-//! namespace (e.g. a current-thread tokio runtime on that thread). Work
+//! namespace, inside a tokio runtime (e.g. a current-thread runtime on that
+//! thread; the connection task is `tokio::spawn`ed). Work
 //! inside the instance namespace runs on a helper thread that `setns`es into
 //! it; the calling thread never changes namespace.
 //!
@@ -291,8 +292,9 @@ pub async fn create(spec: &LinkSpec) -> Result<InstanceLink> {
         mtu: spec.mtu.into(),
         host_mac,
     };
-    if let (Some(host), Some(eth0)) = (&existing, &eth0) {
-        if eth0.addrs == [(spec.nsip, 32)] {
+    if let Some(host) = &existing {
+        // `peers` means eth0 is there; only its address is left to compare.
+        if peers && eth0.is_some_and(|e| e.addrs == [(spec.nsip, 32)]) {
             node_side(&node, host, spec).await?;
             let plan = plan(None, host.mac);
             let inst_mac =
@@ -304,7 +306,7 @@ pub async fn create(spec: &LinkSpec) -> Result<InstanceLink> {
                 inst_mac,
             });
         }
-        // Ours, but for another NamespaceIP: start afresh.
+        // Ours, but for another NamespaceIP or namespace: start afresh.
         node.delete_link(host).await?;
     }
 

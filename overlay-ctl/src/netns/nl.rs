@@ -156,7 +156,7 @@ impl Netlink {
             .map_err(nl_err("setting the alias of", target))
     }
 
-    /// Moves interface `index` into the namespace of `fd`.
+    /// Moves `link` into the namespace of `fd` (it arrives there down).
     pub async fn move_link(&self, link: &Link, fd: BorrowedFd<'_>, to: &str) -> Result<()> {
         let msg = LinkUnspec::new_with_index(link.index)
             .setns_by_fd(fd.as_raw_fd())
