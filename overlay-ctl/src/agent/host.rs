@@ -28,15 +28,14 @@ pub fn prepare(cfg: &AgentConfig) -> Result<()> {
     // Instances route through the node; the tunnel's FIB lookup needs it too.
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| host_err(format!("enabling IPv4 forwarding: {e}")))?;
-    if cfg.masquerade {
-        if let Some(subnet) = cfg.subnet {
-            nft(&format!(
-                "table ip {t}\nflush table ip {t}\ntable ip {t} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {subnet} oifname \"{u}\" masquerade\n  }}\n}}\n",
-                t = table(cfg),
-                u = cfg.uplink
-            ))?;
-        }
+    if let (true, Some(subnet)) = (cfg.masquerade, cfg.subnet) {
+        nft(&format!(
+            "table ip {t}\nflush table ip {t}\ntable ip {t} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {subnet} oifname \"{u}\" masquerade\n  }}\n}}\n",
+            t = table(cfg),
+            u = cfg.uplink
+        ))?;
     }
+
     Ok(())
 }
 

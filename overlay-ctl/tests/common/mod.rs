@@ -80,10 +80,10 @@ impl Cluster {
                 ns_index: node.index,
             });
         }
-        for i in 0..nodes.len() {
+        for n in &mut nodes {
             for peer in topo.nodes() {
                 let pid = peer.index as u32;
-                let t = &mut nodes[i].dp.tables;
+                let t = &mut n.dp.tables;
                 t.put_node(pid, peer.ip, EWP).expect("node");
                 t.put_route(subnet(pid), 24, pid).expect("route");
             }
