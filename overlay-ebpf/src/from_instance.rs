@@ -33,6 +33,10 @@ pub fn from_instance(ctx: TcContext) -> i32 {
         }
         Err(reason) => {
             count(reason, ctx.len());
+            if matches!(reason, Reason::DropNoRoute | Reason::DropHelper) {
+                // Never expected in a healthy node: worth a log line.
+                aya_log_ebpf::warn!(&ctx, "instance packet dropped: reason {}", reason as u32);
+            }
             TC_ACT_SHOT as i32
         }
     }
@@ -69,6 +73,9 @@ fn try_from_instance(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         return pass;
     };
     let mut f = packet::flow(ctx, &ip, L4_OFF)?;
+    if let Some(answered) = too_big(ctx, cfg, &f, &dest)? {
+        return Ok(answered);
+    }
     nat::reverse(ctx, &mut f)?;
     send(ctx, cfg, &f, dest)
 }
@@ -101,9 +108,34 @@ fn to_servip(
         }
         Err(r) => return Err(r),
     };
+    let dest = dest_of(t.nsip, t.node, cfg)?;
+    // Before the rewrite: the error must come from, and quote, the ServIP.
+    if let Some(answered) = too_big(ctx, cfg, &f, &dest)? {
+        return Ok(answered);
+    }
     nat::rewrite(ctx, f.l4, IP_DST, f.daddr, t.nsip)?;
     f.daddr = t.nsip;
-    send(ctx, cfg, &f, dest_of(t.nsip, t.node, cfg)?)
+    send(ctx, cfg, &f, dest)
+}
+
+/// A packet for the tunnel that exceeds the overlay MTU: with DF the sender
+/// gets ICMP fragmentation needed (its answer is returned), without DF it is
+/// dropped. GSO super-packets are segmented later and always fit.
+#[inline(always)]
+fn too_big(
+    ctx: &TcContext,
+    cfg: &Config,
+    f: &Flow,
+    dest: &Dest,
+) -> Result<Option<(i32, Reason)>, Reason> {
+    if matches!(dest, Dest::Local(_)) || f.len <= cfg.mtu || tunnel::is_gso(ctx) {
+        return Ok(None);
+    }
+    if !f.df {
+        return Err(Reason::DropTooBig);
+    }
+    let action = icmp::unreachable(ctx, f.proto, icmp::CODE_FRAG_NEEDED, cfg.mtu)?;
+    Ok(Some((action, Reason::DropTooBig)))
 }
 
 #[inline(always)]
@@ -139,13 +171,6 @@ fn send(ctx: &TcContext, cfg: &Config, f: &Flow, dest: Dest) -> Result<(i32, Rea
             let node = unsafe { NODES.get(&id) }
                 .copied()
                 .ok_or(Reason::DropNoRoute)?;
-            if f.len > cfg.mtu && !tunnel::is_gso(ctx) {
-                if f.df {
-                    let action = icmp::unreachable(ctx, f.proto, icmp::CODE_FRAG_NEEDED, cfg.mtu)?;
-                    return Ok((action, Reason::DropTooBig));
-                }
-                return Err(Reason::DropTooBig);
-            }
             Ok((tunnel::encap(ctx, cfg, &node, f)?, Reason::Encap))
         }
     }

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use overlay_common::{
     IPPROTO_ICMP,
-    flow::{flow_hash, pick_slot},
+    flow::pick_slot,
     maps::{CtEntry, CtKey, PortKey, ServIp, SlotKey, ct},
     stats::Reason,
 };
@@ -74,10 +74,9 @@ pub fn backend(f: &Flow, sv: &ServIp, local_node: u32) -> Result<Target, Reason>
     if sv.count == 0 {
         return Err(Reason::DropNoBackend);
     }
-    let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
     let slot = SlotKey {
         servip: f.daddr,
-        slot: pick_slot(hash, sv.count as u32),
+        slot: pick_slot(f.hash, sv.count as u32),
     };
     // SAFETY: values copied out at once.
     let id = unsafe { SLOTS.get(&slot) }

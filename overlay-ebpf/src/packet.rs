@@ -68,6 +68,9 @@ pub struct Flow {
     pub df: bool,
     /// IPv4 total length.
     pub len: u16,
+    /// Hash of the 5-tuple as it arrived (before any translation): picks the
+    /// backend of a new flow and the tunnel's source port.
+    pub hash: u32,
 }
 
 /// Makes sure the headers are in the linear area so direct access can see them.
@@ -150,7 +153,21 @@ pub fn flow(ctx: &TcContext, ip: &Ipv4, l4_off: usize) -> Result<Flow, Reason> {
         }
         _ => (L4::Other, 0, 0),
     };
+    let len = u16::from_be(ip.tot_len);
+    let l4_min = match l4 {
+        L4::Tcp => 20,
+        L4::Other => 0,
+        _ => 8,
+    };
+    // BIG TCP super-packets carry 0; anything else must fit header and frame.
+    let frame = ctx.len() as usize - (l4_off - 20);
+    if (len as usize) < 20 + l4_min && !(len == 0 && crate::tunnel::is_gso(ctx))
+        || len as usize > frame
+    {
+        return Err(Reason::DropMalformed);
+    }
     Ok(Flow {
+        hash: overlay_common::flow::flow_hash(ip.saddr, ip.daddr, sport, dport, ip.proto),
         saddr: ip.saddr,
         daddr: ip.daddr,
         sport,
@@ -159,7 +176,7 @@ pub fn flow(ctx: &TcContext, ip: &Ipv4, l4_off: usize) -> Result<Flow, Reason> {
         l4,
         tos: ip.tos,
         df: frag & 0x4000 != 0,
-        len: u16::from_be(ip.tot_len),
+        len,
     })
 }
 

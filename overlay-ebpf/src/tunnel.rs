@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use overlay_common::{
     ENCAP_OVERHEAD, IPPROTO_UDP,
-    flow::{encap_sport, flow_hash},
+    flow::encap_sport,
     maps::{Config, Endpoint, Node},
     stats::Reason,
 };
@@ -47,7 +47,6 @@ pub fn encap(ctx: &TcContext, cfg: &Config, node: &Node, f: &Flow) -> Result<i32
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_FIXED_GSO;
     ctx.adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags as u64)
         .map_err(|_| Reason::DropHelper)?;
-    let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
     let mut ip = Ipv4 {
         vihl: 0x45,
         tos: f.tos,
@@ -62,7 +61,7 @@ pub fn encap(ctx: &TcContext, cfg: &Config, node: &Node, f: &Flow) -> Result<i32
     };
     ip.check = ipv4_csum(&ip);
     let udp = [
-        encap_sport(hash).to_be(),
+        encap_sport(f.hash).to_be(),
         node.port,
         f.len.wrapping_add(8).to_be(),
         0,
@@ -93,7 +92,7 @@ fn out(ctx: &TcContext, cfg: &Config, dst: u32) -> Result<i32, Reason> {
     p.__bindgen_anon_4.ipv4_dst = dst;
     let size = core::mem::size_of::<bpf_fib_lookup>() as i32;
     // SAFETY: helper call with a valid context and a stack buffer of `size`.
-    // OUTPUT: the node itself sends these packets (no forwarding sysctl needed).
+    // OUTPUT: the node itself sends these packets (the uplink still needs forwarding on).
     let rc =
         unsafe { fib_lookup(ctx.skb.skb as *mut _, &mut p, size, BPF_FIB_LOOKUP_OUTPUT) } as u32;
     if rc == BPF_FIB_LKUP_RET_SUCCESS {

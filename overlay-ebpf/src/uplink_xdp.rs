@@ -14,8 +14,13 @@ use crate::packet::{IP_OFF, Ipv4, L4_OFF};
 #[xdp(frags)]
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     match try_uplink_xdp(&ctx) {
-        Some(reason) => {
+        Some((reason, src)) => {
             count(reason, (ctx.data_end() - ctx.data()) as u32);
+            aya_log_ebpf::warn!(
+                &ctx,
+                "tunnel packet from unregistered {:i} dropped",
+                u32::from_be(src)
+            );
             XDP_DROP
         }
         None => XDP_PASS,
@@ -31,8 +36,8 @@ fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
     Some(unsafe { core::ptr::read_unaligned((ctx.data() + off) as *const T) })
 }
 
-/// The drop reason for an unwanted tunnel packet, `None` to pass it on.
-fn try_uplink_xdp(ctx: &XdpContext) -> Option<Reason> {
+/// The drop reason (and source) of an unwanted tunnel packet, `None` to pass it on.
+fn try_uplink_xdp(ctx: &XdpContext) -> Option<(Reason, u32)> {
     let cfg = config()?;
     if read::<u16>(ctx, 12)? != ETH_P_IP.to_be() {
         return None;
@@ -44,5 +49,5 @@ fn try_uplink_xdp(ctx: &XdpContext) -> Option<Reason> {
     let udp: [u16; 4] = read(ctx, L4_OFF)?;
     // SAFETY: presence check only.
     (udp[1] == cfg.ewp && unsafe { PEERS.get(&ip.saddr) }.is_none())
-        .then_some(Reason::DropUnknownPeer)
+        .then_some((Reason::DropUnknownPeer, ip.saddr))
 }

@@ -139,6 +139,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let node = host::node(&cfg)?;
     let mut dp = Dataplane::load(Some(&cfg.bpf_pin_dir))?;
     dp.attach_uplink(&cfg.uplink)?;
+    if let Some(logger) = dp.take_logger() {
+        tokio::spawn(forward_logs(logger));
+    }
     let applied = reconcile::read(&dp.tables);
     tracing::info!(node = %node.name, ip = %node.ip, subnet = %node.subnet, adopted = applied.servips.len() + applied.endpoints.len(), "dataplane loaded");
     let mut cluster_rx = source::spawn(&cfg)?;
@@ -164,6 +167,21 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     server.abort();
     let _ = std::fs::remove_file(&shared.lock().await.cfg.api_socket);
     Ok(())
+}
+
+/// Forwards the programs' aya-log records into the agent's log (tracing).
+async fn forward_logs(logger: crate::dataplane::ProgramLogger) {
+    // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd lives.
+    let Ok(mut fd) = (unsafe { tokio::io::unix::AsyncFd::register(logger) }) else {
+        return;
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
 }
 
 /// Reconciles whenever the desired state or the local instances change.

@@ -11,6 +11,9 @@ use overlay_common::maps::names;
 
 pub use tables::Tables;
 
+/// Reader of the programs' aya-log ring buffer, writing through the `log` facade.
+pub type ProgramLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
 /// The eBPF object built by `overlay-build` (the same as `cargo xtask build-ebpf`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay-ebpf.o"));
 
@@ -89,6 +92,11 @@ impl Dataplane {
             tables,
             pin_dir: pin_dir.map(Path::to_path_buf),
         })
+    }
+
+    /// The programs' log records (aya-log), to be forwarded by the agent.
+    pub fn take_logger(&mut self) -> Option<ProgramLogger> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
     }
 
     pub fn ebpf(&mut self) -> &mut Ebpf {

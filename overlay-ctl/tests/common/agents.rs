@@ -110,6 +110,15 @@ impl Agent {
         self.proc = Some(child);
     }
 
+    pub fn log_path(&self) -> PathBuf {
+        self.config.with_file_name("agent.log")
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(&mut self) {
         let Some(mut child) = self.proc.take() else {
