@@ -3,6 +3,7 @@
 //! Module map:
 //!
 //! * [`model`]: the desired state: nodes, services with ServIPs, instances.
+//! * [`descriptor`]: the deployment descriptor and the service record.
 //! * [`config`]: the agent's `agent.toml`.
 //! * [`reconcile`]: desired state to BPF map contents, applied by difference.
 //! * [`dataplane`]: the embedded eBPF object; load, attach, pin, and typed
@@ -21,6 +22,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod descriptor;
 pub mod maps_view;
 pub mod model;
 pub mod netns;
