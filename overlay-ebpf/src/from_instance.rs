@@ -37,7 +37,7 @@ pub fn from_instance(ctx: TcContext) -> i32 {
                 // Never expected in a healthy node: worth a log line.
                 aya_log_ebpf::warn!(&ctx, "instance packet dropped: reason {}", reason as u32);
             }
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
 }
@@ -50,7 +50,7 @@ enum Dest {
 
 #[inline(always)]
 fn try_from_instance(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
-    let pass = Ok((TC_ACT_OK as i32, Reason::Pass));
+    let pass = Ok((TC_ACT_OK, Reason::Pass));
     packet::pull(ctx);
     let Some(ip) = packet::ipv4(ctx, IP_OFF)? else {
         return pass;
@@ -59,13 +59,13 @@ fn try_from_instance(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         return pass;
     };
     // SAFETY: values are copied out of the maps at once.
-    let ep = unsafe { ENDPOINTS.get(&ip.saddr) }.copied();
+    let ep = unsafe { ENDPOINTS.get(ip.saddr) }.copied();
     // SAFETY: reading the program's own context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if ep.is_none_or(|ep| ep.ifindex != ifindex) {
         return Err(Reason::DropSpoofed);
     }
-    if let Some(sv) = unsafe { SERVIPS.get(&ip.daddr) }.copied() {
+    if let Some(sv) = unsafe { SERVIPS.get(ip.daddr) }.copied() {
         let f = packet::flow(ctx, &ip, L4_OFF)?;
         return to_servip(ctx, cfg, f, &sv);
     }
@@ -144,7 +144,7 @@ fn dest_of(nsip: u32, node: u32, cfg: &Config) -> Result<Dest, Reason> {
         return Ok(Dest::Remote(node));
     }
     // SAFETY: value copied out at once.
-    let ep = unsafe { ENDPOINTS.get(&nsip) }
+    let ep = unsafe { ENDPOINTS.get(nsip) }
         .copied()
         .ok_or(Reason::DropNoEndpoint)?;
     Ok(Dest::Local(ep))
@@ -154,11 +154,11 @@ fn dest_of(nsip: u32, node: u32, cfg: &Config) -> Result<Dest, Reason> {
 #[inline(always)]
 fn route(addr: u32) -> Option<Dest> {
     // SAFETY: values copied out at once.
-    if let Some(ep) = unsafe { ENDPOINTS.get(&addr) } {
+    if let Some(ep) = unsafe { ENDPOINTS.get(addr) } {
         return Some(Dest::Local(*ep));
     }
     ROUTES
-        .get(&Key::new(32, addr))
+        .get(Key::new(32, addr))
         .map(|node| Dest::Remote(*node))
 }
 
@@ -168,7 +168,7 @@ fn send(ctx: &TcContext, cfg: &Config, f: &Flow, dest: Dest) -> Result<(i32, Rea
         Dest::Local(ep) => Ok((tunnel::to_endpoint(ctx, &ep)?, Reason::DeliverLocal)),
         Dest::Remote(id) => {
             // SAFETY: value copied out at once.
-            let node = unsafe { NODES.get(&id) }
+            let node = unsafe { NODES.get(id) }
                 .copied()
                 .ok_or(Reason::DropNoRoute)?;
             Ok((tunnel::encap(ctx, cfg, &node, f)?, Reason::Encap))

@@ -68,7 +68,7 @@ pub fn backend(f: &Flow, sv: &ServIp, local_node: u32) -> Result<Target, Reason>
         _pad: 0,
     };
     // SAFETY: presence check only.
-    if unsafe { SVC_PORTS.get(&pk) }.is_none() {
+    if unsafe { SVC_PORTS.get(pk) }.is_none() {
         return Err(Reason::DropPort);
     }
     if sv.count == 0 {
@@ -79,10 +79,10 @@ pub fn backend(f: &Flow, sv: &ServIp, local_node: u32) -> Result<Target, Reason>
         slot: pick_slot(f.hash, sv.count as u32),
     };
     // SAFETY: values copied out at once.
-    let id = unsafe { SLOTS.get(&slot) }
+    let id = unsafe { SLOTS.get(slot) }
         .copied()
         .ok_or(Reason::DropNoRoute)?;
-    let b = unsafe { BACKENDS.get(&id) }
+    let b = unsafe { BACKENDS.get(id) }
         .copied()
         .ok_or(Reason::DropNoRoute)?;
     let entry = |addr, node, dir| CtEntry {
@@ -95,10 +95,10 @@ pub fn backend(f: &Flow, sv: &ServIp, local_node: u32) -> Result<Target, Reason>
     let rev = key(b.nsip, f.saddr, f.dport, f.sport, f.proto);
     // Reverse first: a reply must never arrive before its translation exists.
     CONNTRACK
-        .insert(&rev, &entry(f.daddr, local_node, ct::REVERSE), 0)
+        .insert(rev, entry(f.daddr, local_node, ct::REVERSE), 0)
         .map_err(|_| Reason::DropHelper)?;
     CONNTRACK
-        .insert(&fwd, &entry(b.nsip, b.node, ct::FORWARD), 0)
+        .insert(fwd, entry(b.nsip, b.node, ct::FORWARD), 0)
         .map_err(|_| Reason::DropHelper)?;
     count(Reason::NewFlow, 0);
     Ok(Target {

@@ -26,10 +26,10 @@ pub fn uplink(ctx: TcContext) -> i32 {
             action
         }
         // Not a tunnel packet: the node's own traffic, not counted.
-        Ok(None) => TC_ACT_OK as i32,
+        Ok(None) => TC_ACT_OK,
         Err(reason) => {
             count(reason, ctx.len());
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
 }
@@ -54,7 +54,7 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
         return Err(Reason::DropFragment);
     }
     // SAFETY: presence check only.
-    if unsafe { PEERS.get(&ip.saddr) }.is_none() {
+    if unsafe { PEERS.get(ip.saddr) }.is_none() {
         return Err(Reason::DropUnknownPeer);
     }
     let inner: Ipv4 = read(ctx, INNER_IP)?;
@@ -65,7 +65,7 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
     tunnel::decap(ctx)?;
     nat::reverse(ctx, &mut f)?;
     // SAFETY: value copied out at once.
-    let ep = unsafe { ENDPOINTS.get(&f.daddr) }
+    let ep = unsafe { ENDPOINTS.get(f.daddr) }
         .copied()
         .ok_or(Reason::DropNoEndpoint)?;
     Ok(Some((tunnel::to_endpoint(ctx, &ep)?, Reason::Decap)))

@@ -48,6 +48,6 @@ fn try_uplink_xdp(ctx: &XdpContext) -> Option<(Reason, u32)> {
     }
     let udp: [u16; 4] = read(ctx, L4_OFF)?;
     // SAFETY: presence check only.
-    (udp[1] == cfg.ewp && unsafe { PEERS.get(&ip.saddr) }.is_none())
+    (udp[1] == cfg.ewp && unsafe { PEERS.get(ip.saddr) }.is_none())
         .then_some((Reason::DropUnknownPeer, ip.saddr))
 }

@@ -57,9 +57,14 @@ fn main() {
     }
 }
 
-/// The workspace root (the xtask crate's parent directory).
+/// The workspace root (the xtask crate's parent directory). `cargo run` sets
+/// `CARGO_MANIFEST_DIR` at run time too; that one wins over the compiled-in
+/// path, which goes stale when a built tree is moved.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))

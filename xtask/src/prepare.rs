@@ -13,6 +13,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("iperf3", "iperf3"),
     ("ethtool", "ethtool"),
+    // The agent masquerades instance traffic leaving the overlay.
+    ("nft", "nftables"),
+    // The cluster store the agents and the tests run.
+    ("etcd", "etcd-server"),
 ];
 
 /// Where the kernel's BPF file system belongs.
@@ -21,15 +25,21 @@ const BPFFS: &str = "/sys/fs/bpf";
 /// Everything `cargo xtask test` and `demo` need from the machine. `what`
 /// names the command for the root message ("cargo xtask test").
 pub fn prepare(what: &str, needs: &str) -> anyhow::Result<()> {
-    if overlay_testnet::require_root().is_err() {
-        bail!("{what} needs root: {needs}");
-    }
+    require_root(what, needs)?;
     install_missing_packages()?;
     mount_bpffs()?;
     let deleted = overlay_testnet::cleanup_stale()
         .context("deleting namespaces left by earlier test runs")?;
     if deleted > 0 {
         println!("prepare: deleted {deleted} namespace(s) left by earlier runs");
+    }
+    Ok(())
+}
+
+/// Fails with one sentence unless running as root.
+pub fn require_root(what: &str, needs: &str) -> anyhow::Result<()> {
+    if overlay_testnet::require_root().is_err() {
+        bail!("{what} needs root: {needs}");
     }
     Ok(())
 }
