@@ -48,7 +48,10 @@ pub fn check_label(label: &str) -> Result<(), String> {
     if label.is_empty() || label.len() > 63 {
         return Err("must be 1-63 characters".into());
     }
-    if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if !label
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
         return Err(format!("`{label}` may hold only letters, digits and '-'"));
     }
     if label.starts_with('-') || label.ends_with('-') {
@@ -63,10 +66,12 @@ impl Descriptor {
     pub fn parse(text: &str) -> Result<Descriptor, DescriptorError> {
         let d: Descriptor = if text.trim_start().starts_with('{') {
             let de = &mut serde_json::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de).map_err(|e| syntax(e.path().to_string(), e.inner().to_string()))?
+            serde_path_to_error::deserialize(de)
+                .map_err(|e| syntax(e.path().to_string(), e.inner().to_string()))?
         } else {
             let de = serde_norway::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de).map_err(|e| syntax(e.path().to_string(), e.inner().to_string()))?
+            serde_path_to_error::deserialize(de)
+                .map_err(|e| syntax(e.path().to_string(), e.inner().to_string()))?
         };
         d.validate()?;
         Ok(d)
@@ -74,7 +79,12 @@ impl Descriptor {
 
     pub fn validate(&self) -> Result<(), DescriptorError> {
         let field = |field, why: String| DescriptorError::Field { field, why };
-        for (name, value) in [("appname", &self.appname), ("appns", &self.appns), ("servicename", &self.servicename), ("servicens", &self.servicens)] {
+        for (name, value) in [
+            ("appname", &self.appname),
+            ("appns", &self.appns),
+            ("servicename", &self.servicename),
+            ("servicens", &self.servicens),
+        ] {
             check_label(value).map_err(|why| field(name, why))?;
         }
         let mut seen = BTreeSet::new();
@@ -87,7 +97,10 @@ impl Descriptor {
             }
         }
         if self.exposed && self.ports.is_empty() {
-            return Err(field("exposed", "an exposed service needs at least one port".into()));
+            return Err(field(
+                "exposed",
+                "an exposed service needs at least one port".into(),
+            ));
         }
         for need in &self.needs {
             needed_service(need).map_err(|why| field("needs", why))?;
@@ -97,7 +110,11 @@ impl Descriptor {
 
     /// `app.appns.svc.svcns`, lower case.
     pub fn name(&self) -> String {
-        format!("{}.{}.{}.{}", self.appname, self.appns, self.servicename, self.servicens).to_ascii_lowercase()
+        format!(
+            "{}.{}.{}.{}",
+            self.appname, self.appns, self.servicename, self.servicens
+        )
+        .to_ascii_lowercase()
     }
 }
 
@@ -108,7 +125,11 @@ pub fn needed_service(entry: &str) -> Result<String, String> {
     let service = match labels.len() {
         4 => &labels[..],
         7 if labels[6].eq_ignore_ascii_case("local") => &labels[..4],
-        _ => return Err(format!("`{entry}` is neither app.appns.svc.svcns nor a full .local name")),
+        _ => {
+            return Err(format!(
+                "`{entry}` is neither app.appns.svc.svcns nor a full .local name"
+            ));
+        }
     };
     for l in service {
         check_label(l).map_err(|why| format!("`{entry}`: {why}"))?;
@@ -158,7 +179,11 @@ mod tests {
         let cases = [
             ("\"appname\":\"shop\"", "\"appname\":\"sh op\"", "appname"),
             ("\"appns\":\"prod\"", "\"appns\":\"\"", "appns"),
-            ("\"servicename\":\"cart\"", "\"servicename\":\"-cart\"", "servicename"),
+            (
+                "\"servicename\":\"cart\"",
+                "\"servicename\":\"-cart\"",
+                "servicename",
+            ),
             ("\"servicens\":\"v1\"", "\"servicens\":\"v.1\"", "servicens"),
             ("\"ports\":[8080]", "\"ports\":[0]", "ports"),
             ("\"ports\":[8080]", "\"ports\":[70000]", "ports"),
@@ -172,11 +197,28 @@ mod tests {
             let err = Descriptor::parse(&text).unwrap_err().to_string();
             assert!(err.contains(name), "{name}: {err}");
         }
-        let exposed = GOOD.replace("\"exposed\":false", "\"exposed\":true").replace("\"ports\":[8080]", "\"ports\":[]");
-        assert!(Descriptor::parse(&exposed).unwrap_err().to_string().contains("exposed"));
-        assert!(Descriptor::parse(r#"{"appname":"a"}"#).unwrap_err().to_string().contains("appns"));
+        let exposed = GOOD
+            .replace("\"exposed\":false", "\"exposed\":true")
+            .replace("\"ports\":[8080]", "\"ports\":[]");
+        assert!(
+            Descriptor::parse(&exposed)
+                .unwrap_err()
+                .to_string()
+                .contains("exposed")
+        );
+        assert!(
+            Descriptor::parse(r#"{"appname":"a"}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("appns")
+        );
         let yaml = "appname: shop\nappns: prod\nservicename: db\nservicens: v1\nports: [5432]\nstateful: true\n";
         assert!(Descriptor::parse(yaml).unwrap().stateful);
-        assert!(Descriptor::parse(&yaml.replace("5432", "x")).unwrap_err().to_string().contains("ports"));
+        assert!(
+            Descriptor::parse(&yaml.replace("5432", "x"))
+                .unwrap_err()
+                .to_string()
+                .contains("ports")
+        );
     }
 }
