@@ -18,9 +18,12 @@ pub mod names {
     pub const PEERS: &str = "PEERS";
     pub const ROUTES: &str = "ROUTES";
     pub const CONNTRACK: &str = "CONNTRACK";
-    pub const ALL: [&str; 11] = [
+    pub const RESTRICTED: &str = "RESTRICTED";
+    pub const NEEDS: &str = "NEEDS";
+    pub const DENIED: &str = "DENIED";
+    pub const ALL: [&str; 14] = [
         CONFIG, STATS, SERVIPS, SVC_PORTS, SLOTS, BACKENDS, ENDPOINTS, NODES, PEERS, ROUTES,
-        CONNTRACK,
+        CONNTRACK, RESTRICTED, NEEDS, DENIED,
     ];
 }
 
@@ -35,7 +38,13 @@ pub mod capacity {
     pub const NODES: u32 = 1_024;
     pub const ROUTES: u32 = 1_024;
     pub const CONNTRACK: u32 = 262_144;
+    pub const RESTRICTED: u32 = 65_536;
+    pub const NEEDS: u32 = 262_144;
 }
+
+/// `RESTRICTED` key meaning "services without `needs` may open no flows"
+/// (the cluster's default-deny setting); service ids start at 1.
+pub const DEFAULT_DENY: u32 = 0;
 
 /// Balancing policy a ServIP names.
 pub mod policy {
@@ -159,6 +168,15 @@ pub struct CtEntry {
     pub _pad: [u8; 3],
 }
 
+/// `NEEDS` key: `src` may open new flows to `dst` (service ids). Consulted
+/// only for a sender listed in `RESTRICTED` (its descriptor has `needs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NeedKey {
+    pub src: u32,
+    pub dst: u32,
+}
+
 /// One `STATS` slot (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -178,6 +196,7 @@ const _: () = {
     assert!(core::mem::size_of::<CtKey>() == 16);
     assert!(core::mem::size_of::<CtEntry>() == 16);
     assert!(core::mem::size_of::<Counter>() == 16);
+    assert!(core::mem::size_of::<NeedKey>() == 8);
 };
 
 #[cfg(feature = "user")]
@@ -194,6 +213,7 @@ mod pod {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for NeedKey {}
 }
 
 /// Conversions between `core::net` types and the wire-order integers in maps.

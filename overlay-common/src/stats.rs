@@ -48,6 +48,9 @@ reasons! {
     DropPort = "drop_port",
     /// Larger than the overlay MTU with DF set (ICMP fragmentation needed).
     DropTooBig = "drop_too_big",
+    /// New flow to a service the sender's `needs` does not name (ICMP
+    /// administratively prohibited); also counted per sending service.
+    DropDenied = "drop_denied",
     /// Decapsulated packet for a NamespaceIP that is not on this node.
     DropNoEndpoint = "drop_no_endpoint",
     /// Slot or backend missing while the agent rewrites a table, or no route.

@@ -76,7 +76,18 @@ pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
                 })
             })
             .collect(),
-        Table::Stats => t.stats()?.into_iter().map(|(r, c)| json!({"reason": r.label(), "packets": c.packets, "bytes": c.bytes})).collect(),
+        Table::Stats => {
+            let mut rows: Vec<Value> = t
+                .stats()?
+                .into_iter()
+                .map(|(r, c)| json!({"reason": r.label(), "packets": c.packets, "bytes": c.bytes}))
+                .collect();
+            // Denied new flows per sending service (`needs`).
+            rows.extend(t.denied().into_iter().map(|(svc, n)| {
+                json!({"reason": format!("drop_denied:service-{svc}"), "packets": n, "bytes": 0})
+            }));
+            rows
+        }
     })
 }
 

@@ -62,12 +62,12 @@ fn try_from_instance(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let ep = unsafe { ENDPOINTS.get(ip.saddr) }.copied();
     // SAFETY: reading the program's own context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if ep.is_none_or(|ep| ep.ifindex != ifindex) {
+    let Some(ep) = ep.filter(|ep| ep.ifindex == ifindex) else {
         return Err(Reason::DropSpoofed);
-    }
+    };
     if let Some(sv) = unsafe { SERVIPS.get(ip.daddr) }.copied() {
         let f = packet::flow(ctx, &ip, L4_OFF)?;
-        return to_servip(ctx, cfg, f, &sv);
+        return to_servip(ctx, cfg, f, &sv, ep.service);
     }
     let Some(dest) = route(ip.daddr) else {
         return pass;
@@ -86,27 +86,25 @@ fn to_servip(
     cfg: &Config,
     mut f: Flow,
     sv: &ServIp,
+    src_service: u32,
 ) -> Result<(i32, Reason), Reason> {
     if f.l4 == L4::IcmpError {
         let e = nat::icmp_error(ctx, &f, ct::FORWARD)?.ok_or(Reason::DropPort)?;
         f.daddr = e.addr;
         return send(ctx, cfg, &f, dest_of(e.addr, e.node, cfg)?);
     }
-    let t = match nat::backend(&f, sv, cfg.node_id) {
+    let t = match nat::backend(&f, sv, src_service, cfg.node_id) {
         Ok(t) => t,
-        Err(r @ Reason::DropPort) => {
-            return Ok((
-                icmp::unreachable(ctx, f.proto, icmp::CODE_PORT_UNREACH, 0)?,
-                r,
-            ));
+        Err(r) => {
+            // Refusals the client should hear about at once.
+            let code = match r {
+                Reason::DropPort => icmp::CODE_PORT_UNREACH,
+                Reason::DropNoBackend => icmp::CODE_HOST_UNREACH,
+                Reason::DropDenied => icmp::CODE_ADMIN_PROHIBITED,
+                _ => return Err(r),
+            };
+            return Ok((icmp::unreachable(ctx, f.proto, code, 0)?, r));
         }
-        Err(r @ Reason::DropNoBackend) => {
-            return Ok((
-                icmp::unreachable(ctx, f.proto, icmp::CODE_HOST_UNREACH, 0)?,
-                r,
-            ));
-        }
-        Err(r) => return Err(r),
     };
     let dest = dest_of(t.nsip, t.node, cfg)?;
     // Before the rewrite: the error must come from, and quote, the ServIP.

@@ -1,6 +1,7 @@
 //! ICMP errors generated toward an instance, so its clients fail fast:
 //! host unreachable (ServIP without backends), port unreachable (a port or
-//! protocol the service does not forward) and fragmentation needed.
+//! protocol the service does not forward), fragmentation needed, and
+//! administratively prohibited (a flow the sender's `needs` does not allow).
 
 use aya_ebpf::{
     bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
@@ -15,6 +16,7 @@ use crate::packet::{IP_OFF, Ipv4, fold, ipv4_csum, read, sum_words};
 pub const CODE_HOST_UNREACH: u8 = 1;
 pub const CODE_PORT_UNREACH: u8 = 3;
 pub const CODE_FRAG_NEEDED: u8 = 4;
+pub const CODE_ADMIN_PROHIBITED: u8 = 13;
 
 /// The reply frame. Every field is 2-byte aligned, so the IPv4 header lands
 /// right after the 14-byte Ethernet header with no padding.

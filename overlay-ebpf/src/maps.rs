@@ -3,12 +3,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use overlay_common::{
     maps::{
-        Backend, Config, Counter, CtEntry, CtKey, Endpoint, Node, PortKey, ServIp, SlotKey,
-        capacity,
+        Backend, Config, Counter, CtEntry, CtKey, DEFAULT_DENY, Endpoint, NeedKey, Node, PortKey,
+        ServIp, SlotKey, capacity,
     },
     stats::{REASONS, Reason},
 };
@@ -49,6 +49,43 @@ pub static ROUTES: LpmTrie<u32, u32> =
 #[map(name = "CONNTRACK")]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> =
     LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
+
+/// Services whose new flows are limited to their `needs` (key `DEFAULT_DENY`:
+/// services without `needs` may open none).
+#[map(name = "RESTRICTED")]
+pub static RESTRICTED: HashMap<u32, u32> = HashMap::with_max_entries(capacity::RESTRICTED, 0);
+
+#[map(name = "NEEDS")]
+pub static NEEDS: HashMap<NeedKey, u32> = HashMap::with_max_entries(capacity::NEEDS, 0);
+
+/// New flows denied, per sending service (per CPU).
+#[map(name = "DENIED")]
+pub static DENIED: PerCpuHashMap<u32, u64> =
+    PerCpuHashMap::with_max_entries(capacity::RESTRICTED, 0);
+
+/// Whether service `src` may open a new flow to service `dst`.
+#[inline(always)]
+pub fn allowed(src: u32, dst: u32) -> bool {
+    // SAFETY: presence checks only.
+    unsafe {
+        if RESTRICTED.get(&src).is_some() {
+            return NEEDS.get(&NeedKey { src, dst }).is_some();
+        }
+        RESTRICTED.get(&DEFAULT_DENY).is_none()
+    }
+}
+
+/// Counts a denied new flow of `src`.
+#[inline(always)]
+pub fn count_denied(src: u32) {
+    match DENIED.get_ptr_mut(&src) {
+        // SAFETY: this CPU's own slot.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = DENIED.insert(&src, &1, 0);
+        }
+    }
+}
 
 /// Per-CPU scratch space for building packets off the stack.
 pub type Scratch = [u64; 12];

@@ -48,7 +48,7 @@ fn tracked(k: &CtKey, dir: u8) -> Option<CtEntry> {
 /// The backend of a flow to a ServIP: the tracked one, or a new choice from
 /// the slot table (then both conntrack entries are written).
 #[inline(always)]
-pub fn backend(f: &Flow, sv: &ServIp, local_node: u32) -> Result<Target, Reason> {
+pub fn backend(f: &Flow, sv: &ServIp, src_service: u32, local_node: u32) -> Result<Target, Reason> {
     let fwd = key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
     if let Some(e) = tracked(&fwd, ct::FORWARD) {
         return Ok(Target {
@@ -70,6 +70,10 @@ pub fn backend(f: &Flow, sv: &ServIp, local_node: u32) -> Result<Target, Reason>
     // SAFETY: presence check only.
     if unsafe { SVC_PORTS.get(pk) }.is_none() {
         return Err(Reason::DropPort);
+    }
+    if !crate::maps::allowed(src_service, sv.service) {
+        crate::maps::count_denied(src_service);
+        return Err(Reason::DropDenied);
     }
     if sv.count == 0 {
         return Err(Reason::DropNoBackend);

@@ -10,9 +10,10 @@ use std::path::Path;
 
 use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use overlay_common::maps::{
-    Backend, Config, Counter, CtEntry, CtKey, Endpoint, Node, PortKey, ServIp, SlotKey, ip, names,
+    Backend, Config, Counter, CtEntry, CtKey, Endpoint, NeedKey, Node, PortKey, ServIp, SlotKey,
+    ip, names,
 };
 use overlay_common::stats::{REASONS, Reason};
 
@@ -31,6 +32,9 @@ pub struct Tables {
     peers: HashMap<MapData, u32, u32>,
     routes: LpmTrie<MapData, u32, u32>,
     conntrack: HashMap<MapData, CtKey, CtEntry>,
+    restricted: HashMap<MapData, u32, u32>,
+    needs: HashMap<MapData, NeedKey, u32>,
+    denied: PerCpuHashMap<MapData, u32, u64>,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Option<Map>) -> Result<T> {
@@ -58,6 +62,9 @@ macro_rules! tables {
             peers: typed(names::PEERS, get(names::PEERS)?)?,
             routes: typed(names::ROUTES, get(names::ROUTES)?)?,
             conntrack: typed(names::CONNTRACK, get(names::CONNTRACK)?)?,
+            restricted: typed(names::RESTRICTED, get(names::RESTRICTED)?)?,
+            needs: typed(names::NEEDS, get(names::NEEDS)?)?,
+            denied: typed(names::DENIED, get(names::DENIED)?)?,
         }
     }};
 }
@@ -80,6 +87,7 @@ impl Tables {
                 names::STATS => Map::PerCpuArray(data),
                 names::ROUTES => Map::LpmTrie(data),
                 names::CONNTRACK => Map::LruHashMap(data),
+                names::DENIED => Map::PerCpuHashMap(data),
                 _ => Map::HashMap(data),
             };
             Ok(Some(map))
@@ -292,6 +300,45 @@ impl Tables {
             .iter()
             .filter_map(|r| r.ok())
             .map(|(k, node)| (ip::from_wire(k.data()), k.prefix_len(), node))
+            .collect()
+    }
+
+    /// Limits `service`'s new flows to its `needs` (`DEFAULT_DENY`: the cluster setting).
+    pub fn put_restricted(&mut self, service: u32) -> Result<()> {
+        self.restricted
+            .insert(service, 1, 0)
+            .map_err(map_err(names::RESTRICTED))
+    }
+
+    pub fn remove_restricted(&mut self, service: u32) -> Result<()> {
+        ignore_missing(self.restricted.remove(&service)).map_err(map_err(names::RESTRICTED))
+    }
+
+    pub fn restricted(&self) -> Vec<u32> {
+        self.restricted.keys().filter_map(|r| r.ok()).collect()
+    }
+
+    /// Allows `src` to open new flows to `dst`.
+    pub fn put_need(&mut self, src: u32, dst: u32) -> Result<()> {
+        self.needs
+            .insert(NeedKey { src, dst }, 1, 0)
+            .map_err(map_err(names::NEEDS))
+    }
+
+    pub fn remove_need(&mut self, src: u32, dst: u32) -> Result<()> {
+        ignore_missing(self.needs.remove(&NeedKey { src, dst })).map_err(map_err(names::NEEDS))
+    }
+
+    pub fn needs(&self) -> Vec<NeedKey> {
+        self.needs.keys().filter_map(|r| r.ok()).collect()
+    }
+
+    /// New flows denied so far, per sending service (summed over CPUs).
+    pub fn denied(&self) -> Vec<(u32, u64)> {
+        self.denied
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(svc, per_cpu)| (svc, per_cpu.iter().sum()))
             .collect()
     }
 

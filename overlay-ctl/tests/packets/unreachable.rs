@@ -186,3 +186,44 @@ fn too_big_answer_on_a_1500_byte_link() {
     })
     .unwrap();
 }
+
+#[test]
+fn needs_limit_new_flows_and_count_denials_per_service() {
+    use overlay_common::maps::DEFAULT_DENY;
+    let client_service = 7; // see `harness::node`
+    let mut dp = node(LO);
+    servip(&mut dp, &[B1]);
+    dp.tables.put_restricted(client_service).unwrap();
+    let denied = [(Reason::DropDenied, 1)];
+    let first = tcp(CLIENT.ip, CLIENT_PORT, VIP, HTTP);
+    answered(&mut dp, &first, Code::FilterProhibited, &denied);
+    assert_eq!(dp.tables.denied(), vec![(client_service, 1)]);
+
+    // Naming the service in `needs` lets new flows through at once.
+    dp.tables.put_need(client_service, SERVICE).unwrap();
+    let before = snapshot(&dp);
+    let (ret, out) = from_instance(&mut dp, &from(&CLIENT, &first), CLIENT.ifindex);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    assert_eq!(parse(&out).ip.dst(), BACKEND.ip);
+    assert_eq!(
+        before.delta(&dp),
+        [(Reason::DeliverLocal, 1), (Reason::NewFlow, 1)]
+    );
+
+    // Removing it again: the established flow keeps going, new ones stop.
+    dp.tables.remove_need(client_service, SERVICE).unwrap();
+    let (ret, _) = from_instance(&mut dp, &from(&CLIENT, &first), CLIENT.ifindex);
+    assert_eq!(ret, TC_ACT_REDIRECT, "replies and established flows pass");
+    let other = udp(CLIENT.ip, CLIENT_PORT, VIP, DNS);
+    answered(&mut dp, &other, Code::FilterProhibited, &denied);
+    assert_eq!(dp.tables.denied(), vec![(client_service, 2)]);
+
+    // Cluster default deny: services without `needs` open no new flows.
+    dp.tables.remove_restricted(client_service).unwrap();
+    dp.tables.put_restricted(DEFAULT_DENY).unwrap();
+    let third = tcp(CLIENT.ip, CLIENT_PORT + 1, VIP, HTTP);
+    answered(&mut dp, &third, Code::FilterProhibited, &denied);
+    dp.tables.remove_restricted(DEFAULT_DENY).unwrap();
+    let (ret, _) = from_instance(&mut dp, &from(&CLIENT, &third), CLIENT.ifindex);
+    assert_eq!(ret, TC_ACT_REDIRECT, "allowed again without the setting");
+}
