@@ -21,9 +21,10 @@ pub mod names {
     pub const RESTRICTED: &str = "RESTRICTED";
     pub const NEEDS: &str = "NEEDS";
     pub const DENIED: &str = "DENIED";
-    pub const ALL: [&str; 14] = [
+    pub const EXPOSED: &str = "EXPOSED";
+    pub const ALL: [&str; 15] = [
         CONFIG, STATS, SERVIPS, SVC_PORTS, SLOTS, BACKENDS, ENDPOINTS, NODES, PEERS, ROUTES,
-        CONNTRACK, RESTRICTED, NEEDS, DENIED,
+        CONNTRACK, RESTRICTED, NEEDS, DENIED, EXPOSED,
     ];
 }
 
@@ -40,6 +41,7 @@ pub mod capacity {
     pub const CONNTRACK: u32 = 262_144;
     pub const RESTRICTED: u32 = 65_536;
     pub const NEEDS: u32 = 262_144;
+    pub const EXPOSED: u32 = 4_096;
 }
 
 /// `RESTRICTED` key meaning "services without `needs` may open no flows"
@@ -154,6 +156,11 @@ pub mod ct {
     pub const FORWARD: u8 = 1;
     /// Backend → client: `addr` is the ServIP to restore as source.
     pub const REVERSE: u8 = 2;
+    /// External client → exposed port of this node: `addr` is the backend,
+    /// `port` the source port used toward it (from the node's SNAT address).
+    pub const NS_FORWARD: u8 = 3;
+    /// Backend → node's SNAT address: `addr`/`port` are the external client's.
+    pub const NS_REVERSE: u8 = 4;
 }
 
 /// `CONNTRACK` value. Written once when a flow starts; never per packet.
@@ -165,7 +172,29 @@ pub struct CtEntry {
     pub node: u32,
     pub service: u32,
     pub dir: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// North-south entries: a port, network order (see `ct`).
+    pub port: u16,
+}
+
+/// `EXPOSED` key: a port of the node's own address that leads to a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExposeKey {
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// `EXPOSED` value: the ServIP whose slot table balances the port (the
+/// service's closest ServIP), and the source address backends see: an address
+/// of this node's subnet that routes back here through the overlay.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exposed {
+    pub servip: u32,
+    pub snat: u32,
 }
 
 /// `NEEDS` key: `src` may open new flows to `dst` (service ids). Consulted
@@ -197,6 +226,8 @@ const _: () = {
     assert!(core::mem::size_of::<CtEntry>() == 16);
     assert!(core::mem::size_of::<Counter>() == 16);
     assert!(core::mem::size_of::<NeedKey>() == 8);
+    assert!(core::mem::size_of::<ExposeKey>() == 4);
+    assert!(core::mem::size_of::<Exposed>() == 8);
 };
 
 #[cfg(feature = "user")]
@@ -214,6 +245,8 @@ mod pod {
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for NeedKey {}
+    unsafe impl aya::Pod for ExposeKey {}
+    unsafe impl aya::Pod for Exposed {}
 }
 
 /// Conversions between `core::net` types and the wire-order integers in maps.

@@ -30,6 +30,11 @@ reasons! {
     Encap = "encap",
     /// Decapsulated from a registered node and delivered.
     Decap = "decap",
+    /// North-south: a packet to an exposed port translated toward its backend
+    /// (counted besides its delivery verdict).
+    ExposedIn = "exposed_in",
+    /// North-south: a backend's reply translated and sent to the external client.
+    ExposedOut = "exposed_out",
     /// A new flow to a ServIP chose a backend (counted besides the packet's own verdict).
     NewFlow = "new_flow",
     /// Truncated or inconsistent headers.

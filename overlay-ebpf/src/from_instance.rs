@@ -14,12 +14,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use overlay_common::{
-    maps::{Config, Endpoint, ServIp, ct},
+    maps::{Config, ServIp, ct},
     stats::Reason,
 };
 
+use crate::forward::{Dest, dest_of, send, too_big};
 use crate::icmp;
-use crate::maps::{ENDPOINTS, NODES, ROUTES, SERVIPS, config, count};
+use crate::maps::{ENDPOINTS, ROUTES, SERVIPS, config, count};
 use crate::nat;
 use crate::packet::{self, Flow, IP_DST, IP_OFF, L4, L4_OFF};
 use crate::tunnel;
@@ -40,12 +41,6 @@ pub fn from_instance(ctx: TcContext) -> i32 {
             TC_ACT_SHOT
         }
     }
-}
-
-/// Where a packet is headed inside the overlay.
-enum Dest {
-    Local(Endpoint),
-    Remote(u32),
 }
 
 #[inline(always)]
@@ -76,7 +71,9 @@ fn try_from_instance(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     if let Some(answered) = too_big(ctx, cfg, &f, &dest)? {
         return Ok(answered);
     }
-    nat::reverse(ctx, &mut f)?;
+    if nat::reverse(ctx, &mut f, cfg.node_ip)? == nat::Reversed::External {
+        return Ok((tunnel::route_out(ctx, cfg, f.daddr)?, Reason::ExposedOut));
+    }
     send(ctx, cfg, &f, dest)
 }
 
@@ -116,38 +113,6 @@ fn to_servip(
     send(ctx, cfg, &f, dest)
 }
 
-/// A packet for the tunnel that exceeds the overlay MTU: with DF the sender
-/// gets ICMP fragmentation needed (its answer is returned), without DF it is
-/// dropped. GSO super-packets are segmented later and always fit.
-#[inline(always)]
-fn too_big(
-    ctx: &TcContext,
-    cfg: &Config,
-    f: &Flow,
-    dest: &Dest,
-) -> Result<Option<(i32, Reason)>, Reason> {
-    if matches!(dest, Dest::Local(_)) || f.len <= cfg.mtu || tunnel::is_gso(ctx) {
-        return Ok(None);
-    }
-    if !f.df {
-        return Err(Reason::DropTooBig);
-    }
-    let action = icmp::unreachable(ctx, f.proto, icmp::CODE_FRAG_NEEDED, cfg.mtu)?;
-    Ok(Some((action, Reason::DropTooBig)))
-}
-
-#[inline(always)]
-fn dest_of(nsip: u32, node: u32, cfg: &Config) -> Result<Dest, Reason> {
-    if node != cfg.node_id {
-        return Ok(Dest::Remote(node));
-    }
-    // SAFETY: value copied out at once.
-    let ep = unsafe { ENDPOINTS.get(nsip) }
-        .copied()
-        .ok_or(Reason::DropNoEndpoint)?;
-    Ok(Dest::Local(ep))
-}
-
 /// A local instance, or the node whose subnet holds `addr`.
 #[inline(always)]
 fn route(addr: u32) -> Option<Dest> {
@@ -158,18 +123,4 @@ fn route(addr: u32) -> Option<Dest> {
     ROUTES
         .get(Key::new(32, addr))
         .map(|node| Dest::Remote(*node))
-}
-
-#[inline(always)]
-fn send(ctx: &TcContext, cfg: &Config, f: &Flow, dest: Dest) -> Result<(i32, Reason), Reason> {
-    match dest {
-        Dest::Local(ep) => Ok((tunnel::to_endpoint(ctx, &ep)?, Reason::DeliverLocal)),
-        Dest::Remote(id) => {
-            // SAFETY: value copied out at once.
-            let node = unsafe { NODES.get(id) }
-                .copied()
-                .ok_or(Reason::DropNoRoute)?;
-            Ok((tunnel::encap(ctx, cfg, &node, f)?, Reason::Encap))
-        }
-    }
 }

@@ -3,10 +3,12 @@
 #![no_std]
 #![no_main]
 
+mod forward;
 mod from_instance;
 mod icmp;
 mod maps;
 mod nat;
+mod nodeport;
 mod packet;
 mod tunnel;
 mod uplink;

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use overlay_common::{
     maps::{
-        Backend, Config, Counter, CtEntry, CtKey, DEFAULT_DENY, Endpoint, NeedKey, Node, PortKey,
-        ServIp, SlotKey, capacity,
+        Backend, Config, Counter, CtEntry, CtKey, DEFAULT_DENY, Endpoint, ExposeKey, Exposed,
+        NeedKey, Node, PortKey, ServIp, SlotKey, capacity,
     },
     stats::{REASONS, Reason},
 };
@@ -57,6 +57,10 @@ pub static RESTRICTED: HashMap<u32, u32> = HashMap::with_max_entries(capacity::R
 
 #[map(name = "NEEDS")]
 pub static NEEDS: HashMap<NeedKey, u32> = HashMap::with_max_entries(capacity::NEEDS, 0);
+
+/// Ports of the node's address that lead to exposed services.
+#[map(name = "EXPOSED")]
+pub static EXPOSED: HashMap<ExposeKey, Exposed> = HashMap::with_max_entries(capacity::EXPOSED, 0);
 
 /// New flows denied, per sending service (per CPU).
 #[map(name = "DENIED")]

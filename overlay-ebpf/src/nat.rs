@@ -17,7 +17,7 @@ use overlay_common::{
 };
 
 use crate::maps::{BACKENDS, CONNTRACK, SLOTS, SVC_PORTS, count};
-use crate::packet::{Flow, IP_CSUM, Ipv4, L4, L4_OFF, read};
+use crate::packet::{Flow, IP_CSUM, IP_DST, IP_SRC, Ipv4, L4, L4_OFF, read};
 
 /// Where a translated packet goes: a NamespaceIP on a node.
 pub struct Target {
@@ -26,7 +26,7 @@ pub struct Target {
 }
 
 #[inline(always)]
-fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
+pub fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
     CtKey {
         saddr,
         daddr,
@@ -38,7 +38,7 @@ fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
 }
 
 #[inline(always)]
-fn tracked(k: &CtKey, dir: u8) -> Option<CtEntry> {
+pub fn tracked(k: &CtKey, dir: u8) -> Option<CtEntry> {
     // SAFETY: the value is copied out at once; LRU entries may be evicted later.
     unsafe { CONNTRACK.get(k) }
         .copied()
@@ -78,23 +78,14 @@ pub fn backend(f: &Flow, sv: &ServIp, src_service: u32, local_node: u32) -> Resu
     if sv.count == 0 {
         return Err(Reason::DropNoBackend);
     }
-    let slot = SlotKey {
-        servip: f.daddr,
-        slot: pick_slot(f.hash, sv.count as u32),
-    };
-    // SAFETY: values copied out at once.
-    let id = unsafe { SLOTS.get(slot) }
-        .copied()
-        .ok_or(Reason::DropNoRoute)?;
-    let b = unsafe { BACKENDS.get(id) }
-        .copied()
-        .ok_or(Reason::DropNoRoute)?;
+    let b = pick(f.daddr, sv.count, f.hash)?;
     let entry = |addr, node, dir| CtEntry {
         addr,
         node,
         service: sv.service,
         dir,
-        _pad: [0; 3],
+        _pad: 0,
+        port: 0,
     };
     let rev = key(b.nsip, f.saddr, f.dport, f.sport, f.proto);
     // Reverse first: a reply must never arrive before its translation exists.
@@ -111,23 +102,82 @@ pub fn backend(f: &Flow, sv: &ServIp, src_service: u32, local_node: u32) -> Resu
     })
 }
 
+/// The backend in the slot a flow hash selects from `servip`'s table.
+#[inline(always)]
+pub fn pick(servip: u32, count: u16, hash: u32) -> Result<overlay_common::maps::Backend, Reason> {
+    let slot = SlotKey {
+        servip,
+        slot: pick_slot(hash, count as u32),
+    };
+    // SAFETY: values copied out at once.
+    let id = unsafe { SLOTS.get(slot) }
+        .copied()
+        .ok_or(Reason::DropNoRoute)?;
+    unsafe { BACKENDS.get(id) }
+        .copied()
+        .ok_or(Reason::DropNoRoute)
+}
+
+/// What [`reverse`] did to a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Reversed {
+    /// Not a tracked reply (or an east-west one, now carrying its ServIP):
+    /// deliver toward its destination in the overlay.
+    Overlay,
+    /// A backend's reply to an external client (north-south): now from the
+    /// node's address to the client, to be routed out of the node.
+    External,
+}
+
 /// Restores the ServIP as source of a reply (backend → client), if tracked.
 #[inline(always)]
-pub fn reverse(ctx: &TcContext, f: &mut Flow) -> Result<(), Reason> {
+pub fn reverse(ctx: &TcContext, f: &mut Flow, node_ip: u32) -> Result<Reversed, Reason> {
     if f.l4 == L4::IcmpError {
         if let Some(e) = icmp_error(ctx, f, ct::REVERSE)? {
             f.saddr = e.addr;
         }
+        return Ok(Reversed::Overlay);
+    }
+    // SAFETY: the value is copied out at once.
+    let Some(e) =
+        (unsafe { CONNTRACK.get(key(f.saddr, f.daddr, f.sport, f.dport, f.proto)) }).copied()
+    else {
+        return Ok(Reversed::Overlay);
+    };
+    match e.dir {
+        ct::REVERSE => {
+            rewrite(ctx, f.l4, IP_SRC, f.saddr, e.addr)?;
+            f.saddr = e.addr;
+            Ok(Reversed::Overlay)
+        }
+        ct::NS_REVERSE => {
+            rewrite(ctx, f.l4, IP_SRC, f.saddr, node_ip)?;
+            rewrite(ctx, f.l4, IP_DST, f.daddr, e.addr)?;
+            rewrite_port(ctx, f.l4, 2, f.dport, e.port)?;
+            f.saddr = node_ip;
+            f.daddr = e.addr;
+            f.dport = e.port;
+            Ok(Reversed::External)
+        }
+        _ => Ok(Reversed::Overlay),
+    }
+}
+
+/// Rewrites the TCP/UDP port at `at` (0: source, 2: destination) with its checksum.
+#[inline(always)]
+pub fn rewrite_port(ctx: &TcContext, l4: L4, at: usize, old: u16, new: u16) -> Result<(), Reason> {
+    if old == new {
         return Ok(());
     }
-    if let Some(e) = tracked(
-        &key(f.saddr, f.daddr, f.sport, f.dport, f.proto),
-        ct::REVERSE,
-    ) {
-        rewrite(ctx, f.l4, crate::packet::IP_SRC, f.saddr, e.addr)?;
-        f.saddr = e.addr;
-    }
-    Ok(())
+    let (csum_off, flags) = match l4 {
+        L4::Tcp => (L4_OFF + 16, 0),
+        L4::Udp => (L4_OFF + 6, BPF_F_MARK_MANGLED_0),
+        _ => return Ok(()),
+    };
+    let h = |_| Reason::DropHelper;
+    ctx.store(L4_OFF + at, &new, 0).map_err(h)?;
+    ctx.l4_csum_replace(csum_off, old as u64, new as u64, (flags | 2) as u64)
+        .map_err(h)
 }
 
 /// Rewrites the IPv4 address at `off` from `old` to `new`, fixing the IP

@@ -68,7 +68,7 @@ pub fn encap(ctx: &TcContext, cfg: &Config, node: &Node, f: &Flow) -> Result<i32
     ];
     ctx.store(IP_OFF, &Outer { ip, udp }, 0)
         .map_err(|_| Reason::DropHelper)?;
-    out(ctx, cfg, node.ip)
+    route_out(ctx, cfg, node.ip)
 }
 
 /// Removes the outer IPv4 + UDP headers.
@@ -79,10 +79,10 @@ pub fn decap(ctx: &TcContext) -> Result<(), Reason> {
         .map_err(|_| Reason::DropHelper)
 }
 
-/// Routes an encapsulated packet to `dst` through the node's FIB and sends
-/// it; when the neighbour is not resolved yet the kernel resolves it.
+/// Routes a packet from the node's address to `dst` through the node's FIB
+/// and sends it; when the neighbour is not resolved yet the kernel resolves it.
 #[inline(always)]
-fn out(ctx: &TcContext, cfg: &Config, dst: u32) -> Result<i32, Reason> {
+pub fn route_out(ctx: &TcContext, cfg: &Config, dst: u32) -> Result<i32, Reason> {
     // SAFETY: plain data; zero is a valid starting value for every field.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     p.family = AF_INET;

@@ -1,6 +1,7 @@
 //! TC ingress on the uplink: tunnel packets from registered nodes are
 //! decapsulated, replies get their ServIP back, and the inner packet is
-//! delivered into its instance. Everything else passes untouched.
+//! delivered into its instance. Packets to an exposed port of the node go to
+//! `nodeport`. Everything else passes untouched.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -11,6 +12,7 @@ use overlay_common::{IPPROTO_UDP, stats::Reason};
 
 use crate::maps::{ENDPOINTS, PEERS, config, count};
 use crate::nat;
+use crate::nodeport;
 use crate::packet::{self, IP_OFF, Ipv4, L4_OFF, read};
 use crate::tunnel;
 
@@ -40,14 +42,15 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
     let (Some(cfg), Ok(Some(ip))) = (config(), packet::ipv4(ctx, IP_OFF)) else {
         return Ok(None);
     };
-    if ip.proto != IPPROTO_UDP || ip.daddr != cfg.node_ip || ip.vihl != 0x45 {
+    if ip.daddr != cfg.node_ip || ip.vihl != 0x45 {
         return Ok(None);
     }
     let Ok(udp) = read::<[u16; 4]>(ctx, L4_OFF) else {
         return Ok(None);
     };
-    if udp[1] != cfg.ewp {
-        return Ok(None);
+    if ip.proto != IPPROTO_UDP || udp[1] != cfg.ewp {
+        // Not the tunnel: an exposed service's port, or the node's own traffic.
+        return nodeport::inbound(ctx, cfg, &ip);
     }
     // From here on the packet is addressed to the tunnel: it is ours to judge.
     if u16::from_be(ip.frag) & 0x3fff != 0 {
@@ -63,7 +66,12 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
     }
     let mut f = packet::flow(ctx, &inner, INNER_L4)?;
     tunnel::decap(ctx)?;
-    nat::reverse(ctx, &mut f)?;
+    if nat::reverse(ctx, &mut f, cfg.node_ip)? == nat::Reversed::External {
+        return Ok(Some((
+            tunnel::route_out(ctx, cfg, f.daddr)?,
+            Reason::ExposedOut,
+        )));
+    }
     // SAFETY: value copied out at once.
     let ep = unsafe { ENDPOINTS.get(f.daddr) }
         .copied()

@@ -12,8 +12,8 @@ use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use overlay_common::maps::{
-    Backend, Config, Counter, CtEntry, CtKey, Endpoint, NeedKey, Node, PortKey, ServIp, SlotKey,
-    ip, names,
+    Backend, Config, Counter, CtEntry, CtKey, Endpoint, ExposeKey, Exposed, NeedKey, Node, PortKey,
+    ServIp, SlotKey, ip, names,
 };
 use overlay_common::stats::{REASONS, Reason};
 
@@ -35,6 +35,7 @@ pub struct Tables {
     restricted: HashMap<MapData, u32, u32>,
     needs: HashMap<MapData, NeedKey, u32>,
     denied: PerCpuHashMap<MapData, u32, u64>,
+    exposed: HashMap<MapData, ExposeKey, Exposed>,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Option<Map>) -> Result<T> {
@@ -65,6 +66,7 @@ macro_rules! tables {
             restricted: typed(names::RESTRICTED, get(names::RESTRICTED)?)?,
             needs: typed(names::NEEDS, get(names::NEEDS)?)?,
             denied: typed(names::DENIED, get(names::DENIED)?)?,
+            exposed: typed(names::EXPOSED, get(names::EXPOSED)?)?,
         }
     }};
 }
@@ -331,6 +333,53 @@ impl Tables {
 
     pub fn needs(&self) -> Vec<NeedKey> {
         self.needs.keys().filter_map(|r| r.ok()).collect()
+    }
+
+    /// Exposes `port`/`proto` of the node's address: balanced over `servip`'s
+    /// slots, with `snat` (an address of this node's subnet) as the source
+    /// backends see.
+    pub fn put_exposed(
+        &mut self,
+        port: u16,
+        proto: u8,
+        servip: Ipv4Addr,
+        snat: Ipv4Addr,
+    ) -> Result<()> {
+        let key = ExposeKey {
+            port: ip::port_to_wire(port),
+            proto,
+            _pad: 0,
+        };
+        let val = Exposed {
+            servip: ip::to_wire(servip),
+            snat: ip::to_wire(snat),
+        };
+        self.exposed
+            .insert(key, val, 0)
+            .map_err(map_err(names::EXPOSED))
+    }
+
+    pub fn remove_exposed(&mut self, port: u16, proto: u8) -> Result<()> {
+        let key = ExposeKey {
+            port: ip::port_to_wire(port),
+            proto,
+            _pad: 0,
+        };
+        ignore_missing(self.exposed.remove(&key)).map_err(map_err(names::EXPOSED))
+    }
+
+    /// (port, protocol) → (ServIP, SNAT address).
+    pub fn exposed(&self) -> Vec<((u16, u8), (Ipv4Addr, Ipv4Addr))> {
+        self.exposed
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| {
+                (
+                    (ip::port_from_wire(k.port), k.proto),
+                    (ip::from_wire(v.servip), ip::from_wire(v.snat)),
+                )
+            })
+            .collect()
     }
 
     /// New flows denied so far, per sending service (summed over CPUs).

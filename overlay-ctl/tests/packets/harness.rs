@@ -544,14 +544,16 @@ pub fn ct_pair(
         node,
         service: SERVICE,
         dir: ct::FORWARD,
-        _pad: [0; 3],
+        _pad: 0,
+        port: 0,
     };
     let rev = CtEntry {
         addr: wire(VIP),
         node: NODE_ID,
         service: SERVICE,
         dir: ct::REVERSE,
-        _pad: [0; 3],
+        _pad: 0,
+        port: 0,
     };
     let mut v = vec![
         (ct_key(CLIENT.ip, VIP, sport, dport, proto), fwd),

@@ -21,6 +21,7 @@
 mod cost;
 mod harness;
 mod malformed;
+mod nodeport;
 mod reverse;
 mod translate;
 mod unreachable;

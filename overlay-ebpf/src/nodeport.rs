@@ -1,0 +1,103 @@
+//! North-south: external clients reach an exposed service at a port of any
+//! node's own address. The node balances with the service's closest ServIP,
+//! rewrites the destination to the backend and the source to an address of
+//! its own subnet (so replies come back through it, also from other nodes),
+//! and keeps both directions in conntrack.
+
+use aya_ebpf::programs::TcContext;
+use overlay_common::{
+    IPPROTO_TCP, IPPROTO_UDP,
+    maps::{Config, CtEntry, ExposeKey, Exposed, ct},
+    stats::Reason,
+};
+
+use crate::forward::{dest_of, send, too_big};
+use crate::maps::{CONNTRACK, EXPOSED, SERVIPS, count};
+use crate::nat::{self, key, tracked};
+use crate::packet::{self, Flow, IP_DST, IP_SRC, Ipv4, L4_OFF, read};
+
+/// Tries for a free source port on the SNAT address before giving up.
+const PORT_TRIES: u32 = 4;
+
+/// Handles a packet to the node's address: `None` when its port is not exposed.
+#[inline(always)]
+pub fn inbound(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Option<(i32, Reason)>, Reason> {
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+        return Ok(None);
+    }
+    let Ok(ports) = read::<[u16; 2]>(ctx, L4_OFF) else {
+        return Ok(None);
+    };
+    let k = ExposeKey {
+        port: ports[1],
+        proto: ip.proto,
+        _pad: 0,
+    };
+    // SAFETY: value copied out at once.
+    let Some(exp) = (unsafe { EXPOSED.get(k) }).copied() else {
+        return Ok(None);
+    };
+    let f = packet::flow(ctx, ip, L4_OFF)?;
+    let fwd = key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
+    let (backend, node, sport) = match tracked(&fwd, ct::NS_FORWARD) {
+        Some(e) => (e.addr, e.node, e.port),
+        None => new_flow(cfg, &f, &exp)?,
+    };
+    let dest = dest_of(backend, node, cfg)?;
+    if let Some(answered) = too_big(ctx, cfg, &f, &dest)? {
+        return Ok(Some(answered));
+    }
+    nat::rewrite(ctx, f.l4, IP_DST, f.daddr, backend)?;
+    nat::rewrite(ctx, f.l4, IP_SRC, f.saddr, exp.snat)?;
+    nat::rewrite_port(ctx, f.l4, 0, f.sport, sport)?;
+    count(Reason::ExposedIn, 0);
+    send(ctx, cfg, &f, dest).map(Some)
+}
+
+/// Chooses a backend and a source port, and writes both conntrack entries.
+#[inline(always)]
+fn new_flow(cfg: &Config, f: &Flow, exp: &Exposed) -> Result<(u32, u32, u16), Reason> {
+    // SAFETY: value copied out at once.
+    let sv = unsafe { SERVIPS.get(exp.servip) }
+        .copied()
+        .ok_or(Reason::DropNoBackend)?;
+    if sv.count == 0 {
+        return Err(Reason::DropNoBackend);
+    }
+    let b = nat::pick(exp.servip, sv.count, f.hash)?;
+    // Keep the client's port unless another client already holds it toward
+    // this backend; then try ports derived from the flow hash.
+    let mut port = f.sport;
+    let mut free = false;
+    let mut i = 0;
+    while i < PORT_TRIES {
+        let rev = key(b.nsip, exp.snat, f.dport, port, f.proto);
+        free = tracked(&rev, ct::NS_REVERSE).is_none_or(|e| e.addr == f.saddr && e.port == f.sport);
+        if free {
+            break;
+        }
+        port = (0x8000 | (f.hash >> (i * 8)) as u16 & 0x7fff).to_be();
+        i += 1;
+    }
+    if !free {
+        return Err(Reason::DropNoRoute);
+    }
+    let entry = |addr, port, node, dir| CtEntry {
+        addr,
+        node,
+        service: sv.service,
+        dir,
+        _pad: 0,
+        port,
+    };
+    let rev = key(b.nsip, exp.snat, f.dport, port, f.proto);
+    let fwd = key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
+    CONNTRACK
+        .insert(rev, entry(f.saddr, f.sport, cfg.node_id, ct::NS_REVERSE), 0)
+        .map_err(|_| Reason::DropHelper)?;
+    CONNTRACK
+        .insert(fwd, entry(b.nsip, port, b.node, ct::NS_FORWARD), 0)
+        .map_err(|_| Reason::DropHelper)?;
+    count(Reason::NewFlow, 0);
+    Ok((b.nsip, b.node, port))
+}
