@@ -14,8 +14,9 @@
 //! * [`api`]: the agent's HTTP API on a Unix socket, and its client.
 //! * [`maps_view`]: `overlay-ctl maps` tables and JSON.
 //! * [`cli`]: the `overlay-ctl` command line (clap), a thin layer over the rest.
+//! * [`store`]: the cluster store (etcd): allocations, node registration, following.
 //!
-//! The store (etcd) and DNS modules arrive with their issues.
+//! The DNS module arrives with its issue.
 
 pub mod agent;
 pub mod api;
@@ -27,3 +28,4 @@ pub mod maps_view;
 pub mod model;
 pub mod netns;
 pub mod reconcile;
+pub mod store;

@@ -27,6 +27,7 @@
 
 mod child;
 mod cleanup;
+pub mod etcd;
 mod netns;
 mod topology;
 
@@ -36,6 +37,7 @@ use std::time::{Duration, Instant};
 
 pub use child::NsChild;
 pub use cleanup::{cleanup_stale, list_netns};
+pub use etcd::Etcd;
 pub use netns::{Netns, veth};
 pub use topology::{Node, Topology};
 

@@ -1,0 +1,228 @@
+//! Following the store: keeps a `watch::Sender<ClusterState>` equal to the
+//! store's desired state. A full read first, then a watch on the prefix from
+//! the next revision; after a disconnect the watch resumes where it stopped
+//! (with exponential backoff between attempts), and if that history was
+//! compacted meanwhile, a full read replaces it. While the store cannot be
+//! reached, the channel keeps the last state: the dataplane keeps forwarding.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::ops::prefix_end;
+use super::{
+    DEFAULT_PREFIX, Kv, Store, StoreError, build_state, is_state_key, normalise_prefix, proto,
+};
+use crate::model::ClusterState;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The follower's copy of the state keys, at a revision.
+struct Mirror {
+    entries: BTreeMap<String, Vec<u8>>,
+    revision: i64,
+}
+
+impl Mirror {
+    fn state(&self) -> ClusterState {
+        build_state(self.entries.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+    }
+}
+
+/// Publishes `state` unless the receivers already have it.
+fn publish(tx: &watch::Sender<ClusterState>, state: ClusterState) {
+    tx.send_if_modified(|current| {
+        if *current == state {
+            false
+        } else {
+            *current = state;
+            true
+        }
+    });
+}
+
+/// How a watch ended.
+enum WatchEnd {
+    /// The watch cannot continue from the mirror's revision: read everything again.
+    Resync(String),
+    Failed(StoreError),
+}
+
+/// [`follow_prefix`] under [`DEFAULT_PREFIX`].
+pub async fn follow(endpoints: &str, tx: watch::Sender<ClusterState>) {
+    follow_prefix(endpoints, DEFAULT_PREFIX, tx).await
+}
+
+/// Keeps `tx` equal to the desired state under `prefix` in the store at
+/// `endpoints` (comma-separated URLs). Runs until every receiver of `tx` is
+/// gone; spawn it. Never gives up on the store: it logs, backs off (100 ms
+/// doubling to 5 s) and tries again, leaving the last state in `tx`.
+pub async fn follow_prefix(endpoints: &str, prefix: &str, tx: watch::Sender<ClusterState>) {
+    let prefix = normalise_prefix(prefix);
+    let closed = tx.clone();
+    tokio::select! {
+        _ = closed.closed() => tracing::debug!("store: nobody follows the state any more"),
+        _ = run(endpoints, &prefix, &tx) => {}
+    }
+}
+
+async fn run(endpoints: &str, prefix: &str, tx: &watch::Sender<ClusterState>) {
+    let mut mirror: Option<Mirror> = None;
+    let mut backoff = BACKOFF_MIN;
+    // Starts true so that a store unreachable from the start is reported too.
+    let mut connected = true;
+    loop {
+        let result = async {
+            let store = Store::connect(endpoints).await?.with_prefix(prefix);
+            if mirror.is_none() {
+                let m = read_all(&store).await?;
+                tracing::info!(
+                    "store: read the full state from {} at revision {}",
+                    store.endpoint(),
+                    m.revision
+                );
+                publish(tx, m.state());
+                mirror = Some(m);
+            }
+            let m = mirror.as_mut().expect("mirror was just read");
+            Ok::<_, StoreError>(watch(&store, m, tx, &mut connected, &mut backoff).await)
+        }
+        .await;
+        let end = match result {
+            Ok(end) => end,
+            Err(e) => WatchEnd::Failed(e),
+        };
+        match end {
+            WatchEnd::Resync(why) => {
+                tracing::warn!("store: {why}; reading the full state again");
+                mirror = None;
+                continue;
+            }
+            WatchEnd::Failed(e) => {
+                if connected {
+                    tracing::warn!(
+                        "store: cannot follow the store: {e}; keeping the last state, retrying"
+                    );
+                    connected = false;
+                } else {
+                    tracing::debug!("store: still unreachable: {e}; next try in {backoff:?}");
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn read_all(store: &Store) -> Result<Mirror, StoreError> {
+    let (kvs, revision) = store.range_all("", false).await?;
+    let entries = kvs
+        .into_iter()
+        .filter(|kv| is_state_key(&kv.key))
+        .map(|kv| (kv.key, kv.value))
+        .collect();
+    Ok(Mirror { entries, revision })
+}
+
+fn compacted(mirror: &Mirror) -> WatchEnd {
+    WatchEnd::Resync(format!(
+        "the history after revision {} was compacted",
+        mirror.revision
+    ))
+}
+
+/// Watches the prefix from `mirror.revision + 1`, applying events to the
+/// mirror and publishing each change, until the stream fails.
+async fn watch(
+    store: &Store,
+    mirror: &mut Mirror,
+    tx: &watch::Sender<ClusterState>,
+    connected: &mut bool,
+    backoff: &mut Duration,
+) -> WatchEnd {
+    let create = proto::WatchCreateRequest {
+        key: store.prefix.clone().into_bytes(),
+        range_end: prefix_end(&store.prefix),
+        start_revision: mirror.revision + 1,
+        progress_notify: true,
+    };
+    let (_requests, mut stream) = match store.client.watch(create).await {
+        Ok(pair) => pair,
+        Err(StoreError::Compacted) => return compacted(mirror),
+        Err(e) => return WatchEnd::Failed(e),
+    };
+    loop {
+        let resp = match stream.message().await {
+            Ok(Some(resp)) => resp,
+            Ok(None) => {
+                return WatchEnd::Failed(StoreError::Rpc {
+                    op: "watch",
+                    endpoint: store.endpoint().to_owned(),
+                    reason: "the store closed the watch".into(),
+                });
+            }
+            Err(status) => {
+                return match store.client.watch_error(status) {
+                    StoreError::Compacted => compacted(mirror),
+                    e => WatchEnd::Failed(e),
+                };
+            }
+        };
+        if resp.compact_revision > 0 {
+            return compacted(mirror);
+        }
+        if resp.canceled {
+            return WatchEnd::Failed(StoreError::Rpc {
+                op: "watch",
+                endpoint: store.endpoint().to_owned(),
+                reason: format!("the store canceled the watch: {}", resp.cancel_reason),
+            });
+        }
+        if resp.created {
+            let now = resp.header.as_ref().map_or(0, |h| h.revision);
+            if now < mirror.revision {
+                // A wiped or restored etcd: a watch from our revision would
+                // wait for the future instead of failing.
+                return WatchEnd::Resync(format!(
+                    "the store is at revision {now}, behind the {} seen before (a new or restored etcd?)",
+                    mirror.revision
+                ));
+            }
+            tracing::info!(
+                "store: following {} from revision {}",
+                store.endpoint(),
+                mirror.revision + 1
+            );
+            *connected = true;
+            *backoff = BACKOFF_MIN;
+        }
+        if resp.events.is_empty() {
+            // A progress notification: everything up to here was sent.
+            if !resp.created {
+                let revision = resp.header.as_ref().map_or(0, |h| h.revision);
+                mirror.revision = mirror.revision.max(revision);
+            }
+            continue;
+        }
+        for event in resp.events {
+            let Some(kv) = event.kv else { continue };
+            mirror.revision = mirror.revision.max(kv.mod_revision);
+            let kv = Kv::new(&store.prefix, kv);
+            if !is_state_key(&kv.key) {
+                continue;
+            }
+            match event.r#type {
+                proto::EVENT_PUT => {
+                    mirror.entries.insert(kv.key, kv.value);
+                }
+                proto::EVENT_DELETE => {
+                    mirror.entries.remove(&kv.key);
+                }
+                _ => {}
+            }
+        }
+        publish(tx, mirror.state());
+    }
+}

@@ -1,0 +1,290 @@
+//! A node's registration: its `nodes/<name>` key and its instances'
+//! `instances/<service>/<n>` keys, all under one lease that a background
+//! task keeps alive. If the lease is lost (the node was cut off longer than
+//! the TTL, or an operator revoked it), the task registers again with a new
+//! lease and puts the node and every published instance back.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Mutex, watch};
+
+use super::client::Client;
+use super::ops::{delete, ops, put};
+use super::{NodeRecord, Result, Store, StoreError, proto};
+use crate::descriptor::check_label;
+use crate::model::InstanceSpec;
+
+struct Inner {
+    client: Client,
+    prefix: String,
+    record: NodeRecord,
+    ttl: i64,
+    lease: AtomicI64,
+    /// What the node publishes; the lock also serialises (re-)registration
+    /// with publish/unpublish.
+    state: Mutex<Published>,
+}
+
+#[derive(Default)]
+struct Published {
+    instances: BTreeMap<(String, u32), InstanceSpec>,
+    /// A publish or unpublish did not reach the store: the keepalive task
+    /// registers again (which rewrites everything) once the store answers.
+    dirty: bool,
+}
+
+/// A live node registration; see [`Store::register_node`]. Dropping it stops
+/// the keepalive and revokes the lease in the background (needs a running
+/// runtime); [`Registration::close`] does so and waits.
+pub struct Registration {
+    inner: Arc<Inner>,
+    /// `true` asks the keepalive task to stop; it revokes when told to.
+    stop: watch::Sender<Option<bool>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("node", &self.inner.record.name)
+            .field("lease", &self.lease_id())
+            .finish()
+    }
+}
+
+impl Inner {
+    fn node_key(&self) -> String {
+        format!("{}nodes/{}", self.prefix, self.record.name)
+    }
+
+    fn instance_key(&self, service: &str, instance: u32) -> String {
+        format!("{}instances/{service}/{instance}", self.prefix)
+    }
+
+    /// Grants a new lease and puts the node and all `instances` under it in
+    /// one transaction.
+    async fn register(&self, instances: &BTreeMap<(String, u32), InstanceSpec>) -> Result<()> {
+        let lease = self.client.lease_grant(self.ttl).await?;
+        let node = serde_json::to_vec(&self.record).expect("node records serialise");
+        let mut success = vec![put(&self.node_key(), node, lease)];
+        for spec in instances.values() {
+            let value = serde_json::to_vec(spec).expect("instances serialise");
+            success.push(put(
+                &self.instance_key(&spec.service, spec.instance),
+                value,
+                lease,
+            ));
+        }
+        let txn = proto::TxnRequest {
+            success: ops(success),
+            ..Default::default()
+        };
+        if let Err(e) = self.client.txn(txn).await {
+            let _ = self.client.lease_revoke(lease).await;
+            return Err(e);
+        }
+        let old = self.lease.swap(lease, Ordering::SeqCst);
+        if old != 0 {
+            let _ = self.client.lease_revoke(old).await;
+        }
+        tracing::info!(
+            "store: node {} registered (lease {lease:x}, ttl {} s, {} instance(s))",
+            self.record.name,
+            self.ttl,
+            instances.len()
+        );
+        Ok(())
+    }
+
+    async fn keepalive(self: Arc<Self>, mut stop: watch::Receiver<Option<bool>>) {
+        let period = Duration::from_millis((self.ttl as u64 * 1000 / 3).max(200));
+        let mut healthy = true;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = stop.changed() => {
+                    if *stop.borrow() == Some(true) {
+                        let lease = self.lease.load(Ordering::SeqCst);
+                        if let Err(e) = self.client.lease_revoke(lease).await {
+                            tracing::warn!("store: revoking the lease of node {}: {e}", self.record.name);
+                        }
+                    }
+                    return;
+                }
+            }
+            let mut state = self.state.lock().await;
+            let lease = self.lease.load(Ordering::SeqCst);
+            let result = match self.client.lease_keepalive(lease).await {
+                Ok(ttl) if ttl > 0 && !state.dirty => Ok(()),
+                Ok(ttl) if ttl > 0 => {
+                    tracing::info!(
+                        "store: node {}: writing instances that missed the store",
+                        self.record.name
+                    );
+                    self.register(&state.instances).await
+                }
+                Ok(_) | Err(StoreError::LeaseNotFound) => {
+                    tracing::warn!(
+                        "store: node {} lost its lease {lease:x}; registering again",
+                        self.record.name
+                    );
+                    self.register(&state.instances).await
+                }
+                Err(e) => Err(e),
+            };
+            if result.is_ok() {
+                state.dirty = false;
+            }
+            drop(state);
+            match result {
+                Ok(()) if !healthy => {
+                    tracing::info!("store: node {} keepalive works again", self.record.name);
+                    healthy = true;
+                }
+                Ok(()) => {}
+                Err(e) if healthy => {
+                    tracing::warn!("store: node {} keepalive failed: {e}", self.record.name);
+                    healthy = false;
+                }
+                Err(e) => tracing::debug!("store: node {} keepalive failed: {e}", self.record.name),
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Registers a node under a fresh lease of `ttl` (whole seconds, at least
+    /// 1; etcd may raise very short ones to its minimum) and keeps it alive
+    /// every `ttl / 3` in a task on the current runtime. A node key left by a
+    /// previous run of the same node is taken over.
+    pub async fn register_node(&self, record: &NodeRecord, ttl: Duration) -> Result<Registration> {
+        check_label(&record.name)
+            .map_err(|why| StoreError::Invalid(format!("node name: {why}")))?;
+        let inner = Arc::new(Inner {
+            client: self.client.clone(),
+            prefix: self.prefix.clone(),
+            record: record.clone(),
+            ttl: ttl.as_secs().max(1) as i64,
+            lease: AtomicI64::new(0),
+            state: Mutex::new(Published::default()),
+        });
+        inner.register(&BTreeMap::new()).await?;
+        let (stop, stop_rx) = watch::channel(None);
+        let task = tokio::spawn(inner.clone().keepalive(stop_rx));
+        Ok(Registration {
+            inner,
+            stop,
+            task: Some(task),
+        })
+    }
+}
+
+impl Registration {
+    /// The node's record as registered.
+    pub fn record(&self) -> &NodeRecord {
+        &self.inner.record
+    }
+
+    /// The current lease (changes when the node registers again).
+    pub fn lease_id(&self) -> i64 {
+        self.inner.lease.load(Ordering::SeqCst)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        match self.task.as_ref() {
+            Some(task) if !task.is_finished() => Ok(()),
+            _ => Err(StoreError::Closed(self.inner.record.name.clone())),
+        }
+    }
+
+    /// Publishes (or updates) an instance running on this node, under the
+    /// node's lease. `spec.node` must name this node. If the store cannot
+    /// be reached the error is returned, and the registration still writes
+    /// the instance once the store answers again (likewise for unpublish).
+    pub async fn publish_instance(&self, spec: &InstanceSpec) -> Result<()> {
+        self.check_open()?;
+        let node = &self.inner.record.name;
+        if spec.node != *node {
+            return Err(StoreError::Invalid(format!(
+                "instance {}/{} runs on node `{}`, not on this node `{node}`",
+                spec.service, spec.instance, spec.node
+            )));
+        }
+        let mut state = self.inner.state.lock().await;
+        state
+            .instances
+            .insert((spec.service.clone(), spec.instance), spec.clone());
+        let value = serde_json::to_vec(spec).expect("instances serialise");
+        let key = self.inner.instance_key(&spec.service, spec.instance);
+        let txn = proto::TxnRequest {
+            success: ops([put(&key, value, self.lease_id())]),
+            ..Default::default()
+        };
+        let result = match self.inner.client.txn(txn).await {
+            Ok(_) => Ok(()),
+            // The lease ran out: register again, which puts this one too.
+            Err(StoreError::LeaseNotFound) => self.inner.register(&state.instances).await,
+            Err(e) => Err(e),
+        };
+        state.dirty |= result.is_err();
+        result
+    }
+
+    /// Withdraws an instance of this node. Returns whether it was published.
+    pub async fn unpublish_instance(&self, service: &str, instance: u32) -> Result<bool> {
+        self.check_open()?;
+        let mut state = self.inner.state.lock().await;
+        let had = state
+            .instances
+            .remove(&(service.to_owned(), instance))
+            .is_some();
+        let key = self.inner.instance_key(service, instance);
+        let txn = proto::TxnRequest {
+            success: ops([delete(&key)]),
+            ..Default::default()
+        };
+        if let Err(e) = self.inner.client.txn(txn).await {
+            state.dirty = true;
+            return Err(e);
+        }
+        Ok(had)
+    }
+
+    /// Instances this registration publishes.
+    pub async fn instances(&self) -> Vec<InstanceSpec> {
+        let state = self.inner.state.lock().await;
+        state.instances.values().cloned().collect()
+    }
+
+    /// Stops the keepalive and revokes the lease: the node and its
+    /// instances leave the store at once.
+    pub async fn close(mut self) -> Result<()> {
+        let _ = self.stop.send(Some(false));
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        self.inner.client.lease_revoke(self.lease_id()).await
+    }
+
+    /// Stops the keepalive without revoking: the node's keys stay until the
+    /// lease runs out (as for a crashed agent, or one restarting in place
+    /// that wants its routes kept meanwhile).
+    pub async fn detach(mut self) {
+        let _ = self.stop.send(Some(false));
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            // The task revokes the lease and ends.
+            let _ = self.stop.send(Some(true));
+        }
+    }
+}
