@@ -1,34 +1,30 @@
-//! The dataplane on a live test network: `cargo xtask demo` (as root).
+//! `cargo xtask demo`: the product on one machine, as root.
 //!
 //! ```text
-//!   inst eth0 10.30.1.2 ── vinst1 10.30.1.1 [n1] eth0 192.0.2.11 ── br0 ── eth0 192.0.2.12 [n2]
-//!                    TC from_instance ┘          └ XDP uplink_xdp + TC uplink
+//!   etcd 192.0.2.254 ── br0 ── n1 192.0.2.11   n2 192.0.2.12   n3 192.0.2.13
+//!                               web-1, api-1    api-2, db-1     api-3
 //! ```
 //!
-//! Loads the dataplane in n1, configures the node and registers the instance,
-//! then sends traffic through both hooks: pings from the instance to its node,
-//! tunnel datagrams from a node that is not registered (dropped by XDP), and
-//! ordinary node traffic (ping, one second of iperf3) that passes untouched.
-//! Prints how the counters moved. Every namespace is deleted at the end, also
-//! after an error or Ctrl-C (which makes the commands fail and the demo unwind).
+//! Starts etcd and an agent per node in network namespaces, deploys a sample
+//! application with the CLI (a client service `web`, a three-instance server
+//! `api` spread over the nodes, a stateful `db`), sends traffic from `web-1`
+//! through every ServIP and reports which instance answered each policy,
+//! then shows `overlay-ctl maps` and `node ls`. Everything is deleted at the
+//! end, also after an error or Ctrl-C.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, UdpSocket};
-use std::process::Stdio;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
-use overlay_common::maps::{Config, Counter, Endpoint, ip};
-use overlay_common::stats::Reason;
-use overlay_common::{DEFAULT_EWP, ENCAP_OVERHEAD};
-use overlay_ctl::dataplane::Dataplane;
-use overlay_testnet::{Netns, NsChild, Topology, require_root, veth, wait_until};
+use anyhow::{Context, bail};
+use overlay_testnet::{Etcd, Netns, NsChild, Topology, require_root, servers, wait_until};
+use serde_json::Value;
 
-const HOST_SIDE: Ipv4Addr = Ipv4Addr::new(10, 30, 1, 1);
-const INSTANCE: Ipv4Addr = Ipv4Addr::new(10, 30, 1, 2);
-const PINGS: &str = "5";
-const DATAGRAMS: usize = 10;
+const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+const FLOWS: usize = 30;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -36,17 +32,19 @@ extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-type Stats = BTreeMap<&'static str, Counter>;
-
 fn main() {
-    // Ctrl-C kills the ping/ip children; the demo itself survives, sees the
-    // failure and unwinds, so the namespaces are dropped.
-    let handler = on_sigint as extern "C" fn(libc::c_int);
+    // Ctrl-C stops the children; the demo sees the failure and unwinds, so
+    // every namespace, mount and process is removed by its guard.
     // SAFETY: the handler only stores to an atomic.
-    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        )
+    };
     let result = run();
     if INTERRUPTED.load(Ordering::SeqCst) {
-        eprintln!("demo: interrupted; namespaces deleted");
+        eprintln!("demo: interrupted; everything deleted");
         std::process::exit(130);
     }
     if let Err(e) = result {
@@ -55,162 +53,246 @@ fn main() {
     }
 }
 
+/// A private bpffs for the agents' pins, unmounted on drop.
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(self.0.parent().unwrap_or(&self.0));
+    }
+}
+
+struct Demo {
+    bin: PathBuf,
+    dir: PathBuf,
+    store: String,
+    orchestrator: String,
+}
+
+impl Demo {
+    fn ctl(&self, ns: &str, env: (&str, &str), args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(&self.bin)
+            .args(args)
+            .env(env.0, env.1)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "overlay-ctl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn orchestrate(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.ctl(&self.orchestrator, ("OVERLAY_STORE", &self.store), args)
+    }
+
+    fn deploy_service(&self, name: &str, ports: &str, stateful: bool) -> anyhow::Result<Value> {
+        let file = self.dir.join(format!("{name}.yaml"));
+        let yaml = format!(
+            "appname: demo\nappns: prod\nservicename: {name}\nservicens: v1\nports: {ports}\nstateful: {stateful}\n"
+        );
+        std::fs::write(&file, yaml)?;
+        Ok(serde_json::from_str(&self.orchestrate(&[
+            "service",
+            "deploy",
+            file.to_str().unwrap_or(""),
+            "--json",
+        ])?)?)
+    }
+
+    /// Starts node `n`'s agent inside its namespace and waits for its API.
+    fn agent(&self, ns: &Netns, n: usize) -> anyhow::Result<(NsChild, PathBuf)> {
+        let base = self.dir.join(format!("n{n}"));
+        std::fs::create_dir_all(&base)?;
+        let (sock, config) = (base.join("agent.sock"), base.join("agent.toml"));
+        let toml = format!(
+            "node_id = \"n{n}\"\nuplink = \"eth0\"\nstore = \"{}\"\nnode_ttl = 5\nstate_dir = \"{}\"\nbpf_pin_dir = \"{}\"\napi_socket = \"{}\"\n",
+            self.store,
+            base.join("state").display(),
+            self.dir.join("bpf").join(format!("n{n}")).display(),
+            sock.display()
+        );
+        std::fs::write(&config, toml)?;
+        let log = std::fs::File::create(base.join("agent.log"))?;
+        let mut cmd = ns.cmd(
+            &self.bin,
+            ["agent", "--config", config.to_str().unwrap_or("")],
+        );
+        cmd.stdout(log.try_clone()?)
+            .stderr(log)
+            .env("NO_COLOR", "1");
+        let child = NsChild::spawn(&mut cmd)?;
+        wait_until(Duration::from_secs(20), &format!("agent n{n}"), || {
+            sock.exists()
+        })?;
+        Ok((child, sock))
+    }
+}
+
 fn run() -> anyhow::Result<()> {
     require_root()?;
-    println!("demo: building namespaces: switch, n1, n2, inst");
-    let topo = Topology::new(2)?;
-    let (n1, n2) = (topo.node(1), topo.node(2));
-    let n1ip = n1.ip();
-    let inst = Netns::new("inst")?;
-    inst.disable_ipv6()?;
-    veth(n1.ns(), "vinst1", &inst, "eth0")?;
-    let host_side = format!("{HOST_SIDE}/24");
-    n1.ns().ip(["addr", "add", &host_side, "dev", "vinst1"])?;
-    inst.ip(["addr", "add", &format!("{INSTANCE}/24"), "dev", "eth0"])?;
-
-    let mut dp = n1.ns().enter(|| -> anyhow::Result<Dataplane> {
-        let mut dp = Dataplane::load(None).context("loading the dataplane")?;
-        dp.attach_instance("vinst1")
-            .context("attaching to vinst1")?;
-        dp.attach_uplink(&n1.uplink)
-            .context("attaching to the uplink")?;
-        Ok(dp)
-    })??;
-    let (uplink, _) = link(n1.ns(), &n1.uplink)?;
-    let (vinst1, host_mac) = link(n1.ns(), "vinst1")?;
-    let cfg = Config {
-        node_id: 1,
-        node_ip: ip::to_wire(n1ip),
-        uplink_ifindex: uplink,
-        ewp: ip::port_to_wire(DEFAULT_EWP),
-        mtu: 1500 - ENCAP_OVERHEAD,
-    };
-    dp.tables.set_config(&cfg)?;
-    let ep = Endpoint {
-        ifindex: vinst1,
-        service: 1,
-        instance: 1,
-        mac: link(&inst, "eth0")?.1,
-        host_mac,
-    };
-    dp.tables.put_endpoint(INSTANCE, &ep)?;
-    println!("demo: dataplane loaded in n1: node 1 at {n1ip}, instance {INSTANCE} on vinst1");
-    let before = snapshot(&dp)?;
-
-    println!("demo: inst -> {HOST_SIDE} (its node): ping x{PINGS}");
-    ping(&inst, HOST_SIDE)?;
-    let mid = snapshot(&dp)?;
-
-    println!("demo: n2 -> {n1ip}:{DEFAULT_EWP}, unregistered node: {DATAGRAMS} datagrams");
-    let to = (n1ip, DEFAULT_EWP);
-    n2.ns().enter(|| -> std::io::Result<()> {
-        let sock = UdpSocket::bind((n2.ip(), 0))?;
-        (0..DATAGRAMS).try_for_each(|_| sock.send_to(&[0; 64], to).map(drop))
-    })??;
-    std::thread::sleep(Duration::from_millis(200));
-    let dropped = snapshot(&dp)?;
-
-    println!("demo: n2 -> {n1ip}, plain node traffic: ping x{PINGS}, iperf3 for 1 s");
-    ping(n2.ns(), n1ip)?;
-    iperf(n1.ns(), n2.ns(), n1ip)?;
-    let after = snapshot(&dp)?;
-
-    print_table(&before, &after);
-    let rose = |a: &Stats, b: &Stats, r: Reason| {
-        let packets = |s: &Stats| s.get(r.label()).map_or(0, |c| c.packets);
-        packets(b) > packets(a)
-    };
-    ensure!(
-        rose(&before, &mid, Reason::Pass),
-        "`pass` did not rise: TC from_instance"
-    );
-    let unknown = Reason::DropUnknownPeer;
-    ensure!(
-        rose(&mid, &dropped, unknown),
-        "`drop_unknown_peer` did not rise: XDP uplink"
-    );
-    println!("demo: counters rose on both hooks; deleting the namespaces");
-    Ok(())
-}
-
-/// Reads the counters; also where a Ctrl-C that the commands survived
-/// (ping exits 0 on SIGINT) ends the demo.
-fn snapshot(dp: &Dataplane) -> anyhow::Result<Stats> {
-    ensure!(!INTERRUPTED.load(Ordering::SeqCst), "interrupted");
-    Ok(dp
-        .stats()?
-        .into_iter()
-        .map(|(r, c)| (r.label(), c))
-        .collect())
-}
-
-/// Interface index and MAC address of `dev` in `ns`.
-fn link(ns: &Netns, dev: &str) -> anyhow::Result<(u32, [u8; 6])> {
-    let out = ns.ip(["-o", "link", "show", "dev", dev])?;
-    let index = out.split(':').next().and_then(|i| i.trim().parse().ok());
-    let mac = out
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1);
-    let mac: Option<Vec<u8>> = mac.map(|m| {
-        m.split(':')
-            .filter_map(|b| u8::from_str_radix(b, 16).ok())
-            .collect()
-    });
-    match (index, mac.and_then(|m| <[u8; 6]>::try_from(m).ok())) {
-        (Some(index), Some(mac)) => Ok((index, mac)),
-        _ => bail!("cannot read the index and MAC of {dev} from: {out}"),
+    let bin = std::env::var_os("OVERLAY_CTL_BIN")
+        .map(PathBuf::from)
+        .context("OVERLAY_CTL_BIN is not set: run `cargo xtask demo`")?;
+    println!("demo: etcd and three nodes in network namespaces");
+    let mut topo = Topology::new(3)?;
+    let etcd_ns = topo.add_host("etcd", ETCD_IP)?;
+    let orchestrator = etcd_ns.name().to_string();
+    let etcd = Etcd::start(etcd_ns, ETCD_IP)?;
+    let dir = std::env::temp_dir().join(format!("ovt{}-demo", std::process::id()));
+    std::fs::create_dir_all(dir.join("bpf"))?;
+    let status = Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(dir.join("bpf"))
+        .status()?;
+    let _pins = Pins(dir.join("bpf"));
+    if !status.success() {
+        bail!("cannot mount a bpffs in {}", dir.display());
     }
-}
-
-fn ping(from: &Netns, to: Ipv4Addr) -> anyhow::Result<()> {
-    let out = from.run(
-        "ping",
-        ["-c", PINGS, "-i", "0.2", "-W", "1", &to.to_string()],
-    )?;
-    let summary = out.lines().find(|l| l.contains("received")).unwrap_or("");
-    println!("      {summary}");
-    Ok(())
-}
-
-/// A one-second TCP run from `client` to an iperf3 server on `addr` in `server`.
-fn iperf(server: &Netns, client: &Netns, addr: Ipv4Addr) -> anyhow::Result<()> {
-    let addr = addr.to_string();
-    let mut cmd = server.cmd("iperf3", ["-s", "-1", "-B", &addr]);
-    let _srv = NsChild::spawn(cmd.stdin(Stdio::null()).stdout(Stdio::null()))?;
-    let listening = || {
-        server
-            .run("ss", ["-Htln", "sport = :5201"])
-            .is_ok_and(|o| !o.trim().is_empty())
+    let demo = Demo {
+        bin,
+        dir,
+        store: etcd.endpoint(),
+        orchestrator,
     };
-    wait_until(Duration::from_secs(5), "iperf3 to listen", listening)?;
-    let out = client.run("iperf3", ["-c", &addr, "-t", "1", "-f", "m"])?;
-    match out.lines().find(|l| l.contains("receiver")) {
-        Some(line) => println!(
-            "      {}",
-            line.split_whitespace().collect::<Vec<_>>().join(" ")
-        ),
-        None => bail!("iperf3 printed no receiver summary:\n{out}"),
+    let mut agents = Vec::new();
+    for node in topo.nodes() {
+        agents.push(demo.agent(node.ns(), node.index)?);
     }
-    Ok(())
-}
+    println!("demo: agents up; deploying services web, api (port 8080), db (stateful, port 5432)");
+    demo.deploy_service("web", "[]", false)?;
+    let api = demo.deploy_service("api", "[8080]", false)?;
+    demo.deploy_service("db", "[5432]", true)?;
 
-fn print_table(before: &Stats, after: &Stats) {
-    let line = |r: &str, b: Counter, a: Counter| {
+    let plan = [
+        ("web", 1, 1),
+        ("api", 1, 1),
+        ("api", 2, 2),
+        ("api", 3, 3),
+        ("db", 1, 2),
+    ];
+    let mut insts = BTreeMap::new();
+    for (svc, n, node) in plan {
+        let ns = Netns::new(&format!("{svc}{n}"))?;
+        let sock = agents[node - 1].1.to_str().unwrap_or("").to_string();
+        let name = format!("demo.prod.{svc}.v1");
+        let out = demo.ctl(
+            topo.node(node).ns().name(),
+            ("OVERLAY_API", &sock),
+            &[
+                "instance",
+                "deploy",
+                &name,
+                "--instance",
+                &n.to_string(),
+                "--netns",
+                ns.name(),
+            ],
+        )?;
+        let rec: Value = serde_json::from_str(&out)?;
         println!(
-            "  {r:<18} {:>12} {:>12} {:>14} {:>14}",
-            b.packets, a.packets, b.bytes, a.bytes
-        )
-    };
-    println!(
-        "\n  {:<18} {:>12} {:>12} {:>14} {:>14}",
-        "counter", "pkts before", "pkts after", "bytes before", "bytes after"
-    );
-    for (reason, a) in after {
-        let b = before.get(reason).copied().unwrap_or_default();
-        if a.packets + b.packets > 0 {
-            line(reason, b, *a);
+            "  {svc}-{n} on n{node}: NamespaceIP {}",
+            rec["nsip"].as_str().unwrap_or("?")
+        );
+        let label: &'static str = Box::leak(format!("{svc}-{n}@n{node}").into_boxed_str());
+        match svc {
+            "api" => servers::tcp(&ns, 8080, label),
+            "db" => servers::tcp(&ns, 5432, label),
+            _ => {}
         }
+        insts.insert((svc, n), ns);
     }
-    println!();
+    let web = &insts[&("web", 1)];
+    let rr: Ipv4Addr = api["servips"]["roundrobin"]
+        .as_str()
+        .unwrap_or("")
+        .parse()?;
+    let start = Instant::now();
+    wait_until(
+        Duration::from_secs(15),
+        "all api instances reachable",
+        || {
+            (0..9)
+                .filter_map(|_| servers::tcp_who(web, SocketAddr::from((rr, 8080))).ok())
+                .map(|r| r.0)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                == 3
+        },
+    )?;
+    println!("demo: cluster converged in {:?}\n", start.elapsed());
+
+    println!(
+        "  {:<38} {:<16} answered by ({FLOWS} new connections from web-1 on n1)",
+        "name", "address"
+    );
+    for policy in ["closest", "roundrobin", "fastest"] {
+        let ip: Ipv4Addr = api["servips"][policy].as_str().unwrap_or("").parse()?;
+        report(
+            web,
+            &format!("demo.prod.api.v1.any.{policy}.local"),
+            ip,
+            8080,
+        )?;
+    }
+    let services: Value = serde_json::from_str(&demo.orchestrate(&["service", "ls", "--json"])?)?;
+    let db = services
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == "demo.prod.db.v1")
+        .context("db listed")?;
+    let fixed: Ipv4Addr = db["instances"][0]["fixed_ip"]
+        .as_str()
+        .unwrap_or("")
+        .parse()?;
+    report(web, "demo.prod.db.v1.1.fixed.local", fixed, 5432)?;
+
+    println!(
+        "\n$ overlay-ctl node ls\n{}",
+        demo.orchestrate(&["node", "ls"])?
+    );
+    println!(
+        "$ overlay-ctl service ls\n{}",
+        demo.orchestrate(&["service", "ls"])?
+    );
+    let pins = demo.dir.join("bpf/n1");
+    for table in ["services", "stats"] {
+        let out = Command::new(&demo.bin)
+            .args(["maps", table, "--pin-dir"])
+            .arg(&pins)
+            .stderr(Stdio::inherit())
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let shown: Vec<&str> = text
+            .lines()
+            .filter(|l| table != "stats" || !l.contains(" 0 "))
+            .collect();
+        println!(
+            "$ overlay-ctl maps {table}   (node n1)\n{}\n",
+            shown.join("\n")
+        );
+    }
+    println!("demo: done; deleting agents, etcd, namespaces and pins");
+    drop(agents);
+    Ok(())
+}
+
+/// Opens `FLOWS` connections to `ip:port` from `ns` and prints who answered.
+fn report(ns: &Netns, name: &str, ip: Ipv4Addr, port: u16) -> anyhow::Result<()> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..FLOWS {
+        let (who, _) = servers::tcp_who(ns, SocketAddr::from((ip, port)))
+            .with_context(|| format!("connecting to {ip}:{port}"))?;
+        *counts.entry(who).or_default() += 1;
+    }
+    let answered: Vec<String> = counts.iter().map(|(w, n)| format!("{w} x{n}")).collect();
+    println!("  {name:<38} {ip:<16} {}", answered.join(", "));
+    Ok(())
 }

@@ -57,6 +57,13 @@ pub struct AgentConfig {
     pub gateway: Ipv4Addr,
     /// Uplink MTU; default: read from the interface.
     pub mtu: Option<u16>,
+    /// Seconds the node's registration outlives a silent agent (lease TTL).
+    #[serde(default = "default_ttl")]
+    pub node_ttl: u64,
+}
+
+fn default_ttl() -> u64 {
+    crate::store::DEFAULT_NODE_TTL.as_secs()
 }
 
 fn default_ewp() -> u16 {

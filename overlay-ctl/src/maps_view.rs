@@ -48,14 +48,27 @@ fn proto(p: u8) -> &'static str {
 /// Rows of one table as JSON objects (the `--json` output, stable for scripts).
 pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
     Ok(match table {
-        Table::Services => t
-            .servips()
-            .into_iter()
-            .map(|(vip, sv)| {
-                let ports: Vec<Value> = t.ports().into_iter().filter(|k| k.service == sv.service).map(|k| json!({"port": ip::port_from_wire(k.port), "proto": proto(k.proto)})).collect();
-                json!({"servip": vip, "service": sv.service, "policy": policy(sv.policy), "slots": t.slots(vip), "ports": ports})
-            })
-            .collect(),
+        Table::Services => {
+            let backends: std::collections::BTreeMap<u32, _> = t.backends().into_iter().collect();
+            t.servips()
+                .into_iter()
+                .map(|(vip, sv)| {
+                    let ports: Vec<String> = t
+                        .ports()
+                        .into_iter()
+                        .filter(|k| k.service == sv.service)
+                        .map(|k| format!("{}/{}", ip::port_from_wire(k.port), proto(k.proto)))
+                        .collect();
+                    // Each slot as the NamespaceIP of its backend (the id when unknown).
+                    let slots: Vec<String> = t
+                        .slots(vip)
+                        .into_iter()
+                        .map(|id| backends.get(&id).map_or(format!("#{id}"), |b| ip::from_wire(b.nsip).to_string()))
+                        .collect();
+                    json!({"servip": vip, "service": sv.service, "policy": policy(sv.policy), "slots": slots, "ports": ports})
+                })
+                .collect()
+        }
         Table::Backends => t.backends().into_iter().map(|(id, b)| json!({"id": id, "nsip": ip::from_wire(b.nsip), "node": b.node})).collect(),
         Table::Endpoints => t
             .endpoints()

@@ -8,8 +8,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use common::agents::{Agent, Workdir, node_spec};
-use common::servers;
 use overlay_ctl::model::{ClusterState, InstanceSpec, Policy, ServiceSpec};
+use overlay_testnet::servers;
 use overlay_testnet::{Netns, Topology, wait_until};
 
 const SVC: &str = "shop.prod.cart.v1";

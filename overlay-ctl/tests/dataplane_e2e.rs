@@ -9,8 +9,9 @@ use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, servers};
+use common::Cluster;
 use overlay_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, stats::Reason};
+use overlay_testnet::servers;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);

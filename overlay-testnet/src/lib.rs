@@ -15,6 +15,8 @@
 //!   namespaces on it (`n1` = 192.0.2.11/24, `n2` = 192.0.2.12/24, ...),
 //!   plus optional extra hosts ([`Topology::add_host`]).
 //! * [`NsChild`]: a background process in a namespace, killed on drop.
+//! * [`servers`]: tiny TCP/UDP servers that say which instance answered.
+//! * [`Etcd`]: an etcd inside a namespace, for the cluster store.
 //! * [`cleanup_stale`]: deletes namespaces left behind by a test process
 //!   that was SIGKILLed before its destructors ran.
 //!
@@ -29,6 +31,7 @@ mod child;
 mod cleanup;
 pub mod etcd;
 mod netns;
+pub mod servers;
 mod topology;
 
 use std::io;

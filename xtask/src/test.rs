@@ -163,11 +163,22 @@ fn owner_alive(name: &str) -> bool {
 pub fn demo() -> anyhow::Result<i32> {
     prepare("cargo xtask demo", DEMO_NEEDS)?;
     let _guard = IgnoreSigint::install()?;
-    let status = Command::new(cargo_bin())
+    // The demo drives the real `overlay-ctl` binary: build it too.
+    let built = Command::new(cargo_bin())
         .current_dir(crate::workspace())
-        .args(["run", "--quiet", "-p", "overlay-ctl", "--example", "demo"])
+        .args(["build", "--quiet", "-p", "overlay-ctl", "--bin", "overlay-ctl", "--example", "demo"])
         .status()
         .context("cannot start cargo")?;
+    if !built.success() {
+        anyhow::bail!("building overlay-ctl and the demo failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::workspace().join("target"));
+    let status = Command::new(target.join("debug/examples/demo"))
+        .env("OVERLAY_CTL_BIN", target.join("debug/overlay-ctl"))
+        .status()
+        .context("cannot start the demo")?;
     let deleted = overlay_testnet::cleanup_stale().context("deleting the demo's namespaces")?;
     if deleted > 0 {
         eprintln!("demo: deleted {deleted} namespace(s) the demo left behind");

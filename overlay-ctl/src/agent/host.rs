@@ -9,6 +9,7 @@ use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
 use super::{AgentError, Node, Result};
 use crate::config::AgentConfig;
+use crate::model::Subnet;
 
 fn host_err(what: impl std::fmt::Display) -> AgentError {
     AgentError::Host(what.to_string())
@@ -28,14 +29,18 @@ pub fn prepare(cfg: &AgentConfig) -> Result<()> {
     // Instances route through the node; the tunnel's FIB lookup needs it too.
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
         .map_err(|e| host_err(format!("enabling IPv4 forwarding: {e}")))?;
-    if let (true, Some(subnet)) = (cfg.masquerade, cfg.subnet) {
+    Ok(())
+}
+
+/// Instances' traffic to the outside leaves with the node's address.
+pub fn masquerade(cfg: &AgentConfig, subnet: Subnet) -> Result<()> {
+    if cfg.masquerade {
         nft(&format!(
             "table ip {t}\nflush table ip {t}\ntable ip {t} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {subnet} oifname \"{u}\" masquerade\n  }}\n}}\n",
             t = table(cfg),
             u = cfg.uplink
         ))?;
     }
-
     Ok(())
 }
 
@@ -99,7 +104,7 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
 }
 
 /// This node's identity and addresses.
-pub fn node(cfg: &AgentConfig) -> Result<Node> {
+pub fn node(cfg: &AgentConfig, subnet: Subnet) -> Result<Node> {
     let ifindex = nix::net::if_::if_nametoindex(cfg.uplink.as_str())
         .map_err(|e| host_err(format!("uplink `{}`: {e}", cfg.uplink)))?;
     let ip = match cfg.node_ip {
@@ -110,19 +115,15 @@ pub fn node(cfg: &AgentConfig) -> Result<Node> {
         Some(m) => m,
         None => uplink_mtu(&cfg.uplink)?,
     };
-    let subnet = cfg
-        .subnet
-        .ok_or_else(|| host_err("no node subnet configured"))?;
-    let (ip, ewp) = match cfg.public {
-        Some(p) => (*p.ip(), p.port()),
-        None => (ip, cfg.ewp),
-    };
     Ok(Node {
         name: cfg.node_id.clone(),
         ip,
-        ewp,
+        ewp: cfg.ewp,
+        nsp: cfg.nsp,
+        public: cfg.public,
         subnet,
         uplink_ifindex: ifindex,
+        uplink_mtu: mtu,
         mtu: mtu - overlay_common::ENCAP_OVERHEAD,
     })
 }

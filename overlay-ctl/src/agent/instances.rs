@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Agent, AgentError, Result};
 use crate::config::AgentConfig;
+use crate::model::{InstanceSpec, ServiceSpec};
 use crate::netns::{self, LinkSpec, NetnsRef};
 
 pub const FILE: &str = "instances.json";
@@ -61,11 +62,58 @@ pub async fn restore(agent: &mut Agent) -> Result<()> {
             tracing::warn!(service = %inst.service, instance = inst.instance, "cannot restore instance: {e}");
             continue;
         }
+        if let Err(e) = publish(agent, &inst).await {
+            tracing::warn!(service = %inst.service, instance = inst.instance, "cannot publish instance: {e}");
+        }
         agent
             .instances
             .insert((inst.service.to_ascii_lowercase(), inst.instance), inst);
     }
     Ok(())
+}
+
+fn spec(agent: &Agent, inst: &LocalInstance) -> InstanceSpec {
+    InstanceSpec {
+        service: inst.service.clone(),
+        instance: inst.instance,
+        node: agent.node.name.clone(),
+        nsip: inst.nsip,
+        fixed_ip: inst.fixed_ip,
+    }
+}
+
+async fn publish(agent: &Agent, inst: &LocalInstance) -> Result<()> {
+    if let Some(link) = &agent.store {
+        link.registration
+            .publish_instance(&spec(agent, inst))
+            .await?;
+    }
+    Ok(())
+}
+
+/// The fixed IP of a stateful service's instance: from the store, or from
+/// the desired-state file.
+async fn fixed_ip(agent: &Agent, service: &ServiceSpec, instance: u32) -> Result<Option<Ipv4Addr>> {
+    match &agent.store {
+        Some(link) if service.stateful => Ok(Some(
+            link.store
+                .allocate_fixed_ip(&service.name, instance, crate::store::DEFAULT_SERVICE_POOL)
+                .await?,
+        )),
+        // Fail before touching the node when the store is not answering.
+        Some(link) => link
+            .store
+            .revision()
+            .await
+            .map(|_| None)
+            .map_err(Into::into),
+        None => Ok(agent
+            .cluster
+            .instances
+            .iter()
+            .find(|i| i.service.eq_ignore_ascii_case(&service.name) && i.instance == instance)
+            .and_then(|i| i.fixed_ip)),
+    }
 }
 
 /// Creates the link, attaches the program and records the endpoint.
@@ -104,14 +152,10 @@ pub async fn deploy(agent: &mut Agent, req: DeployRequest) -> Result<LocalInstan
     let svc = agent
         .cluster
         .service(&req.service)
+        .cloned()
         .ok_or_else(|| AgentError::UnknownService(req.service.clone()))?;
     let key = (svc.name.to_ascii_lowercase(), req.instance);
-    let fixed_ip = agent
-        .cluster
-        .instances
-        .iter()
-        .find(|i| i.service.eq_ignore_ascii_case(&svc.name) && i.instance == req.instance)
-        .and_then(|i| i.fixed_ip);
+    let fixed_ip = fixed_ip(agent, &svc, req.instance).await?;
     let inst = match agent.instances.get(&key) {
         Some(old) if old.netns == req.netns => old.clone(),
         Some(old) => LocalInstance {
@@ -132,6 +176,13 @@ pub async fn deploy(agent: &mut Agent, req: DeployRequest) -> Result<LocalInstan
         }
     };
     link(agent, &inst).await?;
+    if let Err(e) = publish(agent, &inst).await {
+        // Nothing half-made: the cluster does not know it, so neither does the node.
+        agent.endpoints.remove(&inst.nsip);
+        let _ = agent.dp.detach_instance(&inst.host_if);
+        let _ = netns::remove(&inst.host_if).await;
+        return Err(e);
+    }
     agent.instances.insert(key, inst.clone());
     save(agent)?;
     agent.reconcile()?;
@@ -147,6 +198,16 @@ pub async fn undeploy(agent: &mut Agent, service: &str, instance: u32) -> Result
         return Ok(false);
     };
     agent.endpoints.remove(&inst.nsip);
+    if let Some(link) = &agent.store {
+        // Queued by the registration if the store is unreachable right now.
+        if let Err(e) = link
+            .registration
+            .unpublish_instance(service, instance)
+            .await
+        {
+            tracing::warn!("unpublishing {service} instance {instance}: {e}");
+        }
+    }
     agent.reconcile()?;
     agent.dp.detach_instance(&inst.host_if)?;
     netns::remove(&inst.host_if).await?;

@@ -7,6 +7,7 @@
 //! state. SIGTERM and SIGINT stop the agent and leave the dataplane
 //! forwarding on its last state; `--teardown` removes everything.
 
+mod cluster;
 mod host;
 mod instances;
 mod source;
@@ -35,6 +36,8 @@ pub enum AgentError {
     Link(#[from] crate::netns::Error),
     #[error("{0}")]
     Host(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("unknown service `{0}` (not in the desired state)")]
     UnknownService(String),
     #[error("invalid request: {0}")]
@@ -51,22 +54,35 @@ pub type Result<T, E = AgentError> = std::result::Result<T, E>;
 #[derive(Clone, Debug)]
 pub struct Node {
     pub name: String,
+    /// The uplink's own address: the tunnel's outer source.
     pub ip: Ipv4Addr,
     pub ewp: u16,
+    pub nsp: u16,
+    /// NAT-mapped address other nodes must use, if any.
+    pub public: Option<std::net::SocketAddrV4>,
     pub subnet: Subnet,
     pub uplink_ifindex: u32,
+    pub uplink_mtu: u16,
     /// MTU of the instance links (uplink MTU minus the tunnel overhead).
     pub mtu: u16,
 }
 
 impl Node {
-    fn spec(&self) -> NodeSpec {
-        NodeSpec {
+    /// How the cluster knows this node.
+    pub fn record(&self) -> crate::store::NodeRecord {
+        crate::store::NodeRecord {
             name: self.name.clone(),
             ip: self.ip,
             ewp: self.ewp,
+            nsp: self.nsp,
+            public: self.public,
+            mtu: self.uplink_mtu,
             subnet: self.subnet,
         }
+    }
+
+    fn spec(&self) -> NodeSpec {
+        self.record().spec()
     }
 
     fn dataplane_config(&self) -> Config {
@@ -88,6 +104,11 @@ pub struct Agent {
     pub cluster: ClusterState,
     pub instances: BTreeMap<(String, u32), LocalInstance>,
     pub endpoints: BTreeMap<Ipv4Addr, Endpoint>,
+    /// The cluster store and this node's registration (absent: state file).
+    pub store: Option<cluster::Link>,
+    /// Whether `cluster` holds the real desired state yet; until then the
+    /// maps keep what they had (a restart during a store outage changes nothing).
+    pub synced: bool,
     applied: MapSet,
 }
 
@@ -114,6 +135,9 @@ impl Agent {
 
     /// Brings the maps to the desired state, writing only differences.
     pub fn reconcile(&mut self) -> Result<reconcile::Changes> {
+        if !self.synced {
+            return Ok(reconcile::Changes::default());
+        }
         let local = LocalNode {
             name: &self.node.name,
             config: self.node.dataplane_config(),
@@ -136,7 +160,18 @@ impl Agent {
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     host::prepare(&cfg)?;
-    let node = host::node(&cfg)?;
+    let store = match &cfg.store {
+        Some(endpoints) => Some(cluster::connect(endpoints).await),
+        None => None,
+    };
+    let subnet = match &store {
+        Some(s) => cluster::lease_subnet(s, &cfg).await?,
+        None => cfg
+            .subnet
+            .ok_or_else(|| AgentError::Host("no node subnet configured".into()))?,
+    };
+    host::masquerade(&cfg, subnet)?;
+    let node = host::node(&cfg, subnet)?;
     let mut dp = Dataplane::load(Some(&cfg.bpf_pin_dir))?;
     dp.attach_uplink(&cfg.uplink)?;
     if let Some(logger) = dp.take_logger() {
@@ -144,8 +179,15 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     let applied = reconcile::read(&dp.tables);
     tracing::info!(node = %node.name, ip = %node.ip, subnet = %node.subnet, adopted = applied.servips.len() + applied.endpoints.len(), "dataplane loaded");
-    let mut cluster_rx = source::spawn(&cfg)?;
+    let (mut cluster_rx, synced) = match (&store, &cfg.store) {
+        (Some(_), Some(endpoints)) => cluster::follow(endpoints).await,
+        _ => (source::spawn(&cfg)?, true),
+    };
     let cluster = cluster_rx.borrow_and_update().clone();
+    let link = match store {
+        Some(s) => Some(cluster::register(s, &node, &cfg).await?),
+        None => None,
+    };
     let mut agent = Agent {
         cfg,
         node,
@@ -153,6 +195,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         cluster,
         instances: BTreeMap::new(),
         endpoints: BTreeMap::new(),
+        store: link,
+        synced,
         applied,
     };
     instances::restore(&mut agent).await?;
@@ -165,7 +209,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     tracing::info!("stopping; the dataplane keeps forwarding");
     follow.abort();
     server.abort();
-    let _ = std::fs::remove_file(&shared.lock().await.cfg.api_socket);
+    let mut agent = shared.lock().await;
+    let _ = std::fs::remove_file(&agent.cfg.api_socket);
+    if let Some(link) = agent.store.take() {
+        // The node stays registered until its lease runs out: a quick
+        // restart keeps every other node's tables unchanged.
+        link.registration.detach().await;
+    }
     Ok(())
 }
 
@@ -193,6 +243,7 @@ async fn follow(shared: Shared, mut rx: watch::Receiver<ClusterState>, changed: 
         }
         let mut agent = shared.lock().await;
         agent.cluster = rx.borrow_and_update().clone();
+        agent.synced = true;
         if let Err(e) = agent.reconcile() {
             tracing::error!("reconcile failed: {e}");
         }

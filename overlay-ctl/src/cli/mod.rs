@@ -1,5 +1,7 @@
 //! The `overlay-ctl` command line.
 
+mod cluster;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -42,6 +44,32 @@ enum Cmd {
         )]
         api: PathBuf,
     },
+    /// Register, remove and list services in the cluster store.
+    Service {
+        #[command(subcommand)]
+        cmd: cluster::ServiceCmd,
+        /// etcd endpoints, comma-separated.
+        #[arg(
+            long,
+            env = "OVERLAY_STORE",
+            default_value = "http://127.0.0.1:2379",
+            global = true
+        )]
+        store: String,
+    },
+    /// List the cluster's nodes.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+        /// etcd endpoints, comma-separated.
+        #[arg(
+            long,
+            env = "OVERLAY_STORE",
+            default_value = "http://127.0.0.1:2379",
+            global = true
+        )]
+        store: String,
+    },
     /// Read the pinned dataplane maps directly (works while no agent runs).
     Maps {
         table: maps_view::Table,
@@ -53,6 +81,15 @@ enum Cmd {
         /// Pin directory of the node's maps.
         #[arg(long, env = "OVERLAY_PIN_DIR")]
         pin_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Registered nodes with their addresses and subnets.
+    Ls {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -95,6 +132,11 @@ pub fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Instance { cmd, api } => instance(cmd, &api)?,
+        Cmd::Service { cmd, store } => cluster::service(cmd, &store)?,
+        Cmd::Node {
+            cmd: NodeCmd::Ls { json },
+            store,
+        } => cluster::node_ls(&store, json)?,
         Cmd::Maps {
             table,
             json,

@@ -85,6 +85,30 @@ impl Agent {
         }
     }
 
+    /// Writes `agent.toml` for node `name` that takes its state and subnet
+    /// from the etcd at `store`, with a registration lease of `ttl` seconds.
+    pub fn configure_store(work: &Workdir, name: &str, store: &str, ttl: u64) -> Agent {
+        let base = work.dir.join(name);
+        std::fs::create_dir_all(&base).unwrap();
+        let socket = base.join("agent.sock");
+        let pin_dir = work.dir.join("bpf").join(name);
+        let config = base.join("agent.toml");
+        let text = format!(
+            "node_id = \"{name}\"\nuplink = \"eth0\"\nstore = \"{store}\"\nnode_ttl = {ttl}\nstate_dir = \"{}\"\nbpf_pin_dir = \"{}\"\napi_socket = \"{}\"\n",
+            base.join("state").display(),
+            pin_dir.display(),
+            socket.display()
+        );
+        std::fs::write(&config, text).unwrap();
+        Agent {
+            name: name.into(),
+            config,
+            socket,
+            pin_dir,
+            proc: None,
+        }
+    }
+
     /// Starts the agent in `ns` and waits for its API socket.
     pub fn start(&mut self, ns: &Netns) {
         let _ = std::fs::remove_file(&self.socket);

@@ -5,7 +5,6 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod agents;
-pub mod servers;
 
 use std::net::Ipv4Addr;
 

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use overlay_testnet::Netns;
+use crate::Netns;
 
 /// TCP: for each line "who" answers "<name>\n"; "bulk N" answers N bytes.
 pub fn tcp(ns: &Netns, port: u16, name: &'static str) {

@@ -1,0 +1,159 @@
+//! Orchestrator-side commands: `service deploy|rm|ls`, `node ls`.
+
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use crate::descriptor::Descriptor;
+use crate::store::{self, Store};
+
+#[derive(Subcommand)]
+pub enum ServiceCmd {
+    /// Register a service from its descriptor (JSON or YAML) and print its ServIPs.
+    Deploy {
+        descriptor: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a service; its addresses return to the pool after a grace period.
+    Rm {
+        /// `app.appns.svc.svcns`
+        name: String,
+    },
+    /// List services with their ServIPs and instances.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+pub fn service(cmd: ServiceCmd, endpoints: &str) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    match cmd {
+        ServiceCmd::Deploy { descriptor, json } => {
+            // Validate before contacting anything.
+            let d = read_descriptor(&descriptor)?;
+            let rec = rt.block_on(async {
+                Store::connect(endpoints)
+                    .await?
+                    .deploy_service(&d, store::DEFAULT_SERVICE_POOL)
+                    .await
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rec)?);
+            } else {
+                println!("{} (id {})", rec.name, rec.id);
+                for (policy, ip) in &rec.servips {
+                    println!("  {:<11} {ip}", format!("{policy:?}").to_lowercase());
+                }
+                if rec.descriptor.stateful {
+                    println!("  stateful: each instance gets a fixed IP when it deploys");
+                }
+            }
+        }
+        ServiceCmd::Rm { name } => {
+            let found = rt
+                .block_on(async { Store::connect(endpoints).await?.remove_service(&name).await })?;
+            anyhow::ensure!(found, "no service named {name}");
+            println!("removed {name}");
+        }
+        ServiceCmd::Ls { json } => {
+            let rows = rt.block_on(service_rows(endpoints))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<32} {:<16} {:<16} {:<16} INSTANCES",
+                    "NAME", "CLOSEST", "ROUNDROBIN", "FASTEST"
+                );
+                for r in &rows {
+                    let ip = |p: &str| r["servips"][p].as_str().unwrap_or("-").to_string();
+                    let insts: Vec<String> = r["instances"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|i| {
+                            format!(
+                                "{}@{}={}",
+                                i["instance"],
+                                i["node"].as_str().unwrap_or(""),
+                                i["fixed_ip"].as_str().or(i["nsip"].as_str()).unwrap_or("")
+                            )
+                        })
+                        .collect();
+                    println!(
+                        "{:<32} {:<16} {:<16} {:<16} {}",
+                        r["name"].as_str().unwrap_or(""),
+                        ip("closest"),
+                        ip("roundrobin"),
+                        ip("fastest"),
+                        insts.join(" ")
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_descriptor(path: &Path) -> anyhow::Result<Descriptor> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Descriptor::parse(&text)
+        .with_context(|| format!("{} is not a valid descriptor", path.display()))
+}
+
+/// `service ls --json` rows: the descriptor fields, `servips`, `instances`.
+async fn service_rows(endpoints: &str) -> anyhow::Result<Vec<Value>> {
+    let store = Store::connect(endpoints).await?;
+    let (services, instances) = (store.services().await?, store.instances().await?);
+    Ok(services
+        .into_iter()
+        .map(|rec| {
+            let mut row = serde_json::to_value(&rec).unwrap_or(Value::Null);
+            let insts: Vec<Value> = instances
+                .iter()
+                .filter(|i| i.service.eq_ignore_ascii_case(&rec.name))
+                .map(|i| json!({"instance": i.instance, "node": i.node, "nsip": i.nsip, "fixed_ip": i.fixed_ip}))
+                .collect();
+            row["instances"] = Value::Array(insts);
+            row
+        })
+        .collect())
+}
+
+pub fn node_ls(endpoints: &str, json: bool) -> anyhow::Result<()> {
+    let nodes = runtime()?.block_on(async { Store::connect(endpoints).await?.nodes().await })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&nodes)?);
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<16} {:<6} {:<6} {:<18} {:<6} PUBLIC",
+        "NODE", "IP", "EWP", "NSP", "SUBNET", "MTU"
+    );
+    for n in nodes {
+        let public = n
+            .public
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<12} {:<16} {:<6} {:<6} {:<18} {:<6} {public}",
+            n.name,
+            n.ip,
+            n.ewp,
+            n.nsp,
+            n.subnet.to_string(),
+            n.mtu
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! Three nodes and an etcd in namespaces; services deployed with the CLI,
+//! instances through the agents. Propagation time, node death, store outage.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::agents::{Agent, BIN, Workdir};
+use overlay_testnet::servers;
+use overlay_testnet::{Etcd, Netns, Topology, wait_until};
+
+const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+const API: &str = "demo.prod.api.v1";
+const WEB: &str = "demo.prod.web.v1";
+const DB: &str = "demo.prod.db.v1";
+const TTL: u64 = 3;
+
+/// Fields drop in order: agents, etcd, files, then the namespaces.
+struct Cluster {
+    agents: Vec<Agent>,
+    etcd: Etcd,
+    work: Workdir,
+    orchestrator: String,
+    _topo: Topology,
+}
+
+impl Cluster {
+    fn new(label: &str) -> Cluster {
+        overlay_testnet::require_root().unwrap();
+        let mut topo = Topology::new(3).unwrap();
+        let ns = topo.add_host("etcd", ETCD_IP).unwrap();
+        let orchestrator = ns.name().to_string();
+        let etcd = Etcd::start(ns, ETCD_IP).unwrap();
+        let work = Workdir::new(label);
+        let mut agents = Vec::new();
+        for n in topo.nodes() {
+            let mut a =
+                Agent::configure_store(&work, &format!("n{}", n.index), &etcd.endpoint(), TTL);
+            a.start(n.ns());
+            agents.push(a);
+        }
+        Cluster {
+            agents,
+            etcd,
+            work,
+            orchestrator,
+            _topo: topo,
+        }
+    }
+
+    /// `overlay-ctl ARGS` run by the orchestrator (beside etcd).
+    fn ctl(&self, args: &[&str]) -> Output {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &self.orchestrator, BIN])
+            .args(args)
+            .env("OVERLAY_STORE", self.etcd.endpoint());
+        cmd.output().unwrap()
+    }
+
+    fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "overlay-ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn deploy_service(&self, json: &str) -> serde_json::Value {
+        let path = self.work.dir.join(format!("svc-{}.json", json.len()));
+        std::fs::write(&path, json).unwrap();
+        serde_json::from_str(&self.ctl_ok(&["service", "deploy", path.to_str().unwrap(), "--json"]))
+            .unwrap()
+    }
+
+    /// Whether every node's BACKENDS map holds `nsip`.
+    fn everywhere(&self, nsip: Ipv4Addr, present: bool) -> bool {
+        self.agents.iter().filter(|a| a.proc.is_some()).all(|a| {
+            a.maps_json("backends")
+                .to_string()
+                .contains(&format!("\"{nsip}\""))
+                == present
+        })
+    }
+}
+
+fn descriptor(svc: &str, ports: &[u16], stateful: bool) -> String {
+    format!(
+        r#"{{"appname":"demo","appns":"prod","servicename":"{svc}","servicens":"v1","exposed":false,"needs":[],"ports":{ports:?},"statefull":{stateful}}}"#
+    )
+}
+
+fn who(ns: &Netns, ip: Ipv4Addr, port: u16, tries: usize) -> BTreeSet<String> {
+    (0..tries)
+        .filter_map(|_| servers::tcp_who(ns, SocketAddr::from((ip, port))).ok())
+        .map(|(w, _)| w)
+        .collect()
+}
+
+fn servip(rec: &serde_json::Value, policy: &str) -> Ipv4Addr {
+    rec["servips"][policy].as_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn services_propagate_and_survive_node_death_and_store_outage() {
+    let mut c = Cluster::new("cluster");
+    let api = c.deploy_service(&descriptor("api", &[8080], false));
+    c.deploy_service(&descriptor("web", &[], false));
+    let db = c.deploy_service(&descriptor("db", &[5432], true));
+    assert!(
+        db["servips"].as_object().unwrap().is_empty(),
+        "a stateful service has no policy ServIPs"
+    );
+    let again = c.deploy_service(&descriptor("api", &[8080], false));
+    assert_eq!(again, api, "service deploy is idempotent");
+
+    let nodes = c.ctl_ok(&["node", "ls", "--json"]);
+    let nodes: serde_json::Value = serde_json::from_str(&nodes).unwrap();
+    let subnets: BTreeSet<String> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["subnet"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(subnets.len(), 3, "three nodes, three subnets: {nodes}");
+    assert!(c.ctl_ok(&["node", "ls"]).starts_with("NODE"));
+
+    // Instances: api on every node, web (the client) on n1, db on n2.
+    let inst: Vec<Netns> = ["a1", "a2", "a3", "w1", "d1"]
+        .iter()
+        .map(|l| Netns::new(l).unwrap())
+        .collect();
+    c.agents[0].deploy(API, 1, &inst[0]);
+    c.agents[1].deploy(API, 2, &inst[1]);
+    c.agents[0].deploy(WEB, 1, &inst[3]);
+    let d1 = c.agents[1].deploy(DB, 1, &inst[4]);
+    for (i, name) in [(0, "api1"), (1, "api2"), (2, "api3")] {
+        servers::tcp(&inst[i], 8080, name);
+    }
+    servers::tcp(&inst[4], 5432, "db1");
+
+    let start = Instant::now();
+    let a3 = c.agents[2].deploy(API, 3, &inst[2]);
+    wait_until(Duration::from_secs(3), "api 3 in every node's maps", || {
+        c.everywhere(a3.nsip, true)
+    })
+    .unwrap();
+    println!(
+        "instance deploy -> every node's maps: {:?}",
+        start.elapsed()
+    );
+
+    let w1 = &inst[3];
+    let rr = servip(&api, "roundrobin");
+    wait_until(
+        Duration::from_secs(10),
+        "all three api instances behind roundrobin",
+        || who(w1, rr, 8080, 9).len() == 3,
+    )
+    .unwrap();
+    assert_eq!(
+        who(w1, servip(&api, "closest"), 8080, 6),
+        BTreeSet::from(["api1".to_string()]),
+        "closest is local"
+    );
+    let ls: serde_json::Value =
+        serde_json::from_str(&c.ctl_ok(&["service", "ls", "--json"])).unwrap();
+    let dbrow = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == DB)
+        .unwrap();
+    let fixed: Ipv4Addr = dbrow["instances"][0]["fixed_ip"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(dbrow["instances"][0]["nsip"], d1.nsip.to_string());
+    assert_eq!(
+        who(w1, fixed, 5432, 3),
+        BTreeSet::from(["db1".to_string()]),
+        "the fixed IP reaches db 1"
+    );
+
+    // Node death: n3's agent killed, its lease left to expire.
+    c.agents[2].kill9();
+    let died = Instant::now();
+    wait_until(
+        Duration::from_secs(TTL + 7),
+        "api 3 gone from the survivors",
+        || c.everywhere(a3.nsip, false),
+    )
+    .unwrap();
+    println!(
+        "dead node's instance gone after {:?} (ttl {TTL}s)",
+        died.elapsed()
+    );
+    assert!(
+        who(w1, rr, 8080, 12).is_subset(&BTreeSet::from(["api1".to_string(), "api2".to_string()]))
+    );
+
+    // Store outage: forwarding goes on, deploys fail clearly, then resync.
+    c.etcd.stop().unwrap();
+    assert_eq!(
+        who(w1, rr, 8080, 16).len(),
+        2,
+        "known services keep working without the store"
+    );
+    let out = c.agents[0].ctl(&[
+        "instance",
+        "deploy",
+        API,
+        "--instance",
+        "4",
+        "--netns",
+        inst[0].name(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("etcd"),
+        "{out:?}"
+    );
+    let out = c.ctl(&["service", "ls"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cannot reach etcd"),
+        "{out:?}"
+    );
+    c.etcd.restart().unwrap();
+    let extra = Netns::new("a5").unwrap();
+    let a5 = c.agents[1].deploy(API, 5, &extra);
+    wait_until(
+        Duration::from_secs(10),
+        "agents resynced after the outage",
+        || c.everywhere(a5.nsip, true),
+    )
+    .unwrap();
+}
+
+#[test]
+fn bad_descriptors_name_the_field_and_change_nothing() {
+    let c = Cluster::new("descr");
+    c.deploy_service(&descriptor("api", &[8080], false));
+    let before = c.ctl_ok(&["service", "ls", "--json"]);
+    let good = descriptor("bad", &[80], false);
+    for (from, to, field) in [
+        ("\"appname\":\"demo\"", "\"appname\":\"de mo\"", "appname"),
+        ("\"appns\":\"prod\"", "\"appns\":\"\"", "appns"),
+        (
+            "\"servicename\":\"bad\"",
+            "\"servicename\":\"-x\"",
+            "servicename",
+        ),
+        ("\"servicens\":\"v1\"", "\"servicens\":\"v_1\"", "servicens"),
+        ("\"exposed\":false", "\"exposed\":\"no\"", "exposed"),
+        ("\"needs\":[]", "\"needs\":[\"x\"]", "needs"),
+        ("\"ports\":[80]", "\"ports\":[0]", "ports"),
+        ("\"statefull\":false", "\"statefull\":2", "statefull"),
+    ] {
+        let path = c.work.dir.join("bad.json");
+        std::fs::write(&path, good.replace(from, to)).unwrap();
+        let out = c.ctl(&["service", "deploy", path.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(field), "{field}: {err}");
+    }
+    assert_eq!(
+        c.ctl_ok(&["service", "ls", "--json"]),
+        before,
+        "the store is unchanged"
+    );
+}
