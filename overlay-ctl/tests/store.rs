@@ -904,3 +904,32 @@ fn follow_tracks_changes_outages_and_compaction() {
     assert!(log.contains("(a new or restored etcd?)"), "{log}");
     drop(etcd);
 }
+
+#[test]
+fn an_exposed_port_belongs_to_one_service() {
+    let c = cluster("st-expose");
+    let p = pool("172.30.0.0/16");
+    run(&c, |store| async move {
+        let exposed = |svc: &str| Descriptor {
+            exposed: true,
+            ..descriptor(svc)
+        };
+        store.deploy_service(&exposed("web"), p).await.unwrap();
+        let keys = store.keys().await.unwrap();
+        let err = store
+            .deploy_service(&exposed("shop"), p)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ports") && err.contains("8080") && err.contains("shop.prod.web.v1"),
+            "{err}"
+        );
+        assert_eq!(store.keys().await.unwrap(), keys, "nothing written");
+        // Not exposed: the same port is fine (it is only a ServIP port).
+        store.deploy_service(&descriptor("shop"), p).await.unwrap();
+        // Removing the owner frees the node port.
+        assert!(store.remove_service("shop.prod.web.v1").await.unwrap());
+        store.deploy_service(&exposed("api"), p).await.unwrap();
+    });
+}

@@ -1,7 +1,7 @@
 //! Services: deploy (id + ServIPs), remove (addresses into their grace
 //! period), and fixed IPs of stateful instances.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use super::ops::{
@@ -10,7 +10,8 @@ use super::ops::{
 use super::pool::{
     AddressClaim, FREE_PER_TXN, MAX_ATTEMPTS, Released, backoff, check_pool, json, now_ms,
 };
-use super::{Kv, Result, Store, StoreError, parse_ip_key};
+use super::proto::request_op::Request as Op;
+use super::{Kv, Result, Store, StoreError, parse_ip_key, proto};
 use crate::descriptor::{Descriptor, ServiceRecord};
 use crate::model::{Policy, Subnet};
 
@@ -32,8 +33,10 @@ impl Store {
                 get(&ckey),
                 get_prefix(&self.key("servips/")),
                 get_prefix(&self.key("released/")),
+                get_prefix(&self.key("exposed/")),
             ];
             let (r, _) = self.read(ranges).await?;
+            let (expose_cmp, expose_ops) = self.expose_ops(&name, d, &r[4])?;
             if let Some(kv) = r[0].first() {
                 let old: ServiceRecord = kv.decode()?;
                 if old.descriptor == *d {
@@ -49,13 +52,11 @@ impl Store {
                     descriptor: d.clone(),
                     ..old
                 };
-                if self
-                    .commit(
-                        vec![unchanged(&skey, kv.mod_revision)],
-                        vec![put(&skey, json(&new), 0)],
-                    )
-                    .await?
-                {
+                let mut compare = vec![unchanged(&skey, kv.mod_revision)];
+                compare.extend(expose_cmp);
+                let mut success = vec![put(&skey, json(&new), 0)];
+                success.extend(expose_ops);
+                if self.commit(compare, success).await? {
                     tracing::info!("store: updated service {name}");
                     return Ok(new);
                 }
@@ -70,7 +71,9 @@ impl Store {
                 .checked_add(1)
                 .ok_or_else(|| StoreError::Invalid("service ids are exhausted".into()))?;
             let mut compare = vec![absent(&skey), unchanged(&ckey, counter_rev)];
+            compare.extend(expose_cmp);
             let mut success = vec![put(&ckey, json(&id), 0)];
+            success.extend(expose_ops);
             let mut servips = BTreeMap::new();
             if !d.stateful {
                 let picks = self.pick(pool, Policy::ALL.len(), &r[2], &r[3])?;
@@ -107,6 +110,48 @@ impl Store {
         })
     }
 
+    /// Claims `exposed/<port>` for each port of an exposed service (one
+    /// service per node port, cluster-wide) and drops claims it no longer
+    /// needs. A port another service holds is refused with a clear error.
+    fn expose_ops(
+        &self,
+        name: &str,
+        d: &Descriptor,
+        claims: &[Kv],
+    ) -> Result<(Vec<proto::Compare>, Vec<Op>)> {
+        let wanted: BTreeSet<u16> = if d.exposed {
+            d.ports.iter().copied().collect()
+        } else {
+            BTreeSet::new()
+        };
+        let mut held = BTreeSet::new();
+        let (mut compare, mut ops) = (Vec::new(), Vec::new());
+        for kv in claims {
+            let port: u16 = kv.key.trim_start_matches("exposed/").parse().unwrap_or(0);
+            let owner: String = kv.decode()?;
+            let key = self.key(&kv.key);
+            if owner != name {
+                if wanted.contains(&port) {
+                    return Err(StoreError::Invalid(format!(
+                        "descriptor field `ports`: port {port} is already exposed by {owner}"
+                    )));
+                }
+                continue;
+            }
+            held.insert(port);
+            compare.push(unchanged(&key, kv.mod_revision));
+            if !wanted.contains(&port) {
+                ops.push(delete(&key));
+            }
+        }
+        for port in wanted.difference(&held) {
+            let key = self.key(&format!("exposed/{port}"));
+            compare.push(absent(&key));
+            ops.push(put(&key, json(&name), 0));
+        }
+        Ok((compare, ops))
+    }
+
     /// Deletes expired `released/` entries (best effort: each is guarded by
     /// its revision, so an entry written again meanwhile stays).
     async fn sweep_released(&self, released: &[Kv]) {
@@ -141,6 +186,7 @@ impl Store {
                     get(&skey),
                     get_prefix(&fixed),
                     get_prefix(&self.key("servips/")),
+                    get_prefix(&self.key("exposed/")),
                 ])
                 .await?;
             let mut claims = Vec::new();
@@ -165,6 +211,11 @@ impl Store {
                 none_created_since(&fixed, revision),
             ];
             let mut success = vec![delete(&skey), delete_prefix(&fixed)];
+            for kv in &r[3] {
+                if kv.decode::<String>()? == name {
+                    success.push(delete(&self.key(&kv.key)));
+                }
+            }
             let mut complete = true;
             for batch in std::iter::once(first).chain(batches) {
                 for (ip, kv) in batch {
