@@ -57,6 +57,10 @@ pub struct AgentConfig {
     pub gateway: Ipv4Addr,
     /// Uplink MTU; default: read from the interface.
     pub mtu: Option<u16>,
+    /// Services without `needs` may open no new flows. A cluster-wide
+    /// setting: give every node the same value.
+    #[serde(default)]
+    pub default_deny: bool,
     /// Seconds the node's registration outlives a silent agent (lease TTL).
     #[serde(default = "default_ttl")]
     pub node_ttl: u64,

@@ -156,6 +156,14 @@ impl ServiceRecord {
             ports: self.descriptor.ports.clone(),
             stateful: self.descriptor.stateful,
             servips: self.servips.clone(),
+            exposed: self.descriptor.exposed,
+            // Validated at deploy: every entry names a service.
+            needs: self
+                .descriptor
+                .needs
+                .iter()
+                .filter_map(|n| needed_service(n).ok())
+                .collect(),
         }
     }
 }

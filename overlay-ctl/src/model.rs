@@ -137,6 +137,13 @@ pub struct ServiceSpec {
     /// One ServIP per policy; empty for a stateful service.
     #[serde(default)]
     pub servips: BTreeMap<Policy, Ipv4Addr>,
+    /// Reachable from outside the cluster at every node's address and `ports`.
+    #[serde(default)]
+    pub exposed: bool,
+    /// Services (`app.appns.svc.svcns`) this one may open new flows to;
+    /// empty: no restriction (unless the cluster denies by default).
+    #[serde(default)]
+    pub needs: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,6 +30,13 @@ pub struct MapSet {
     pub endpoints: BTreeMap<Ipv4Addr, Endpoint>,
     /// ServIP → (service id, policy, slots)
     pub servips: BTreeMap<Ipv4Addr, (u32, u8, Vec<u32>)>,
+    /// Services whose new flows are limited to their `needs`
+    /// (`DEFAULT_DENY`: the cluster denies services without `needs`).
+    pub restricted: BTreeSet<u32>,
+    /// (service, service it needs)
+    pub needs: BTreeSet<(u32, u32)>,
+    /// (node port, protocol) → (closest ServIP, SNAT address)
+    pub exposed: BTreeMap<(u16, u8), (Ipv4Addr, Ipv4Addr)>,
 }
 
 /// What this node contributes besides the cluster state.
@@ -38,6 +45,10 @@ pub struct LocalNode<'a> {
     pub config: Config,
     /// Local instances' endpoints, keyed by NamespaceIP.
     pub endpoints: &'a BTreeMap<Ipv4Addr, Endpoint>,
+    /// Source address of north-south flows toward backends (this node's subnet).
+    pub snat: Ipv4Addr,
+    /// Services without `needs` may open no new flows.
+    pub default_deny: bool,
 }
 
 /// The maps a node should hold for `state`.
@@ -57,7 +68,16 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
         m.nodes.insert(id, (n.ip, n.ewp));
         m.routes.insert((n.subnet.addr, n.subnet.prefix as u32), id);
     }
+    let ids: BTreeMap<String, u32> = state
+        .services
+        .iter()
+        .map(|s| (s.name.to_ascii_lowercase(), s.id))
+        .collect();
+    if local.default_deny {
+        m.restricted.insert(overlay_common::maps::DEFAULT_DENY);
+    }
     for svc in &state.services {
+        access(&mut m, svc, &ids, local.snat);
         let live: Vec<(&InstanceSpec, u32)> = state
             .instances
             .iter()
@@ -88,6 +108,30 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
         }
     }
     m
+}
+
+/// `needs` and exposure of one service.
+fn access(
+    m: &mut MapSet,
+    svc: &crate::model::ServiceSpec,
+    ids: &BTreeMap<String, u32>,
+    snat: Ipv4Addr,
+) {
+    if !svc.needs.is_empty() {
+        m.restricted.insert(svc.id);
+        // A needed service not deployed yet is allowed once it is.
+        for need in &svc.needs {
+            if let Some(&dst) = ids.get(&need.to_ascii_lowercase()) {
+                m.needs.insert((svc.id, dst));
+            }
+        }
+    }
+    if let (true, Some(&vip)) = (svc.exposed, svc.servips.get(&Policy::Closest)) {
+        for &port in &svc.ports {
+            m.exposed.insert((port, IPPROTO_TCP), (vip, snat));
+            m.exposed.insert((port, IPPROTO_UDP), (vip, snat));
+        }
+    }
 }
 
 /// The slot table of one policy: backend ids, sorted so every node agrees.
@@ -129,6 +173,9 @@ pub fn read(t: &Tables) -> MapSet {
     for (vip, sv) in t.servips() {
         m.servips.insert(vip, (sv.service, sv.policy, t.slots(vip)));
     }
+    m.restricted = t.restricted().into_iter().collect();
+    m.needs = t.needs().into_iter().map(|k| (k.src, k.dst)).collect();
+    m.exposed = t.exposed().into_iter().collect();
     m
 }
 
@@ -170,7 +217,32 @@ pub fn apply(t: &mut Tables, have: &MapSet, want: &MapSet) -> Result<Changes> {
         t.put_servip(vip, *svc, *pol, slots)?;
         c.written += 1;
     }
+    // Allowances before the restriction that needs them.
+    for &(src, dst) in want.needs.difference(&have.needs) {
+        t.put_need(src, dst)?;
+        c.written += 1;
+    }
+    for &svc in want.restricted.difference(&have.restricted) {
+        t.put_restricted(svc)?;
+        c.written += 1;
+    }
+    for (&(port, proto), &(vip, snat)) in changed(&have.exposed, &want.exposed) {
+        t.put_exposed(port, proto, vip, snat)?;
+        c.written += 1;
+    }
     // Removals, in reverse dependency order.
+    for &(port, proto) in gone(&have.exposed, &want.exposed) {
+        t.remove_exposed(port, proto)?;
+        c.removed += 1;
+    }
+    for &svc in have.restricted.difference(&want.restricted) {
+        t.remove_restricted(svc)?;
+        c.removed += 1;
+    }
+    for &(src, dst) in have.needs.difference(&want.needs) {
+        t.remove_need(src, dst)?;
+        c.removed += 1;
+    }
     for vip in gone(&have.servips, &want.servips) {
         t.remove_servip(*vip)?;
         c.removed += 1;
@@ -245,6 +317,8 @@ mod tests {
                     .zip(1..)
                     .map(|(p, i)| (*p, Ipv4Addr::new(172, 30, 0, i)))
                     .collect(),
+                exposed: false,
+                needs: Vec::new(),
             }],
             instances: vec![inst(1, "n1", 1), inst(2, "n2", 2)],
         }
@@ -262,6 +336,8 @@ mod tests {
             name: "n1",
             config,
             endpoints: eps,
+            snat: Ipv4Addr::new(10, 30, 1, 1),
+            default_deny: false,
         }
     }
 
@@ -295,6 +371,29 @@ mod tests {
             (*pol, slots.clone()),
             (policy::FIXED, vec![u32::from(Ipv4Addr::new(10, 30, 2, 2))])
         );
+    }
+
+    #[test]
+    fn needs_and_exposure() {
+        let mut s = state();
+        s.services[0].exposed = true;
+        s.services.push(ServiceSpec {
+            name: "a.b.web.d".into(),
+            id: 8,
+            ports: vec![],
+            stateful: false,
+            servips: BTreeMap::new(),
+            exposed: false,
+            needs: vec!["A.B.C.D".into(), "not.deployed.yet.x".into()],
+        });
+        let eps = BTreeMap::new();
+        let m = desired(&s, &local(&eps));
+        assert_eq!(m.restricted, BTreeSet::from([8]));
+        assert_eq!(m.needs, BTreeSet::from([(8, 7)]));
+        let closest = Ipv4Addr::new(172, 30, 0, 1);
+        let snat = Ipv4Addr::new(10, 30, 1, 1);
+        assert_eq!(m.exposed.get(&(80, IPPROTO_TCP)), Some(&(closest, snat)));
+        assert_eq!(m.exposed.len(), 2, "tcp and udp");
     }
 
     #[test]

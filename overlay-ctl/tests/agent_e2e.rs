@@ -30,6 +30,8 @@ fn service(name: &str, id: u32, base: u8, ports: Vec<u16>) -> ServiceSpec {
         ports,
         stateful: false,
         servips,
+        exposed: false,
+        needs: Vec::new(),
     }
 }
 

@@ -24,7 +24,9 @@ struct Cluster {
     etcd: Etcd,
     work: Workdir,
     orchestrator: String,
-    _topo: Topology,
+    /// An external client on the switch (not a node): 192.0.2.200.
+    outside: String,
+    topo: Topology,
 }
 
 impl Cluster {
@@ -34,6 +36,11 @@ impl Cluster {
         let ns = topo.add_host("etcd", ETCD_IP).unwrap();
         let orchestrator = ns.name().to_string();
         let etcd = Etcd::start(ns, ETCD_IP).unwrap();
+        let outside = topo
+            .add_host("ext", Ipv4Addr::new(192, 0, 2, 200))
+            .unwrap()
+            .name()
+            .to_string();
         let work = Workdir::new(label);
         let mut agents = Vec::new();
         for n in topo.nodes() {
@@ -47,7 +54,8 @@ impl Cluster {
             etcd,
             work,
             orchestrator,
-            _topo: topo,
+            outside,
+            topo,
         }
     }
 
@@ -89,8 +97,12 @@ impl Cluster {
 }
 
 fn descriptor(svc: &str, ports: &[u16], stateful: bool) -> String {
+    access(svc, ports, stateful, false, &[])
+}
+
+fn access(svc: &str, ports: &[u16], stateful: bool, exposed: bool, needs: &[&str]) -> String {
     format!(
-        r#"{{"appname":"demo","appns":"prod","servicename":"{svc}","servicens":"v1","exposed":false,"needs":[],"ports":{ports:?},"statefull":{stateful}}}"#
+        r#"{{"appname":"demo","appns":"prod","servicename":"{svc}","servicens":"v1","exposed":{exposed},"needs":{needs:?},"ports":{ports:?},"statefull":{stateful}}}"#
     )
 }
 
@@ -273,4 +285,79 @@ fn bad_descriptors_name_the_field_and_change_nothing() {
         before,
         "the store is unchanged"
     );
+}
+
+#[test]
+fn exposure_from_outside_and_needs_between_services() {
+    let c = Cluster::new("access");
+    let api = c.deploy_service(&access("api", &[8080], false, true, &[]));
+    let other = c.deploy_service(&descriptor("other", &[7070], false));
+    c.deploy_service(&access("web", &[], false, false, &[API]));
+    let (a, o, w) = (
+        Netns::new("a1").unwrap(),
+        Netns::new("o1").unwrap(),
+        Netns::new("w1").unwrap(),
+    );
+    let a1 = c.agents[1].deploy(API, 1, &a); // on n2 only
+    let o1 = c.agents[2].deploy("demo.prod.other.v1", 1, &o);
+    c.agents[0].deploy(WEB, 1, &w);
+    servers::tcp(&a, 8080, "api1");
+    servers::tcp(&o, 7070, "other1");
+    wait_until(Duration::from_secs(5), "instances everywhere", || {
+        c.everywhere(a1.nsip, true) && c.everywhere(o1.nsip, true)
+    })
+    .unwrap();
+
+    // North-south: n1 runs no api instance, yet its address serves the port.
+    let ext = c
+        .topo
+        .hosts()
+        .iter()
+        .find(|h| h.name() == c.outside)
+        .unwrap();
+    let node1 = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 11), 8080));
+    let (answer, peer) = servers::tcp_who(ext, node1).expect("exposed port through n1");
+    assert_eq!(
+        (answer.as_str(), peer),
+        ("api1", node1),
+        "the reply comes from the address the client used"
+    );
+    let err =
+        servers::tcp_who(ext, SocketAddr::from((Ipv4Addr::new(192, 0, 2, 11), 7070))).unwrap_err();
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "a port that is not exposed: {err}"
+    );
+
+    // East-west needs: web may reach api, not other.
+    assert_eq!(
+        who(&w, servip(&api, "roundrobin"), 8080, 3),
+        BTreeSet::from(["api1".to_string()])
+    );
+    let other_rr = SocketAddr::from((servip(&other, "roundrobin"), 7070));
+    let err = servers::tcp_who(&w, other_rr).unwrap_err();
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::HostUnreachable,
+        "administratively prohibited: {err}"
+    );
+    let stats = c.agents[0].maps_json("stats").to_string();
+    assert!(
+        stats.contains("drop_denied:service-"),
+        "denials per service in maps stats: {stats}"
+    );
+
+    // Updating `needs` takes effect for new flows.
+    c.deploy_service(&access(
+        "web",
+        &[],
+        false,
+        false,
+        &[API, "demo.prod.other.v1"],
+    ));
+    wait_until(Duration::from_secs(5), "web allowed to reach other", || {
+        servers::tcp_who(&w, other_rr).is_ok()
+    })
+    .unwrap();
 }

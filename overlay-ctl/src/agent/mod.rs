@@ -142,6 +142,8 @@ impl Agent {
             name: &self.node.name,
             config: self.node.dataplane_config(),
             endpoints: &self.endpoints,
+            snat: self.node.subnet.host(1),
+            default_deny: self.cfg.default_deny,
         };
         let want = reconcile::desired(&self.merged_state(), &local);
         let changes = reconcile::apply(&mut self.dp.tables, &self.applied, &want)?;
