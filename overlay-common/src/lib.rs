@@ -5,6 +5,8 @@
 //! * [`stats`]: the per-CPU counter slots (one per verdict or drop reason).
 //! * [`flow`]: the flow hash and the slot choice, used by the programs for new
 //!   flows and by the agent and tests to predict them.
+//! * [`names`]: the service name scheme `app.appns.svc.svcns.instance.policy.local`,
+//!   parsed and printed without allocating.
 //!
 //! Addresses and ports inside map keys and values are kept exactly as they
 //! appear on the wire (network byte order), so the programs never swap bytes;
@@ -13,6 +15,7 @@
 
 pub mod flow;
 pub mod maps;
+pub mod names;
 pub mod stats;
 
 /// Default East-West UDP port (the one Oakestra's NetManager uses too).

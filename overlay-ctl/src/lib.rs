@@ -15,8 +15,7 @@
 //! * [`maps_view`]: `overlay-ctl maps` tables and JSON.
 //! * [`cli`]: the `overlay-ctl` command line (clap), a thin layer over the rest.
 //! * [`store`]: the cluster store (etcd): allocations, node registration, following.
-//!
-//! The DNS module arrives with its issue.
+//! * [`dns`]: the name service: `*.local` names over unicast DNS and mDNS.
 
 pub mod agent;
 pub mod api;
@@ -24,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod descriptor;
+pub mod dns;
 pub mod maps_view;
 pub mod model;
 pub mod netns;

@@ -17,6 +17,8 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
     // The cluster store the agents and the tests run.
     ("etcd", "etcd-server"),
+    // Real DNS clients for the name service tests.
+    ("dig", "dnsutils"),
 ];
 
 /// Where the kernel's BPF file system belongs.

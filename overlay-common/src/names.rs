@@ -1,0 +1,668 @@
+//! The service name scheme (SPEC section 5), parsed and printed without
+//! allocating:
+//!
+//! ```text
+//! appname.appns.servicename.servicens.instance.policy.local
+//! ```
+//!
+//! * `instance` is `any` or an instance number `1..=4294967295` (no leading
+//!   zeros, so every address has exactly one name);
+//! * `policy` is `closest`, `roundrobin`, `fastest` or `fixed`; a number goes
+//!   only with `fixed` and `fixed` only with a number;
+//! * the four service labels follow the descriptor's label rule: 1-63
+//!   characters out of letters, digits and `-`, not starting or ending with
+//!   `-`;
+//! * every label is case-insensitive, a single trailing dot is accepted, and
+//!   the whole name is at most 253 characters (the DNS limit).
+//!
+//! [`parse`] checks, in this order: the `.local` suffix ([`NameError::NotLocal`]),
+//! the label count, the total length, each label from left to right, and last
+//! the instance/policy combination. [`Name::write_to`] prints the canonical,
+//! lower-case form, which [`parse`] reads back to the same [`Name`].
+
+use core::fmt;
+
+/// The top-level label every name of the scheme ends with.
+pub const SUFFIX: &str = "local";
+/// Labels in a name of the scheme, `local` included.
+pub const LABELS: usize = 7;
+/// Longest name (without the trailing dot), as in DNS.
+pub const MAX_NAME_LEN: usize = 253;
+/// Longest label, as in DNS.
+pub const MAX_LABEL_LEN: usize = 63;
+
+/// Which instance(s) a name selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Instance {
+    /// `any`: the policy picks one.
+    Any,
+    /// One instance by its number (never 0).
+    Number(u32),
+}
+
+/// The policy label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Policy {
+    Closest,
+    Roundrobin,
+    Fastest,
+    /// One instance's fixed IP; needs an instance number.
+    Fixed,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 4] = [
+        Policy::Closest,
+        Policy::Roundrobin,
+        Policy::Fastest,
+        Policy::Fixed,
+    ];
+
+    /// The label, lower case.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Policy::Closest => "closest",
+            Policy::Roundrobin => "roundrobin",
+            Policy::Fastest => "fastest",
+            Policy::Fixed => "fixed",
+        }
+    }
+
+    /// Reads a policy label, any case.
+    pub fn from_label(label: &str) -> Option<Policy> {
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(label))
+    }
+}
+
+/// The label positions of a name, for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Label {
+    App,
+    AppNs,
+    Service,
+    ServiceNs,
+    Instance,
+    Policy,
+}
+
+impl Label {
+    /// The position's name, as the descriptor calls the field.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Label::App => "appname",
+            Label::AppNs => "appns",
+            Label::Service => "servicename",
+            Label::ServiceNs => "servicens",
+            Label::Instance => "instance",
+            Label::Policy => "policy",
+        }
+    }
+}
+
+/// Why a string is not a name of the scheme. [`NameError::reason`] gives a
+/// fixed sentence; `Display` adds the label position where there is one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NameError {
+    /// The last label is not `local` (or the name is empty): not ours at all.
+    NotLocal,
+    /// Under `.local`, but not seven labels.
+    WrongLabelCount,
+    /// Longer than 253 characters.
+    NameTooLong,
+    /// A label is empty (`a..b`).
+    EmptyLabel(Label),
+    /// A label is longer than 63 characters.
+    LabelTooLong(Label),
+    /// A service label holds something other than letters, digits and `-`.
+    BadCharacter(Label),
+    /// A service label starts or ends with `-`.
+    HyphenAtEdge(Label),
+    /// The instance is neither `any` nor a number 1..=4294967295 without
+    /// leading zeros.
+    BadInstance,
+    /// The instance number is 0 (instances count from 1).
+    InstanceZero,
+    /// The policy label is not one of the four policies.
+    UnknownPolicy,
+    /// An instance number with a policy other than `fixed`.
+    NumberWithoutFixed,
+    /// `fixed` with `any` instead of an instance number.
+    FixedWithoutNumber,
+}
+
+impl NameError {
+    /// One fixed sentence per kind of error.
+    pub const fn reason(&self) -> &'static str {
+        match self {
+            NameError::NotLocal => "the name does not end in `.local`",
+            NameError::WrongLabelCount => {
+                "a name has 7 labels: app.appns.service.servicens.instance.policy.local"
+            }
+            NameError::NameTooLong => "the name is longer than 253 characters",
+            NameError::EmptyLabel(_) => "a label is empty",
+            NameError::LabelTooLong(_) => "a label is longer than 63 characters",
+            NameError::BadCharacter(_) => "a label may hold only letters, digits and '-'",
+            NameError::HyphenAtEdge(_) => "a label may not start or end with '-'",
+            NameError::BadInstance => {
+                "the instance is `any` or a number from 1 to 4294967295 without leading zeros"
+            }
+            NameError::InstanceZero => "instance numbers start at 1",
+            NameError::UnknownPolicy => "the policy is one of closest, roundrobin, fastest, fixed",
+            NameError::NumberWithoutFixed => "an instance number goes only with policy `fixed`",
+            NameError::FixedWithoutNumber => "policy `fixed` needs an instance number, not `any`",
+        }
+    }
+
+    /// The label the error is about, if it is about one.
+    pub const fn label(&self) -> Option<Label> {
+        match self {
+            NameError::EmptyLabel(l)
+            | NameError::LabelTooLong(l)
+            | NameError::BadCharacter(l)
+            | NameError::HyphenAtEdge(l) => Some(*l),
+            NameError::BadInstance | NameError::InstanceZero => Some(Label::Instance),
+            NameError::UnknownPolicy => Some(Label::Policy),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for NameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.label() {
+            Some(label) => write!(f, "{} label: {}", label.as_str(), self.reason()),
+            None => f.write_str(self.reason()),
+        }
+    }
+}
+
+impl core::error::Error for NameError {}
+
+/// A parsed name. The service labels borrow from the parsed string and keep
+/// its case; [`Name::write_to`] lower-cases them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Name<'a> {
+    pub app: &'a str,
+    pub appns: &'a str,
+    pub service: &'a str,
+    pub servicens: &'a str,
+    pub instance: Instance,
+    pub policy: Policy,
+}
+
+impl Name<'_> {
+    /// Writes the canonical form: lower case, no trailing dot.
+    pub fn write_to(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        self.write_service_to(out)?;
+        match self.instance {
+            Instance::Any => out.write_str(".any.")?,
+            Instance::Number(n) => write!(out, ".{n}.")?,
+        }
+        out.write_str(self.policy.as_str())?;
+        out.write_str(".local")
+    }
+
+    /// Writes the service part `app.appns.service.servicens`, lower case.
+    pub fn write_service_to(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        for (i, label) in self.service_labels().into_iter().enumerate() {
+            if i > 0 {
+                out.write_char('.')?;
+            }
+            for c in label.chars() {
+                out.write_char(c.to_ascii_lowercase())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `[app, appns, service, servicens]`.
+    pub fn service_labels(&self) -> [&str; 4] {
+        [self.app, self.appns, self.service, self.servicens]
+    }
+
+    /// Whether `full` (`app.appns.svc.svcns`, as the cluster state names a
+    /// service) names this name's service, ignoring case.
+    pub fn is_service(&self, full: &str) -> bool {
+        let labels = self.service_labels();
+        // Four labels plus three dots.
+        let len = labels.iter().map(|l| l.len()).sum::<usize>() + 3;
+        if full.len() != len {
+            return false;
+        }
+        let mut parts = full.split('.');
+        labels
+            .iter()
+            .all(|l| parts.next().is_some_and(|p| p.eq_ignore_ascii_case(l)))
+            && parts.next().is_none()
+    }
+}
+
+impl fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_to(f)
+    }
+}
+
+/// Parses a name of the scheme; see the [module docs](self) for the rules
+/// and the order in which they are checked.
+pub fn parse(name: &str) -> Result<Name<'_>, NameError> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let (rest, last) = match name.rsplit_once('.') {
+        Some((rest, last)) => (Some(rest), last),
+        None => (None, name),
+    };
+    if !last.eq_ignore_ascii_case(SUFFIX) {
+        return Err(NameError::NotLocal);
+    }
+    let rest = rest.ok_or(NameError::WrongLabelCount)?;
+    let mut labels = [""; LABELS - 1];
+    let mut count = 0;
+    for label in rest.split('.') {
+        if count == labels.len() {
+            return Err(NameError::WrongLabelCount);
+        }
+        labels[count] = label;
+        count += 1;
+    }
+    if count != labels.len() {
+        return Err(NameError::WrongLabelCount);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::NameTooLong);
+    }
+    let [app, appns, service, servicens, instance, policy] = labels;
+    for (label, which) in [
+        (app, Label::App),
+        (appns, Label::AppNs),
+        (service, Label::Service),
+        (servicens, Label::ServiceNs),
+    ] {
+        check_label(label, which)?;
+    }
+    for (label, which) in [(instance, Label::Instance), (policy, Label::Policy)] {
+        if label.is_empty() {
+            return Err(NameError::EmptyLabel(which));
+        }
+    }
+    let instance = parse_instance(instance)?;
+    let policy = Policy::from_label(policy).ok_or(NameError::UnknownPolicy)?;
+    match (instance, policy) {
+        (Instance::Number(_), Policy::Closest | Policy::Roundrobin | Policy::Fastest) => {
+            Err(NameError::NumberWithoutFixed)
+        }
+        (Instance::Any, Policy::Fixed) => Err(NameError::FixedWithoutNumber),
+        _ => Ok(Name {
+            app,
+            appns,
+            service,
+            servicens,
+            instance,
+            policy,
+        }),
+    }
+}
+
+/// The descriptor's label rule: 1-63 characters out of `[A-Za-z0-9-]`, not
+/// starting or ending with `-`.
+pub fn check_label(label: &str, which: Label) -> Result<(), NameError> {
+    if label.is_empty() {
+        return Err(NameError::EmptyLabel(which));
+    }
+    if label.len() > MAX_LABEL_LEN {
+        return Err(NameError::LabelTooLong(which));
+    }
+    if !label
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(NameError::BadCharacter(which));
+    }
+    if label.starts_with('-') || label.ends_with('-') {
+        return Err(NameError::HyphenAtEdge(which));
+    }
+    Ok(())
+}
+
+fn parse_instance(label: &str) -> Result<Instance, NameError> {
+    if label.eq_ignore_ascii_case("any") {
+        return Ok(Instance::Any);
+    }
+    if !label.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(NameError::BadInstance);
+    }
+    if label == "0" {
+        return Err(NameError::InstanceZero);
+    }
+    if label.starts_with('0') {
+        return Err(NameError::BadInstance);
+    }
+    label
+        .parse()
+        .map(Instance::Number)
+        .map_err(|_| NameError::BadInstance)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fixed-size `fmt::Write` sink: this crate has no allocator.
+    struct Buf {
+        bytes: [u8; 512],
+        len: usize,
+    }
+
+    impl Buf {
+        fn new() -> Buf {
+            Buf {
+                bytes: [0; 512],
+                len: 0,
+            }
+        }
+
+        fn as_str(&self) -> &str {
+            core::str::from_utf8(&self.bytes[..self.len]).unwrap()
+        }
+    }
+
+    impl fmt::Write for Buf {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let end = self.len + s.len();
+            self.bytes
+                .get_mut(self.len..end)
+                .ok_or(fmt::Error)?
+                .copy_from_slice(s.as_bytes());
+            self.len = end;
+            Ok(())
+        }
+    }
+
+    fn canonical(name: &Name<'_>) -> Buf {
+        let mut buf = Buf::new();
+        name.write_to(&mut buf).unwrap();
+        buf
+    }
+
+    fn err(name: &str) -> NameError {
+        match parse(name) {
+            Ok(n) => panic!("`{name}` parsed as {n:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn parses_every_policy() {
+        let n = parse("shop.prod.cart.team1.any.closest.local").unwrap();
+        assert_eq!(
+            n,
+            Name {
+                app: "shop",
+                appns: "prod",
+                service: "cart",
+                servicens: "team1",
+                instance: Instance::Any,
+                policy: Policy::Closest,
+            }
+        );
+        for (label, policy) in [
+            ("roundrobin", Policy::Roundrobin),
+            ("fastest", Policy::Fastest),
+        ] {
+            let s = ["shop.prod.cart.team1.any.", label, ".local"];
+            let mut buf = Buf::new();
+            for part in s {
+                fmt::Write::write_str(&mut buf, part).unwrap();
+            }
+            let n = parse(buf.as_str()).unwrap();
+            assert_eq!(n.policy, policy);
+            assert_eq!(n.instance, Instance::Any);
+        }
+        let n = parse("shop.prod.db.team1.3.fixed.local").unwrap();
+        assert_eq!((n.instance, n.policy), (Instance::Number(3), Policy::Fixed));
+        let n = parse("a.b.c.d.4294967295.fixed.local").unwrap();
+        assert_eq!(n.instance, Instance::Number(u32::MAX));
+    }
+
+    #[test]
+    fn case_and_trailing_dot() {
+        let n = parse("Shop.PROD.Cart.Team-1.ANY.RoundRobin.LOCAL.").unwrap();
+        assert_eq!(n.app, "Shop");
+        assert_eq!(n.instance, Instance::Any);
+        assert_eq!(n.policy, Policy::Roundrobin);
+        assert_eq!(
+            canonical(&n).as_str(),
+            "shop.prod.cart.team-1.any.roundrobin.local"
+        );
+        let n = parse("a.b.c.d.7.FIXED.Local").unwrap();
+        assert_eq!(canonical(&n).as_str(), "a.b.c.d.7.fixed.local");
+    }
+
+    #[test]
+    fn canonical_form_parses_back() {
+        for s in [
+            "a.b.c.d.any.closest.local",
+            "a-1.b2.c-c.d.any.fastest.local",
+            "x.y.z.w.12.fixed.local",
+        ] {
+            let n = parse(s).unwrap();
+            let buf = canonical(&n);
+            assert_eq!(buf.as_str(), s);
+            assert_eq!(parse(buf.as_str()).unwrap(), n);
+        }
+    }
+
+    #[test]
+    fn service_match_ignores_case() {
+        let n = parse("Shop.prod.CART.team1.any.closest.local").unwrap();
+        assert!(n.is_service("shop.prod.cart.team1"));
+        assert!(n.is_service("SHOP.PROD.CART.TEAM1"));
+        assert!(!n.is_service("shop.prod.cart.team2"));
+        assert!(!n.is_service("shop.prod.cart"));
+        assert!(!n.is_service("shop.prod.cart.team1.x"));
+        assert!(!n.is_service("shopp.rod.cart.team1"));
+        let mut buf = Buf::new();
+        n.write_service_to(&mut buf).unwrap();
+        assert_eq!(buf.as_str(), "shop.prod.cart.team1");
+    }
+
+    #[test]
+    fn not_local() {
+        for s in [
+            "",
+            ".",
+            "example.com",
+            "a.b.c.d.any.closest.com",
+            "a.b.c.d.any.closest.locals",
+            "a.b.c.d.any.closest.local..",
+            "localhost",
+        ] {
+            assert_eq!(err(s), NameError::NotLocal, "{s}");
+        }
+    }
+
+    #[test]
+    fn wrong_label_count() {
+        for s in [
+            "local",
+            "local.",
+            ".local",
+            "host.local",
+            "a.b.c.any.closest.local",
+            "a.b.c.d.e.any.closest.local",
+            "a.b.c.d.any.local",
+            "a.b.c.d.any.closest.x.local",
+        ] {
+            assert_eq!(err(s), NameError::WrongLabelCount, "{s}");
+        }
+    }
+
+    const L63: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    #[test]
+    fn too_long() {
+        let mut buf = Buf::new();
+        for _ in 0..4 {
+            fmt::Write::write_str(&mut buf, L63).unwrap();
+            fmt::Write::write_str(&mut buf, ".").unwrap();
+        }
+        fmt::Write::write_str(&mut buf, "1.fixed.local").unwrap();
+        assert_eq!(buf.as_str().len(), 4 * 64 + 13);
+        assert_eq!(err(buf.as_str()), NameError::NameTooLong);
+    }
+
+    #[test]
+    fn bad_service_labels() {
+        let cat = |parts: &[&str]| {
+            let mut buf = Buf::new();
+            for part in parts {
+                fmt::Write::write_str(&mut buf, part).unwrap();
+            }
+            buf
+        };
+        let ok63 = cat(&["a.b.c.", L63, ".any.closest.local"]);
+        assert_eq!(ok63.as_str().split('.').nth(3).unwrap().len(), 63);
+        assert!(parse(ok63.as_str()).is_ok());
+        let long = cat(&["a.b.c.", L63, "x.any.closest.local"]);
+        assert_eq!(
+            err(long.as_str()),
+            NameError::LabelTooLong(Label::ServiceNs)
+        );
+        let long = cat(&[L63, "x.b.c.d.any.closest.local"]);
+        assert_eq!(err(long.as_str()), NameError::LabelTooLong(Label::App));
+        for (s, e) in [
+            (
+                ".b.c.d.any.closest.local",
+                NameError::EmptyLabel(Label::App),
+            ),
+            (
+                "a..c.d.any.closest.local",
+                NameError::EmptyLabel(Label::AppNs),
+            ),
+            (
+                "a.b..d.any.closest.local",
+                NameError::EmptyLabel(Label::Service),
+            ),
+            (
+                "a.b.c..any.closest.local",
+                NameError::EmptyLabel(Label::ServiceNs),
+            ),
+            (
+                "a.b.c.d..closest.local",
+                NameError::EmptyLabel(Label::Instance),
+            ),
+            ("a.b.c.d.any..local", NameError::EmptyLabel(Label::Policy)),
+            (
+                "a_x.b.c.d.any.closest.local",
+                NameError::BadCharacter(Label::App),
+            ),
+            (
+                "a.b*.c.d.any.closest.local",
+                NameError::BadCharacter(Label::AppNs),
+            ),
+            (
+                "a.b.c d.d.any.closest.local",
+                NameError::BadCharacter(Label::Service),
+            ),
+            (
+                "a.b.c.dé.any.closest.local",
+                NameError::BadCharacter(Label::ServiceNs),
+            ),
+            (
+                "-a.b.c.d.any.closest.local",
+                NameError::HyphenAtEdge(Label::App),
+            ),
+            (
+                "a.b-.c.d.any.closest.local",
+                NameError::HyphenAtEdge(Label::AppNs),
+            ),
+            (
+                "a.b.-.d.any.closest.local",
+                NameError::HyphenAtEdge(Label::Service),
+            ),
+            (
+                "a.b.c.d-.any.closest.local",
+                NameError::HyphenAtEdge(Label::ServiceNs),
+            ),
+            // Leftmost bad label wins.
+            ("-a.b_.c.d.x.y.local", NameError::HyphenAtEdge(Label::App)),
+        ] {
+            assert_eq!(err(s), e, "{s}");
+        }
+    }
+
+    #[test]
+    fn bad_instance_and_policy() {
+        for (s, e) in [
+            ("a.b.c.d.all.closest.local", NameError::BadInstance),
+            ("a.b.c.d.-1.fixed.local", NameError::BadInstance),
+            ("a.b.c.d.+1.fixed.local", NameError::BadInstance),
+            ("a.b.c.d.01.fixed.local", NameError::BadInstance),
+            ("a.b.c.d.1x.fixed.local", NameError::BadInstance),
+            ("a.b.c.d.4294967296.fixed.local", NameError::BadInstance),
+            (
+                "a.b.c.d.99999999999999999999.fixed.local",
+                NameError::BadInstance,
+            ),
+            ("a.b.c.d.0.fixed.local", NameError::InstanceZero),
+            ("a.b.c.d.any.nearest.local", NameError::UnknownPolicy),
+            ("a.b.c.d.any.fixed1.local", NameError::UnknownPolicy),
+            ("a.b.c.d.1.closest.local", NameError::NumberWithoutFixed),
+            ("a.b.c.d.2.roundrobin.local", NameError::NumberWithoutFixed),
+            ("a.b.c.d.3.fastest.local", NameError::NumberWithoutFixed),
+            ("a.b.c.d.any.fixed.local", NameError::FixedWithoutNumber),
+            ("a.b.c.d.ANY.Fixed.local", NameError::FixedWithoutNumber),
+            // The instance is checked before the policy.
+            ("a.b.c.d.0.nearest.local", NameError::InstanceZero),
+        ] {
+            assert_eq!(err(s), e, "{s}");
+        }
+    }
+
+    #[test]
+    fn every_error_has_a_reason_and_message() {
+        let all = [
+            NameError::NotLocal,
+            NameError::WrongLabelCount,
+            NameError::NameTooLong,
+            NameError::EmptyLabel(Label::App),
+            NameError::LabelTooLong(Label::AppNs),
+            NameError::BadCharacter(Label::Service),
+            NameError::HyphenAtEdge(Label::ServiceNs),
+            NameError::BadInstance,
+            NameError::InstanceZero,
+            NameError::UnknownPolicy,
+            NameError::NumberWithoutFixed,
+            NameError::FixedWithoutNumber,
+        ];
+        for (i, a) in all.iter().enumerate() {
+            assert!(!a.reason().is_empty());
+            for b in &all[i + 1..] {
+                assert_ne!(a.reason(), b.reason(), "{a:?} and {b:?}");
+            }
+        }
+        let mut buf = Buf::new();
+        fmt::Write::write_fmt(
+            &mut buf,
+            format_args!("{}", NameError::BadCharacter(Label::App)),
+        )
+        .unwrap();
+        assert_eq!(
+            buf.as_str(),
+            "appname label: a label may hold only letters, digits and '-'"
+        );
+        let mut buf = Buf::new();
+        fmt::Write::write_fmt(&mut buf, format_args!("{}", NameError::InstanceZero)).unwrap();
+        assert_eq!(buf.as_str(), "instance label: instance numbers start at 1");
+    }
+
+    #[test]
+    fn policy_labels() {
+        for p in Policy::ALL {
+            assert_eq!(Policy::from_label(p.as_str()), Some(p));
+        }
+        assert_eq!(Policy::from_label("ROUNDROBIN"), Some(Policy::Roundrobin));
+        assert_eq!(Policy::from_label("round-robin"), None);
+    }
+}

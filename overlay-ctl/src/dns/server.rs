@@ -1,0 +1,323 @@
+//! Unicast DNS over UDP and TCP: a hickory-server [`RequestHandler`] that
+//! answers from the live cluster state.
+//!
+//! The handler reads the state through `watch::Receiver::borrow` (a shared
+//! read of the newest value, never held across an `.await`), turns the query
+//! name into text on the stack, and allocates only the answer record. Names
+//! outside `.local` are refused, or relayed over UDP to the configured
+//! upstream resolver. TCP runs on hickory-server's [`Server`]; UDP on the
+//! leaner loop in `udp.rs`, with the same handler.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hickory_proto::op::{Edns, Header, HeaderCounts, Message, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::{DNSClass, Record, RecordType};
+use hickory_server::Server;
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use overlay_common::names::{self, NameError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::wire::{NameText, a_record, soa_record};
+use super::{Answer, DEFAULT_TTL, resolve};
+use crate::model::ClusterState;
+
+/// How the unicast server behaves.
+#[derive(Clone, Debug)]
+pub struct DnsOptions {
+    /// TTL of answers and of negative answers (through the SOA), seconds.
+    pub ttl: u32,
+    /// Where queries for names outside `.local` go; `None` refuses them.
+    pub upstream: Option<SocketAddr>,
+    /// How long to wait for the upstream's answer before SERVFAIL.
+    pub upstream_timeout: Duration,
+    /// Idle time after which a TCP connection is closed.
+    pub tcp_timeout: Duration,
+}
+
+impl Default for DnsOptions {
+    fn default() -> Self {
+        DnsOptions {
+            ttl: DEFAULT_TTL,
+            upstream: None,
+            upstream_timeout: Duration::from_secs(2),
+            tcp_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A running DNS server (UDP and TCP on the same address). Dropping it stops
+/// it; [`DnsServer::shutdown`] stops it and waits.
+pub struct DnsServer {
+    /// TCP, on hickory-server's driver.
+    server: Server<Handler>,
+    /// UDP, on ours (`udp.rs`).
+    udp: JoinHandle<()>,
+    addr: SocketAddr,
+}
+
+impl DnsServer {
+    /// Serves `addr` (UDP and TCP) with answers from `state` and the given
+    /// TTL, refusing names outside `.local`. Must be called inside a Tokio
+    /// runtime: the sockets are bound in the calling thread's network
+    /// namespace and the serving tasks are spawned on the current runtime.
+    pub fn start(
+        addr: SocketAddr,
+        state: watch::Receiver<ClusterState>,
+        ttl: u32,
+    ) -> Result<DnsServer> {
+        Self::start_with(
+            addr,
+            state,
+            DnsOptions {
+                ttl,
+                ..DnsOptions::default()
+            },
+        )
+    }
+
+    /// [`DnsServer::start`] with every option. With port 0, TCP takes the
+    /// port that UDP was given.
+    pub fn start_with(
+        addr: SocketAddr,
+        state: watch::Receiver<ClusterState>,
+        options: DnsOptions,
+    ) -> Result<DnsServer> {
+        let udp = std::net::UdpSocket::bind(addr)
+            .with_context(|| format!("binding the DNS server's UDP socket to {addr}"))?;
+        let addr = udp.local_addr().context("reading the DNS UDP address")?;
+        udp.set_nonblocking(true)?;
+        let tcp = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("binding the DNS server's TCP socket to {addr}"))?;
+        tcp.set_nonblocking(true)?;
+        let udp = tokio::net::UdpSocket::from_std(udp)
+            .context("DnsServer::start must run inside a Tokio runtime")?;
+        let tcp = tokio::net::TcpListener::from_std(tcp)?;
+
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        let handler = Handler {
+            state,
+            ttl: options.ttl,
+            soa: soa_record(options.ttl),
+            edns,
+            upstream: options.upstream,
+            upstream_timeout: options.upstream_timeout,
+        };
+        let mut server = Server::new(handler.clone());
+        server.register_listener(tcp, options.tcp_timeout, 64 * 1024);
+        let udp = tokio::spawn(super::udp::serve(Arc::new(udp), Arc::new(handler)));
+        Ok(DnsServer { server, udp, addr })
+    }
+
+    /// The address served (UDP and TCP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving and waits until the sockets are closed.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.udp.abort();
+        self.server
+            .shutdown_gracefully()
+            .await
+            .context("stopping the DNS server")
+    }
+}
+
+impl std::fmt::Debug for DnsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsServer")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        // The server's task set aborts on drop too; cancelling first lets
+        // the loops leave cleanly.
+        self.server.shutdown_token().cancel();
+        self.udp.abort();
+    }
+}
+
+#[derive(Clone)]
+pub(super) struct Handler {
+    state: watch::Receiver<ClusterState>,
+    ttl: u32,
+    /// Sent with NXDOMAIN and empty answers, for negative caching.
+    soa: Record,
+    /// Our OPT record, sent when the query had one (FORMERR included, so
+    /// that clients do not take FORMERR for missing EDNS support).
+    edns: Edns,
+    upstream: Option<SocketAddr>,
+    upstream_timeout: Duration,
+}
+
+/// What the handler decided, before any record is built.
+enum Decision {
+    Reply {
+        rcode: ResponseCode,
+        /// The address of the A record to answer with (for the question).
+        answer: Option<Ipv4Addr>,
+        /// Whether this is our zone's answer (AA bit, SOA on negatives).
+        ours: bool,
+    },
+    Forward,
+}
+
+impl Handler {
+    /// The reply to a plain positive query, written into `out` without
+    /// allocating (`fast.rs`); `None` for everything else.
+    pub(super) fn fast_answer(
+        &self,
+        query: &[u8],
+        out: &mut [u8; super::fast::MAX_REPLY],
+    ) -> Option<usize> {
+        super::fast::answer(
+            query,
+            &self.state.borrow(),
+            self.ttl,
+            self.upstream.is_some(),
+            out,
+        )
+    }
+
+    /// Whether the request goes to the upstream (which may take a while).
+    pub(super) fn forwards(&self, request: &Request) -> bool {
+        self.upstream.is_some()
+            && request.metadata.op_code == OpCode::Query
+            && matches!(
+                request.queries.queries(),
+                [q] if names::parse(NameText::new(q.name()).as_str()) == Err(NameError::NotLocal)
+            )
+    }
+
+    fn decide(&self, request: &Request) -> Decision {
+        let refuse = |rcode| Decision::Reply {
+            rcode,
+            answer: None,
+            ours: false,
+        };
+        if request.metadata.op_code != OpCode::Query {
+            return refuse(ResponseCode::NotImp);
+        }
+        let [query] = request.queries.queries() else {
+            return refuse(ResponseCode::FormErr);
+        };
+        let name = NameText::new(query.name());
+        let answer = resolve(&self.state.borrow(), name.as_str());
+        let class_ok = matches!(query.query_class(), DNSClass::IN | DNSClass::ANY);
+        let reply = |rcode, answer| Decision::Reply {
+            rcode,
+            answer,
+            ours: true,
+        };
+        match answer {
+            Answer::NotLocal if self.upstream.is_some() => Decision::Forward,
+            Answer::NotLocal => refuse(ResponseCode::Refused),
+            _ if !class_ok => refuse(ResponseCode::Refused),
+            Answer::Malformed(_) => refuse(ResponseCode::FormErr),
+            Answer::NxDomain => reply(ResponseCode::NXDomain, None),
+            Answer::Address(ip) => match query.query_type() {
+                RecordType::A | RecordType::ANY => reply(ResponseCode::NoError, Some(ip)),
+                _ => reply(ResponseCode::NoError, None),
+            },
+        }
+    }
+
+    /// Relays the raw query to the upstream over UDP and returns its answer.
+    async fn forward(&self, upstream: SocketAddr, query: &[u8]) -> Result<Message> {
+        let bind: SocketAddr = if upstream.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = tokio::net::UdpSocket::bind(bind).await?;
+        socket.connect(upstream).await?;
+        socket.send(query).await?;
+        let mut buf = vec![0u8; 4096];
+        let id = u16::from_be_bytes([query[0], query[1]]);
+        loop {
+            let len = tokio::time::timeout(self.upstream_timeout, socket.recv(&mut buf))
+                .await
+                .context("upstream timed out")??;
+            match Message::from_vec(&buf[..len]) {
+                Ok(m) if m.metadata.id == id => return Ok(m),
+                // A stray or mangled datagram: keep waiting for ours.
+                _ => continue,
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let edns = request.edns.as_ref().map(|_| &self.edns);
+        let builder = MessageResponseBuilder::new(&request.queries, edns);
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.recursion_available = self.upstream.is_some();
+
+        let sent = match self.decide(request) {
+            Decision::Reply {
+                rcode,
+                answer,
+                ours,
+            } => {
+                metadata.response_code = rcode;
+                metadata.authoritative = ours;
+                let negative = ours && answer.is_none();
+                let soa = negative.then_some(&self.soa);
+                // `decide` answers only a request with exactly one question.
+                let record = answer
+                    .zip(request.queries.queries().first())
+                    .map(|(ip, q)| a_record(&q.original().name, self.ttl, ip));
+                let response = builder.build(metadata, record.as_ref(), soa, None, None);
+                response_handle.send_response(response).await
+            }
+            Decision::Forward => {
+                let upstream = self.upstream.expect("forwarding has an upstream");
+                match self.forward(upstream, request.as_slice()).await {
+                    Ok(reply) => {
+                        metadata.response_code = reply.metadata.response_code;
+                        metadata.authoritative = reply.metadata.authoritative;
+                        metadata.truncation = reply.metadata.truncation;
+                        let response = builder.build(
+                            metadata,
+                            &reply.answers,
+                            &reply.authorities,
+                            None,
+                            &reply.additionals,
+                        );
+                        response_handle.send_response(response).await
+                    }
+                    Err(e) => {
+                        tracing::debug!("forwarding to {upstream}: {e:#}");
+                        metadata.response_code = ResponseCode::ServFail;
+                        let response = builder.build_no_records(metadata);
+                        response_handle.send_response(response).await
+                    }
+                }
+            }
+        };
+        sent.unwrap_or_else(|e| {
+            tracing::debug!("sending a DNS response: {e}");
+            metadata.response_code = ResponseCode::ServFail;
+            ResponseInfo::from(Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            })
+        })
+    }
+}
