@@ -4,10 +4,13 @@
 //! * `test [-- CARGO_TEST_ARGS]`: prepare the machine (root, packages, bpffs)
 //!   and run every lint and test.
 //! * `demo`: a live dataplane in network namespaces, with its counters.
+//! * `bench [--quick] [--rounds N]`: the overlay against plain routing, VXLAN
+//!   and a TUN forwarder; results in `target/bench/` (`docs/benchmark.md`).
 //!
 //! The xtask depends on neither `overlay-ctl` nor the eBPF object, so it
 //! compiles even when the eBPF build is broken.
 
+mod bench;
 mod build;
 mod prepare;
 mod test;
@@ -40,6 +43,16 @@ enum Cmd {
     },
     /// As root: run the dataplane in network namespaces and show its counters.
     Demo,
+    /// As root: benchmark the data paths, program costs and control plane
+    /// (results in target/bench/; see docs/benchmark.md).
+    Bench {
+        /// Short runs and 2 rounds: about two minutes.
+        #[arg(long)]
+        quick: bool,
+        /// Interleaved rounds of the data-path measurements (default 5; quick 2).
+        #[arg(long)]
+        rounds: Option<usize>,
+    },
 }
 
 fn main() {
@@ -50,6 +63,9 @@ fn main() {
         }),
         Cmd::Test { cargo_test_args } => test::run(&cargo_test_args),
         Cmd::Demo => test::demo().map(|code| std::process::exit(code)),
+        Cmd::Bench { quick, rounds } => {
+            bench::run(quick, rounds).map(|code| std::process::exit(code))
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,77 @@
+//! `overlay-bench [--quick] [--rounds N]`: run as root, normally through
+//! `cargo xtask bench`, which prepares the machine first.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use overlay_bench::plan::Plan;
+use overlay_bench::run::{self, Sections};
+
+#[derive(Parser)]
+#[command(about = "EdgeIO overlay benchmark (root; network namespaces only)")]
+struct Args {
+    /// Short runs and fewer rounds: about two minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Interleaved rounds of the data-path measurements (default 5, quick 2).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Where results.md, results.json and ratios.svg go (default: target/bench).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Skip the data paths (development).
+    #[arg(long)]
+    no_paths: bool,
+    /// Skip the per-packet costs (development).
+    #[arg(long)]
+    no_cost: bool,
+    /// Skip the control plane (development).
+    #[arg(long)]
+    no_control: bool,
+    /// Fresh runs per program path (default 1,000,000).
+    #[arg(long)]
+    cost_runs: Option<usize>,
+    /// Time only these program paths (e.g. `encap_established`), for profiling.
+    #[arg(long, value_delimiter = ',')]
+    cost_only: Vec<String>,
+}
+
+fn main() {
+    let args = Args::parse();
+    run::install_sigint();
+    let mut plan = Plan::new(args.quick, args.rounds);
+    if let Some(n) = args.cost_runs {
+        plan.cost_runs = n.max(1);
+    }
+    let sections = Sections {
+        paths: !args.no_paths,
+        cost: !args.no_cost,
+        control: !args.no_control,
+        cost_only: args.cost_only,
+    };
+    eprintln!(
+        "bench: {} run, {} round(s), estimated {:.0} s",
+        if plan.quick { "quick" } else { "full" },
+        plan.rounds,
+        plan.estimate_secs()
+    );
+    let out = args.out.unwrap_or_else(run::default_out_dir);
+    let result = run::run(plan, &sections).and_then(|r| {
+        let md = run::write_outputs(&r, &out)?;
+        println!("{md}");
+        println!(
+            "bench: wrote {}/results.md, results.json and ratios.svg",
+            out.display()
+        );
+        Ok(())
+    });
+    if let Err(e) = result {
+        eprintln!("bench failed: {e:#}");
+        let code = if run::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+            130
+        } else {
+            1
+        };
+        std::process::exit(code);
+    }
+}
