@@ -57,6 +57,19 @@ pub struct AgentConfig {
     pub gateway: Ipv4Addr,
     /// Uplink MTU; default: read from the interface.
     pub mtu: Option<u16>,
+    /// Serve the `.local` names on the gateway address (DNS) and on the
+    /// instance links (mDNS).
+    #[serde(default = "default_true")]
+    pub dns: bool,
+    /// Resolver for names outside `.local` (default: refused).
+    pub dns_upstream: Option<std::net::SocketAddr>,
+    /// TTL of name answers, seconds.
+    #[serde(default = "default_dns_ttl")]
+    pub dns_ttl: u32,
+    /// Attach the XDP early-drop program to the uplink: `true`, `false`, or
+    /// absent for automatic (on, except on veth uplinks, where an XDP
+    /// program turns off the peer's segmentation offload).
+    pub uplink_xdp: Option<bool>,
     /// Services without `needs` may open no new flows. A cluster-wide
     /// setting: give every node the same value.
     #[serde(default)]
@@ -64,6 +77,10 @@ pub struct AgentConfig {
     /// Seconds the node's registration outlives a silent agent (lease TTL).
     #[serde(default = "default_ttl")]
     pub node_ttl: u64,
+}
+
+fn default_dns_ttl() -> u32 {
+    crate::dns::DEFAULT_TTL
 }
 
 fn default_ttl() -> u64 {

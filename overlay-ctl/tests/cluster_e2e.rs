@@ -199,6 +199,48 @@ fn services_propagate_and_survive_node_death_and_store_outage() {
         "the fixed IP reaches db 1"
     );
 
+    // Names: glibc through the resolv.conf the agent wrote, dig against the
+    // agent, the CLI, and a connection by name.
+    for policy in ["closest", "roundrobin", "fastest"] {
+        let name = format!("{API}.any.{policy}.local");
+        let out = w1.run("getent", ["hosts", &name]).unwrap();
+        assert!(
+            out.starts_with(&format!("{} ", servip(&api, policy))),
+            "getent {name}: {out}"
+        );
+        let dig = w1
+            .run("dig", ["@169.254.1.1", "+short", &name, "A"])
+            .unwrap();
+        assert_eq!(dig.trim(), servip(&api, policy).to_string(), "dig {name}");
+        assert_eq!(
+            c.ctl_ok(&["resolve", &name]).trim(),
+            servip(&api, policy).to_string()
+        );
+    }
+    let db_name = format!("{DB}.1.fixed.local");
+    assert_eq!(
+        w1.run("dig", ["@169.254.1.1", "+short", &db_name])
+            .unwrap()
+            .trim(),
+        fixed.to_string()
+    );
+    let by_name =
+        format!("exec 3<>/dev/tcp/{API}.any.closest.local/8080; echo who >&3; head -1 <&3");
+    assert_eq!(
+        w1.run("bash", ["-c", &by_name]).unwrap().trim(),
+        "api1",
+        "a connection to NAME:port"
+    );
+    let dig = |name: &str| w1.run("dig", ["@169.254.1.1", name]).unwrap();
+    let nx = dig("demo.prod.nothing.v1.any.closest.local");
+    assert!(nx.contains("NXDOMAIN"), "unknown service: {nx}");
+    let bad = dig(&format!("{API}.any.nearest.local"));
+    assert!(
+        bad.contains("FORMERR"),
+        "unknown policy is malformed: {bad}"
+    );
+    assert!(!c.ctl(&["resolve", "not.a.name"]).status.success());
+
     // Node death: n3's agent killed, its lease left to expire.
     c.agents[2].kill9();
     let died = Instant::now();

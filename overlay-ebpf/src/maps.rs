@@ -72,21 +72,21 @@ pub static DENIED: PerCpuHashMap<u32, u64> =
 pub fn allowed(src: u32, dst: u32) -> bool {
     // SAFETY: presence checks only.
     unsafe {
-        if RESTRICTED.get(&src).is_some() {
-            return NEEDS.get(&NeedKey { src, dst }).is_some();
+        if RESTRICTED.get(src).is_some() {
+            return NEEDS.get(NeedKey { src, dst }).is_some();
         }
-        RESTRICTED.get(&DEFAULT_DENY).is_none()
+        RESTRICTED.get(DEFAULT_DENY).is_none()
     }
 }
 
 /// Counts a denied new flow of `src`.
 #[inline(always)]
 pub fn count_denied(src: u32) {
-    match DENIED.get_ptr_mut(&src) {
+    match DENIED.get_ptr_mut(src) {
         // SAFETY: this CPU's own slot.
         Some(n) => unsafe { *n += 1 },
         None => {
-            let _ = DENIED.insert(&src, &1, 0);
+            let _ = DENIED.insert(src, 1, 0);
         }
     }
 }

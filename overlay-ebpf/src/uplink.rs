@@ -58,6 +58,11 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
     }
     // SAFETY: presence check only.
     if unsafe { PEERS.get(ip.saddr) }.is_none() {
+        aya_log_ebpf::warn!(
+            ctx,
+            "tunnel packet from unregistered {:i} dropped",
+            u32::from_be(ip.saddr)
+        );
         return Err(Reason::DropUnknownPeer);
     }
     let inner: Ipv4 = read(ctx, INNER_IP)?;

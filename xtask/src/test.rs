@@ -166,7 +166,16 @@ pub fn demo() -> anyhow::Result<i32> {
     // The demo drives the real `overlay-ctl` binary: build it too.
     let built = Command::new(cargo_bin())
         .current_dir(crate::workspace())
-        .args(["build", "--quiet", "-p", "overlay-ctl", "--bin", "overlay-ctl", "--example", "demo"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "overlay-ctl",
+            "--bin",
+            "overlay-ctl",
+            "--example",
+            "demo",
+        ])
         .status()
         .context("cannot start cargo")?;
     if !built.success() {

@@ -140,6 +140,9 @@ async fn link(agent: &mut Agent, inst: &LocalInstance) -> Result<()> {
         host_mac: l.host_mac,
     };
     agent.endpoints.insert(inst.nsip, ep);
+    if let Some(names) = &agent.names {
+        names.add(&inst.host_if, &inst.netns);
+    }
     Ok(())
 }
 
@@ -210,6 +213,9 @@ pub async fn undeploy(agent: &mut Agent, service: &str, instance: u32) -> Result
     }
     agent.reconcile()?;
     agent.dp.detach_instance(&inst.host_if)?;
+    if let Some(names) = &agent.names {
+        names.remove(&inst.host_if, &inst.netns);
+    }
     netns::remove(&inst.host_if).await?;
     save(agent)?;
     Ok(true)

@@ -10,6 +10,7 @@
 mod cluster;
 mod host;
 mod instances;
+mod names;
 mod source;
 
 use std::collections::BTreeMap;
@@ -106,6 +107,8 @@ pub struct Agent {
     pub endpoints: BTreeMap<Ipv4Addr, Endpoint>,
     /// The cluster store and this node's registration (absent: state file).
     pub store: Option<cluster::Link>,
+    /// DNS and mDNS for the instances (unless `dns = false`).
+    pub names: Option<names::NameService>,
     /// Whether `cluster` holds the real desired state yet; until then the
     /// maps keep what they had (a restart during a store outage changes nothing).
     pub synced: bool,
@@ -175,7 +178,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     host::masquerade(&cfg, subnet)?;
     let node = host::node(&cfg, subnet)?;
     let mut dp = Dataplane::load(Some(&cfg.bpf_pin_dir))?;
-    dp.attach_uplink(&cfg.uplink)?;
+    let xdp = match cfg.uplink_xdp {
+        Some(on) => on,
+        None => !crate::netns::is_veth(&cfg.uplink).await?,
+    };
+    dp.attach_uplink_with(&cfg.uplink, xdp)?;
     if let Some(logger) = dp.take_logger() {
         tokio::spawn(forward_logs(logger));
     }
@@ -186,6 +193,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         _ => (source::spawn(&cfg)?, true),
     };
     let cluster = cluster_rx.borrow_and_update().clone();
+    let names = match cfg.dns {
+        true => Some(names::NameService::start(&cfg, cluster_rx.clone()).await?),
+        false => None,
+    };
     let link = match store {
         Some(s) => Some(cluster::register(s, &node, &cfg).await?),
         None => None,
@@ -198,6 +209,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         instances: BTreeMap::new(),
         endpoints: BTreeMap::new(),
         store: link,
+        names,
         synced,
         applied,
     };

@@ -157,3 +157,21 @@ pub fn node_ls(endpoints: &str, json: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `overlay-ctl resolve NAME`: the answer the agents' DNS gives, from the store.
+pub fn resolve(name: &str, endpoints: &str) -> anyhow::Result<()> {
+    use crate::dns::Answer;
+    // A malformed name is refused before anything is contacted.
+    if let Err(e) = overlay_common::names::parse(name) {
+        anyhow::bail!("`{name}` is not a service name: {}", e.reason());
+    }
+    let (state, _) =
+        runtime()?.block_on(async { Store::connect(endpoints).await?.snapshot().await })?;
+    match crate::dns::resolve(&state, name) {
+        Answer::Address(ip) => println!("{ip}"),
+        Answer::NxDomain => anyhow::bail!("{name}: no such service, instance or policy (NXDOMAIN)"),
+        Answer::Malformed(why) => anyhow::bail!("`{name}` is not a service name: {why}"),
+        Answer::NotLocal => anyhow::bail!("`{name}` is not under .local"),
+    }
+    Ok(())
+}

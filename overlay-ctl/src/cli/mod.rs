@@ -70,6 +70,13 @@ enum Cmd {
         )]
         store: String,
     },
+    /// Resolve `app.appns.svc.svcns.instance.policy.local` from the cluster store.
+    Resolve {
+        name: String,
+        /// etcd endpoints, comma-separated.
+        #[arg(long, env = "OVERLAY_STORE", default_value = "http://127.0.0.1:2379")]
+        store: String,
+    },
     /// Read the pinned dataplane maps directly (works while no agent runs).
     Maps {
         table: maps_view::Table,
@@ -137,6 +144,7 @@ pub fn main() -> anyhow::Result<()> {
             cmd: NodeCmd::Ls { json },
             store,
         } => cluster::node_ls(&store, json)?,
+        Cmd::Resolve { name, store } => cluster::resolve(&name, &store)?,
         Cmd::Maps {
             table,
             json,

@@ -167,8 +167,20 @@ impl Dataplane {
 
     /// Attaches the uplink programs (XDP, then TCX ingress).
     pub fn attach_uplink(&mut self, ifname: &str) -> Result<()> {
+        self.attach_uplink_with(ifname, true)
+    }
+
+    /// Attaches the uplink's TCX ingress program, and its XDP program when
+    /// `xdp` (else a pinned XDP attachment from an earlier run is removed).
+    pub fn attach_uplink_with(&mut self, ifname: &str, xdp: bool) -> Result<()> {
         let name = programs::UPLINK_XDP;
         let pin = self.link_pin(name, ifname);
+        if !xdp {
+            if let Some(pin) = &pin {
+                links::unpin(pin)?;
+            }
+            return self.attach_tc(programs::UPLINK, ifname);
+        }
         let prog = self.xdp(name)?;
         match pin {
             Some(pin) => links::xdp(prog, name, ifname, &pin)?,

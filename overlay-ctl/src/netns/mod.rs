@@ -391,3 +391,25 @@ fn temp_name() -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed) % 100_000;
     format!("ovl{:x}t{n}", std::process::id())
 }
+
+/// Puts `ip/32` on the node's interface `ifname` (the agent's name service
+/// listens on the instances' gateway address this way). Idempotent.
+pub async fn ensure_local_addr(ifname: &str, ip: Ipv4Addr) -> Result<()> {
+    let node = Netlink::open("in the node namespace")?;
+    let link = node
+        .link_by_name(ifname)
+        .await?
+        .ok_or_else(|| Error::InvalidSpec {
+            host_if: ifname.to_owned(),
+            reason: "no such interface in the node namespace".into(),
+        })?;
+    node.ensure_up(&link, None).await?;
+    node.ensure_addr(&link, ip, 32).await
+}
+
+/// Whether the node's interface `ifname` is a veth (as uplinks of
+/// container-hosted nodes and test networks are).
+pub async fn is_veth(ifname: &str) -> Result<bool> {
+    let node = Netlink::open("in the node namespace")?;
+    Ok(node.link_by_name(ifname).await?.is_some_and(|l| l.veth))
+}
