@@ -76,15 +76,22 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
     if local.default_deny {
         m.restricted.insert(overlay_common::maps::DEFAULT_DENY);
     }
+    // Instances grouped by service once: O(services + instances).
+    let mut by_service: BTreeMap<String, Vec<(&InstanceSpec, u32)>> = BTreeMap::new();
+    for i in &state.instances {
+        if let Some(&n) = node_ids.get(i.node.as_str()) {
+            by_service
+                .entry(i.service.to_ascii_lowercase())
+                .or_default()
+                .push((i, n));
+        }
+    }
     for svc in &state.services {
         access(&mut m, svc, &ids, local.snat);
-        let live: Vec<(&InstanceSpec, u32)> = state
-            .instances
-            .iter()
-            .filter(|i| i.service.eq_ignore_ascii_case(&svc.name))
-            .filter_map(|i| node_ids.get(i.node.as_str()).map(|&n| (i, n)))
-            .collect();
-        for (inst, node) in &live {
+        let live: &[(&InstanceSpec, u32)] = by_service
+            .get(&svc.name.to_ascii_lowercase())
+            .map_or(&[], Vec::as_slice);
+        for (inst, node) in live {
             m.backends.insert(inst.backend_id(), (inst.nsip, *node));
         }
         for &port in &svc.ports {
@@ -98,9 +105,9 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
             .unwrap_or(local.config.node_id);
         for (&pol, &vip) in &svc.servips {
             m.servips
-                .insert(vip, (svc.id, pol.code(), slots(pol, &live, local_id)));
+                .insert(vip, (svc.id, pol.code(), slots(pol, live, local_id)));
         }
-        for (inst, _) in &live {
+        for (inst, _) in live {
             if let Some(fixed) = inst.fixed_ip {
                 m.servips
                     .insert(fixed, (svc.id, policy::FIXED, vec![inst.backend_id()]));
