@@ -30,7 +30,7 @@ pub fn cargo_args(quick: bool, rounds: Option<usize>) -> Vec<String> {
 /// should it die anyway, they are deleted here once it has exited.
 pub fn run(quick: bool, rounds: Option<usize>) -> anyhow::Result<i32> {
     prepare("cargo xtask bench", NEEDS)?;
-    let _guard = IgnoreSigint::install()?;
+    let _guard = crate::test::IgnoreSigint::install()?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(crate::workspace())
@@ -46,35 +46,6 @@ pub fn run(quick: bool, rounds: Option<usize>) -> anyhow::Result<i32> {
         use std::os::unix::process::ExitStatusExt;
         128 + status.signal().unwrap_or(1)
     }))
-}
-
-/// While alive, SIGINT does not kill the xtask (so it can clean up after the
-/// benchmark); a handler rather than SIG_IGN, so the child's default is
-/// restored by exec and Ctrl-C still reaches it.
-struct IgnoreSigint(nix::sys::signal::SigAction);
-
-extern "C" fn on_sigint(_: nix::libc::c_int) {}
-
-impl IgnoreSigint {
-    fn install() -> anyhow::Result<Self> {
-        use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-        let action = SigAction::new(
-            SigHandler::Handler(on_sigint),
-            SaFlags::SA_RESTART,
-            SigSet::empty(),
-        );
-        // SAFETY: the handler does nothing, which is async-signal-safe.
-        let old =
-            unsafe { sigaction(Signal::SIGINT, &action) }.context("installing a SIGINT handler")?;
-        Ok(IgnoreSigint(old))
-    }
-}
-
-impl Drop for IgnoreSigint {
-    fn drop(&mut self) {
-        // SAFETY: restores the disposition that was there before.
-        let _ = unsafe { nix::sys::signal::sigaction(nix::sys::signal::Signal::SIGINT, &self.0) };
-    }
 }
 
 #[cfg(test)]

@@ -201,12 +201,12 @@ pub fn demo() -> anyhow::Result<i32> {
 /// While alive, SIGINT does not kill the xtask (so it can clean up after the
 /// demo); a handler rather than SIG_IGN, so the child's default is restored
 /// by exec and Ctrl-C still reaches it.
-struct IgnoreSigint(nix::sys::signal::SigAction);
+pub(crate) struct IgnoreSigint(nix::sys::signal::SigAction);
 
 extern "C" fn on_sigint(_: nix::libc::c_int) {}
 
 impl IgnoreSigint {
-    fn install() -> anyhow::Result<Self> {
+    pub(crate) fn install() -> anyhow::Result<Self> {
         use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
         let action = SigAction::new(
             SigHandler::Handler(on_sigint),
