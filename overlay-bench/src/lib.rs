@@ -13,6 +13,7 @@
 //! * [`cost`] and [`rawbpf`]: per-packet cost of each program path under
 //!   `BPF_PROG_TEST_RUN`, fresh packets, minus a trivial program.
 //! * [`control`]: reconciler timings and BPF map memory.
+//! * [`dns`]: queries per second of our DNS server against dnsmasq (dnsperf).
 //! * [`report`], [`chart`], [`stats`]: targets, markdown, JSON and SVG.
 //! * [`run`]: one run from start to files.
 //!
@@ -21,6 +22,7 @@
 pub mod chart;
 pub mod control;
 pub mod cost;
+pub mod dns;
 pub mod plan;
 pub mod rawbpf;
 pub mod report;

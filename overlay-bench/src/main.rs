@@ -28,6 +28,9 @@ struct Args {
     /// Skip the control plane (development).
     #[arg(long)]
     no_control: bool,
+    /// Skip the DNS measurement (development).
+    #[arg(long)]
+    no_dns: bool,
     /// Fresh runs per program path (default 1,000,000).
     #[arg(long)]
     cost_runs: Option<usize>,
@@ -47,6 +50,7 @@ fn main() {
         paths: !args.no_paths,
         cost: !args.no_cost,
         control: !args.no_control,
+        dns: !args.no_dns,
         cost_only: args.cost_only,
     };
     eprintln!(

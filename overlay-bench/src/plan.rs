@@ -94,6 +94,10 @@ pub struct Plan {
     pub control_services: usize,
     /// Services of the full-resync measurement.
     pub resync_services: usize,
+    /// Seconds of each dnsperf run (per server and round).
+    pub dns_secs: u32,
+    /// Services of the DNS measurement (3 policy names each).
+    pub dns_services: usize,
     /// Nodes of the full-resync cluster (3 instances per service spread over
     /// them; a node's endpoint map holds 4,096 local instances).
     pub resync_nodes: usize,
@@ -116,6 +120,8 @@ const TEST_RUN_SECS: f64 = 4e-6;
 pub const COST_PROGRAMS: usize = 9;
 /// Rough seconds of the control-plane section (dominated by the 10k resync).
 const CONTROL_SECS: f64 = 10.0;
+/// Starting a DNS server, the first answer, stopping it.
+const DNS_START_SECS: f64 = 0.5;
 
 impl Plan {
     /// The plan of `cargo xtask bench [--quick] [--rounds N]`.
@@ -134,6 +140,8 @@ impl Plan {
             control_services: 1_000,
             resync_services: 10_000,
             resync_nodes: 10,
+            dns_secs: if quick { 2 } else { 5 },
+            dns_services: 100,
         }
     }
 
@@ -167,7 +175,8 @@ impl Plan {
             + self.pings as f64 * PING_SECS;
         let traffic = per_path_round * (self.rounds * self.paths.len()) as f64;
         let cost = (self.cost_runs * COST_PROGRAMS) as f64 * TEST_RUN_SECS;
-        SETUP_SECS + traffic + cost + CONTROL_SECS
+        let dns = (2.0 * (self.dns_secs as f64 + DNS_START_SECS)) * self.rounds as f64;
+        SETUP_SECS + traffic + cost + CONTROL_SECS + dns
     }
 }
 

@@ -171,13 +171,38 @@ pub struct Report {
     /// own cost (two `sched_clock()` reads), to subtract from [`Report::in_situ`].
     pub stats_overhead_ns: Option<f64>,
     pub control: Control,
-    /// Name-service measurements: not built yet.
-    pub dns: String,
+    /// Queries per second of our DNS server and of dnsmasq.
+    pub dns: Dns,
     /// Measurements that failed (the run goes on without them).
     pub errors: Vec<String>,
 }
 
-pub const DNS_TODO: &str = "not yet measured (TODO: the name service is being built)";
+/// dnsperf against our `DnsServer` and dnsmasq, one entry per round each.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Dns {
+    pub services: usize,
+    /// Distinct A names queried (the same for both servers).
+    pub names: usize,
+    pub secs: u32,
+    pub ours_qps: Vec<Option<f64>>,
+    pub dnsmasq_qps: Vec<Option<f64>>,
+    /// Queries dnsperf counted as lost (no answer within 1 s), per round.
+    pub ours_lost: Vec<Option<f64>>,
+    pub dnsmasq_lost: Vec<Option<f64>>,
+}
+
+impl Dns {
+    /// Ours / dnsmasq: the median of the per-round ratios.
+    pub fn ratio(&self) -> Option<f64> {
+        let (a, b): (Vec<f64>, Vec<f64>) = self
+            .ours_qps
+            .iter()
+            .zip(&self.dnsmasq_qps)
+            .filter_map(|(x, y)| Some(((*x)?, (*y)?)))
+            .unzip();
+        median(&paired_ratios(&a, &b))
+    }
+}
 
 impl Report {
     pub fn new(plan: Plan) -> Report {
@@ -189,7 +214,7 @@ impl Report {
             in_situ: Vec::new(),
             stats_overhead_ns: None,
             control: Control::default(),
-            dns: DNS_TODO.to_owned(),
+            dns: Dns::default(),
             errors: Vec::new(),
         }
     }
@@ -384,6 +409,12 @@ pub fn targets(r: &Report) -> Vec<Target> {
             converge,
             Goal::AtMost(5.0),
             "s",
+        ),
+        target(
+            "DNS queries/s, ours/dnsmasq",
+            r.dns.ratio(),
+            Goal::AtLeast(1.0),
+            "x",
         ),
     ]
 }
@@ -611,10 +642,40 @@ pub fn markdown(r: &Report) -> String {
         );
     }
 
-    let _ = writeln!(s, "\n## DNS\n");
-    let _ = writeln!(s, "| measurement | value |");
-    let _ = writeln!(s, "| --- | --- |");
-    let _ = writeln!(s, "| dns | {} |", r.dns);
+    let d = &r.dns;
+    let _ = writeln!(s, "\n## DNS (dnsperf, medians over the rounds)\n");
+    if d.ours_qps.is_empty() && d.dnsmasq_qps.is_empty() {
+        let _ = writeln!(s, "not measured\n");
+    } else {
+        let _ = writeln!(
+            s,
+            "{} A names ({} services × 3 policies), {} s per server and round, \
+             server and client namespaces joined by a veth.\n",
+            d.names, d.services, d.secs
+        );
+    }
+    let _ = writeln!(s, "| server | queries/s | lost queries |");
+    let _ = writeln!(s, "| --- | ---: | ---: |");
+    for (label, qps, lost) in [
+        (crate::dns::Which::Ours.label(), &d.ours_qps, &d.ours_lost),
+        (
+            crate::dns::Which::Dnsmasq.label(),
+            &d.dnsmasq_qps,
+            &d.dnsmasq_lost,
+        ),
+    ] {
+        let _ = writeln!(
+            s,
+            "| {label} | {} | {} |",
+            num(med(qps), 0),
+            num(med(lost), 0)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| ratio ours/dnsmasq (median of per-round ratios) | {} | |",
+        value_text(d.ratio(), "x")
+    );
 
     if !r.errors.is_empty() {
         let _ = writeln!(s, "\n## Errors\n");

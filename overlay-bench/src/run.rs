@@ -40,6 +40,7 @@ pub struct Sections {
     pub paths: bool,
     pub cost: bool,
     pub control: bool,
+    pub dns: bool,
     /// Only these per-packet paths (keys such as `encap_established`); all when empty.
     pub cost_only: Vec<String>,
 }
@@ -77,6 +78,13 @@ pub fn run(plan: Plan, sections: &Sections) -> anyhow::Result<Report> {
     {
         interrupted()?;
         r.errors.push(format!("data paths: {e:#}"));
+    }
+    interrupted()?;
+    if sections.dns
+        && let Err(e) = dns(&plan, &mut r)
+    {
+        interrupted()?;
+        r.errors.push(format!("dns: {e:#}"));
     }
     interrupted()?;
     if sections.cost {
@@ -227,6 +235,48 @@ fn data_paths(plan: &Plan, r: &mut Report) -> anyhow::Result<()> {
     );
     eprintln!("bench: deleting the test networks");
     drop(bed);
+    Ok(())
+}
+
+/// Our DNS server against dnsmasq, round by round, the first server
+/// alternating; a failed run is a gap in its round.
+fn dns(plan: &Plan, r: &mut Report) -> anyhow::Result<()> {
+    eprintln!(
+        "bench: DNS: {} services x 3 names, ours and dnsmasq",
+        plan.dns_services
+    );
+    let bed = crate::dns::DnsBed::build(plan.dns_services)?;
+    r.dns.services = bed.services;
+    r.dns.names = bed.names();
+    r.dns.secs = plan.dns_secs;
+    let n = crate::dns::Which::ALL.len();
+    for round in 0..plan.rounds {
+        for i in 0..n {
+            interrupted()?;
+            let which = crate::dns::Which::ALL[(i + round) % n];
+            eprint!("bench: round {} DNS {}: ", round + 1, which.label());
+            let result = bed.measure(which, plan.dns_secs);
+            let (qps, lost) = match which {
+                crate::dns::Which::Ours => (&mut r.dns.ours_qps, &mut r.dns.ours_lost),
+                crate::dns::Which::Dnsmasq => (&mut r.dns.dnsmasq_qps, &mut r.dns.dnsmasq_lost),
+            };
+            match result {
+                Ok(p) => {
+                    eprintln!("{:.0} queries/s, {} of {} lost", p.qps, p.lost, p.sent);
+                    qps.push(Some(p.qps));
+                    lost.push(Some(p.lost as f64));
+                }
+                Err(e) => {
+                    eprintln!("failed");
+                    qps.push(None);
+                    lost.push(None);
+                    interrupted()?;
+                    r.errors
+                        .push(format!("round {} DNS {}: {e:#}", round + 1, which.label()));
+                }
+            }
+        }
+    }
     Ok(())
 }
 

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //!   (a) plain:  cli ─veth─ [n1 routes] ─br0─ [n2 routes] ─veth─ srv
-//!   (b)/(c):    cli ─veth─ [n1 TC from_instance ... uplink TC/XDP] ─br0─ [n2 ...] ─veth─ srv
+//!   (b)/(c):    cli ─veth─ [n1 TC from_instance ... uplink TC] ─br0─ [n2 ...] ─veth─ srv
 //!               (c): srv on n1 too
 //!   (d) vxlan:  as (a), n1 and n2 route the instance subnets over vx0 (VNI 42, MTU 1450)
 //!   (e) tun:    as (a), n1 and n2 route them into tun0, read by a forwarder thread
@@ -382,7 +382,7 @@ fn subnet(id: u32) -> Ipv4Addr {
 }
 
 /// The overlay as `overlay-ctl/tests/common` builds it: a dataplane per node
-/// (XDP + TC on the uplink, TC on each instance's veth), maps written
+/// (TC on the uplink, no XDP as the agent on a veth uplink; TC on each instance's veth), maps written
 /// through `Tables`.
 fn overlay() -> anyhow::Result<Overlay> {
     let topo = Topology::new(2)?;
@@ -394,7 +394,9 @@ fn overlay() -> anyhow::Result<Overlay> {
         let (uplink_ifindex, _) = link(node.ns(), &node.uplink)?;
         let mut dp = node.ns().enter(|| -> anyhow::Result<Dataplane> {
             let mut dp = Dataplane::load(None).context("loading the dataplane")?;
-            dp.attach_uplink(&node.uplink)
+            // As the agent does on a veth uplink: TC only, no XDP (XDP on a
+            // veth turns TSO off on its peer, the bridge port).
+            dp.attach_uplink_with(&node.uplink, false)
                 .context("attaching to the uplink")?;
             Ok(dp)
         })??;

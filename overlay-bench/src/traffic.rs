@@ -139,7 +139,7 @@ pub fn latency(env: &Env, n: usize, stop: &AtomicBool) -> anyhow::Result<Latency
 
 /// Runs `cmd` to completion, killing it if it runs longer than `limit`;
 /// returns its stdout.
-fn run_bounded(mut cmd: Command, limit: Duration) -> anyhow::Result<String> {
+pub(crate) fn run_bounded(mut cmd: Command, limit: Duration) -> anyhow::Result<String> {
     let line = format!("{cmd:?}");
     let mut child = cmd
         .stdin(Stdio::null())

@@ -19,6 +19,9 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("etcd", "etcd-server"),
     // Real DNS clients for the name service tests.
     ("dig", "dnsutils"),
+    // The bench's DNS row: the load tool and the server compared with ours.
+    ("dnsperf", "dnsperf"),
+    ("dnsmasq", "dnsmasq-base"),
 ];
 
 /// Where the kernel's BPF file system belongs.
