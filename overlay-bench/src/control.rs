@@ -157,6 +157,7 @@ pub fn converge(services: usize) -> anyhow::Result<Converge> {
                         endpoints: eps,
                         snat: *snat,
                         default_deny: false,
+                        expose_where_running: false,
                     };
                     let want = reconcile::desired(state, &local);
                     let have = reconcile::read(&dp.tables);
@@ -204,6 +205,7 @@ pub fn resync(services: usize, nodes: usize) -> anyhow::Result<(Resync, Dataplan
         endpoints: &eps,
         snat,
         default_deny: false,
+        expose_where_running: false,
     };
     let start = Instant::now();
     let have = reconcile::read(&dp.tables);

@@ -70,6 +70,10 @@ pub struct AgentConfig {
     /// absent for automatic (on, except on veth uplinks, where an XDP
     /// program turns off the peer's segmentation offload).
     pub uplink_xdp: Option<bool>,
+    /// Serve an exposed service's ports only on nodes that run one of its
+    /// instances (default: on every node).
+    #[serde(default)]
+    pub expose_where_running: bool,
     /// Services without `needs` may open no new flows. A cluster-wide
     /// setting: give every node the same value.
     #[serde(default)]

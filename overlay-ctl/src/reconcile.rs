@@ -49,6 +49,8 @@ pub struct LocalNode<'a> {
     pub snat: Ipv4Addr,
     /// Services without `needs` may open no new flows.
     pub default_deny: bool,
+    /// Serve exposed ports only when this node runs an instance of the service.
+    pub expose_where_running: bool,
 }
 
 /// The maps a node should hold for `state`.
@@ -87,13 +89,20 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
         }
     }
     for svc in &state.services {
-        access(&mut m, svc, &ids, local.snat);
         let live: &[(&InstanceSpec, u32)] = by_service
             .get(&svc.name.to_ascii_lowercase())
             .map_or(&[], Vec::as_slice);
         for (inst, node) in live {
             m.backends.insert(inst.backend_id(), (inst.nsip, *node));
         }
+        let runs_here = live.iter().any(|(_, n)| *n == local.config.node_id);
+        access(
+            &mut m,
+            svc,
+            &ids,
+            local.snat,
+            !local.expose_where_running || runs_here,
+        );
         for &port in &svc.ports {
             m.ports.insert((svc.id, port, IPPROTO_TCP));
             m.ports.insert((svc.id, port, IPPROTO_UDP));
@@ -118,11 +127,13 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
 }
 
 /// `needs` and exposure of one service.
+/// `expose` is false when this node must not serve the service's ports.
 fn access(
     m: &mut MapSet,
     svc: &crate::model::ServiceSpec,
     ids: &BTreeMap<String, u32>,
     snat: Ipv4Addr,
+    expose: bool,
 ) {
     if !svc.needs.is_empty() {
         m.restricted.insert(svc.id);
@@ -133,7 +144,7 @@ fn access(
             }
         }
     }
-    if let (true, Some(&vip)) = (svc.exposed, svc.servips.get(&Policy::Closest)) {
+    if let (true, Some(&vip)) = (svc.exposed && expose, svc.servips.get(&Policy::Closest)) {
         for &port in &svc.ports {
             m.exposed.insert((port, IPPROTO_TCP), (vip, snat));
             m.exposed.insert((port, IPPROTO_UDP), (vip, snat));
@@ -345,6 +356,7 @@ mod tests {
             endpoints: eps,
             snat: Ipv4Addr::new(10, 30, 1, 1),
             default_deny: false,
+            expose_where_running: false,
         }
     }
 
@@ -401,6 +413,16 @@ mod tests {
         let snat = Ipv4Addr::new(10, 30, 1, 1);
         assert_eq!(m.exposed.get(&(80, IPPROTO_TCP)), Some(&(closest, snat)));
         assert_eq!(m.exposed.len(), 2, "tcp and udp");
+
+        // Only where an instance runs: n1 runs instance 1, so it still serves.
+        let mut l = local(&eps);
+        l.expose_where_running = true;
+        assert_eq!(desired(&s, &l).exposed.len(), 2);
+        s.instances.retain(|i| i.node != "n1");
+        assert!(
+            desired(&s, &l).exposed.is_empty(),
+            "no local instance: not exposed here"
+        );
     }
 
     #[test]

@@ -147,6 +147,7 @@ impl Agent {
             endpoints: &self.endpoints,
             snat: self.node.subnet.host(1),
             default_deny: self.cfg.default_deny,
+            expose_where_running: self.cfg.expose_where_running,
         };
         let want = reconcile::desired(&self.merged_state(), &local);
         let changes = reconcile::apply(&mut self.dp.tables, &self.applied, &want)?;
