@@ -1,0 +1,173 @@
+use super::*;
+
+#[test]
+fn subnet_leases_are_unique_and_sticky() {
+    let c = cluster("st-subnet");
+    let leased = run(&c, |store| async move {
+        let n1 = store
+            .lease_subnet("n1", DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_LEN)
+            .await
+            .unwrap();
+        let n2 = store
+            .lease_subnet("n2", DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_LEN)
+            .await
+            .unwrap();
+        assert_eq!(n1, pool("10.30.0.0/24"));
+        assert_eq!(n2, pool("10.30.1.0/24"));
+        let again = store
+            .lease_subnet("n1", DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_LEN)
+            .await
+            .unwrap();
+        assert_eq!(again, n1, "a node asking again gets its own subnet");
+
+        let err = store
+            .lease_subnet("n3", DEFAULT_SUBNET_POOL, 8)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot lease /8"), "{err}");
+        let small = pool("10.31.0.0/23");
+        store.lease_subnet("s1", small, 24).await.unwrap();
+        store.lease_subnet("s2", small, 24).await.unwrap();
+        let err = store.lease_subnet("s3", small, 24).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "node subnet pool 10.31.0.0/23 is exhausted: 1 needed, 0 free"
+        );
+        vec![n1, n2]
+    });
+
+    // 20 nodes at once, from 4 threads with 5 connections each.
+    let endpoint = c.etcd.endpoint();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let endpoint = endpoint.clone();
+            c.ns.thread(move || {
+                runtime().block_on(futures::future::join_all((0..5).map(|i| {
+                    let endpoint = endpoint.clone();
+                    async move {
+                        let store = Store::connect(&endpoint).await.unwrap();
+                        let name = format!("m{t}-{i}");
+                        let s = store
+                            .lease_subnet(&name, DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_LEN)
+                            .await
+                            .unwrap();
+                        (name, s)
+                    }
+                })))
+            })
+            .unwrap()
+        })
+        .collect();
+    let many: BTreeMap<String, Subnet> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(many.len(), 20);
+    let distinct: BTreeSet<Subnet> = many.values().chain(&leased).copied().collect();
+    assert_eq!(distinct.len(), 22, "{many:?}");
+    assert!(
+        distinct
+            .iter()
+            .all(|s| s.prefix == 24 && DEFAULT_SUBNET_POOL.contains(s.addr))
+    );
+    run(&c, |store| async move {
+        for (name, subnet) in many {
+            let again = store
+                .lease_subnet(&name, DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_LEN)
+                .await
+                .unwrap();
+            assert_eq!(again, subnet, "{name}");
+        }
+    });
+}
+
+#[test]
+fn a_node_whose_keepalive_stops_vanishes_and_comes_back() {
+    let c = cluster("st-lease");
+    run(&c, |store| async move {
+        let subnet = store
+            .lease_subnet("n1", DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_LEN)
+            .await
+            .unwrap();
+        let record = node("n1", subnet);
+        let ttl = Duration::from_secs(2);
+        let reg = store.register_node(&record, ttl).await.unwrap();
+        let (i1, i2) = (
+            instance("shop.prod.a.v1", 1, &record),
+            instance("shop.prod.a.v1", 2, &record),
+        );
+        reg.publish_instance(&i1).await.unwrap();
+        reg.publish_instance(&i2).await.unwrap();
+        let wrong = InstanceSpec {
+            node: "n2".into(),
+            ..i1.clone()
+        };
+        let err = reg.publish_instance(&wrong).await.unwrap_err();
+        assert!(err.to_string().contains("not on this node `n1`"), "{err}");
+        assert_eq!(store.nodes().await.unwrap(), std::slice::from_ref(&record));
+        assert_eq!(store.instances().await.unwrap(), [i1.clone(), i2.clone()]);
+
+        // The keepalive holds the registration well past its TTL.
+        tokio::time::sleep(ttl * 2).await;
+        assert_eq!(
+            store.nodes().await.unwrap().len(),
+            1,
+            "the keepalive did not hold"
+        );
+
+        // Keepalive stops (a crashed agent): everything goes when the lease expires.
+        let lease = reg.lease_id();
+        reg.detach().await;
+        assert_eq!(
+            store.nodes().await.unwrap().len(),
+            1,
+            "detaching does not revoke"
+        );
+        eventually(
+            "the node's lease to expire",
+            Duration::from_secs(10),
+            || async {
+                store.nodes().await.unwrap().is_empty()
+                    && store.instances().await.unwrap().is_empty()
+            },
+        )
+        .await;
+        let (state, _) = store.snapshot().await.unwrap();
+        assert!(
+            state.nodes.is_empty() && state.instances.is_empty(),
+            "{state:?}"
+        );
+
+        // Registering again brings the node back, under a new lease.
+        let reg = store.register_node(&record, ttl).await.unwrap();
+        assert_ne!(reg.lease_id(), lease);
+        reg.publish_instance(&i1).await.unwrap();
+        reg.publish_instance(&i2).await.unwrap();
+        assert_eq!(store.nodes().await.unwrap(), std::slice::from_ref(&record));
+        assert_eq!(store.instances().await.unwrap().len(), 2);
+
+        // A lease lost behind the agent's back (here: revoked) is replaced by
+        // the keepalive task, which puts the node and its instances back.
+        let lost = reg.lease_id();
+        store.revoke_lease(lost).await.unwrap();
+        assert!(store.nodes().await.unwrap().is_empty());
+        eventually(
+            "the node to register again",
+            Duration::from_secs(10),
+            || async {
+                store.nodes().await.unwrap().len() == 1
+                    && store.instances().await.unwrap().len() == 2
+            },
+        )
+        .await;
+        assert_ne!(reg.lease_id(), lost);
+
+        assert!(reg.unpublish_instance("shop.prod.a.v1", 2).await.unwrap());
+        assert!(!reg.unpublish_instance("shop.prod.a.v1", 2).await.unwrap());
+        assert_eq!(store.instances().await.unwrap(), [i1]);
+        // Closing revokes at once.
+        reg.close().await.unwrap();
+        assert!(store.nodes().await.unwrap().is_empty());
+        assert!(store.instances().await.unwrap().is_empty());
+    });
+}
