@@ -75,7 +75,7 @@ pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
             .into_iter()
             .map(|(nsip, e)| json!({"nsip": nsip, "ifindex": e.ifindex, "service": e.service, "instance": e.instance, "mac": mac(&e.mac), "host_mac": mac(&e.host_mac)}))
             .collect(),
-        Table::Nodes => t.nodes().into_iter().map(|(id, n)| json!({"id": id, "ip": ip::from_wire(n.ip), "ewp": ip::port_from_wire(n.port)})).collect(),
+        Table::Nodes => t.nodes().into_iter().map(|(id, n)| json!({"node": id, "ip": ip::from_wire(n.ip), "ewp": ip::port_from_wire(n.port)})).collect(),
         Table::Conntrack => t
             .conntrack()
             .into_iter()
@@ -104,11 +104,49 @@ pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
     })
 }
 
-/// The table as text: pretty JSON, or aligned columns named after the JSON keys.
-pub fn render(t: &Tables, table: Table, as_json: bool) -> Result<String> {
-    let rows = rows(t, table)?;
+/// Names of service and node ids, left by the agent in its state directory
+/// (`names.json`) for the operator's tables.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct NameIndex {
+    pub services: std::collections::BTreeMap<u32, String>,
+    pub nodes: std::collections::BTreeMap<u32, String>,
+}
+
+impl NameIndex {
+    pub const FILE: &'static str = "names.json";
+
+    pub fn load(state_dir: &std::path::Path) -> Option<NameIndex> {
+        serde_json::from_slice(&std::fs::read(state_dir.join(Self::FILE)).ok()?).ok()
+    }
+
+    /// Replaces the ids in the `service` and `node` columns with `name (id)`.
+    fn annotate(&self, rows: &mut [Value]) {
+        for row in rows.iter_mut() {
+            for (key, names) in [("service", &self.services), ("node", &self.nodes)] {
+                let id = row.get(key).and_then(Value::as_u64).map(|id| id as u32);
+                if let Some(name) = id.and_then(|id| names.get(&id).map(|n| format!("{n} ({id})")))
+                {
+                    row[key] = Value::String(name);
+                }
+            }
+        }
+    }
+}
+
+/// The table as text: pretty JSON (ids only: stable for scripts), or aligned
+/// columns named after the JSON keys, with names where `names` knows them.
+pub fn render(
+    t: &Tables,
+    table: Table,
+    as_json: bool,
+    names: Option<&NameIndex>,
+) -> Result<String> {
+    let mut rows = rows(t, table)?;
     if as_json {
         return Ok(serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n");
+    }
+    if let Some(ix) = names {
+        ix.annotate(&mut rows);
     }
     let Some(first) = rows.first().and_then(Value::as_object) else {
         return Ok("(empty)\n".into());

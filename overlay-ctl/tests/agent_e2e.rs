@@ -243,6 +243,14 @@ fn agents_serve_servips_and_restart_without_loss() {
             && table.contains(&ROUNDROBIN.to_string()),
         "{table}"
     );
+    let config = s.agents[0].config.to_str().unwrap().to_string();
+    let named = s.agents[0].ctl_ok(&["maps", "services", "--config", &config]);
+    assert!(
+        named.contains(&format!("{SVC} (1)")),
+        "names from the agent's index: {named}"
+    );
+    let nodes = s.agents[0].ctl_ok(&["maps", "nodes", "--config", &config]);
+    assert!(nodes.contains("n1 (") && nodes.contains("n2 ("), "{nodes}");
     let stats = s.agents[0].ctl_ok(&[
         "maps",
         "stats",

@@ -149,10 +149,12 @@ impl Agent {
             default_deny: self.cfg.default_deny,
             expose_where_running: self.cfg.expose_where_running,
         };
-        let want = reconcile::desired(&self.merged_state(), &local);
+        let state = self.merged_state();
+        let want = reconcile::desired(&state, &local);
         let changes = reconcile::apply(&mut self.dp.tables, &self.applied, &want)?;
         self.applied = want;
         if changes != reconcile::Changes::default() {
+            self.write_names(&state);
             tracing::info!(
                 written = changes.written,
                 removed = changes.removed,
@@ -160,6 +162,31 @@ impl Agent {
             );
         }
         Ok(changes)
+    }
+}
+
+impl Agent {
+    /// Leaves the names of service and node ids for `overlay-ctl maps`.
+    fn write_names(&self, state: &ClusterState) {
+        let ix = crate::maps_view::NameIndex {
+            services: state
+                .services
+                .iter()
+                .map(|s| (s.id, s.name.clone()))
+                .collect(),
+            nodes: state
+                .nodes
+                .iter()
+                .map(|n| (n.subnet.node_id(), n.name.clone()))
+                .collect(),
+        };
+        let path = self.cfg.state_dir.join(crate::maps_view::NameIndex::FILE);
+        if let Err(e) = serde_json::to_vec(&ix)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&path, b))
+        {
+            tracing::warn!("writing {}: {e}", path.display());
+        }
     }
 }
 

@@ -151,8 +151,13 @@ pub fn main() -> anyhow::Result<()> {
             config,
             pin_dir,
         } => {
+            let mut names = None;
             let dir = match (config, pin_dir) {
-                (Some(c), _) => AgentConfig::load(&c)?.bpf_pin_dir,
+                (Some(c), _) => {
+                    let cfg = AgentConfig::load(&c)?;
+                    names = maps_view::NameIndex::load(&cfg.state_dir);
+                    cfg.bpf_pin_dir
+                }
                 (None, Some(d)) => d,
                 (None, None) => {
                     bail!("give --pin-dir DIR or --config agent.toml (or set OVERLAY_PIN_DIR)")
@@ -160,7 +165,10 @@ pub fn main() -> anyhow::Result<()> {
             };
             let tables = Tables::open_pinned(&dir)
                 .with_context(|| format!("reading the maps pinned in {}", dir.display()))?;
-            print!("{}", maps_view::render(&tables, table, json)?);
+            print!(
+                "{}",
+                maps_view::render(&tables, table, json, names.as_ref())?
+            );
         }
     }
     Ok(())
