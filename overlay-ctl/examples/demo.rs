@@ -262,11 +262,12 @@ fn run() -> anyhow::Result<()> {
         "$ overlay-ctl service ls\n{}",
         demo.orchestrate(&["service", "ls"])?
     );
-    let pins = demo.dir.join("bpf/n1");
+    // Through n1's config: the tables then show service and node names.
+    let config = demo.dir.join("n1/agent.toml");
     for table in ["services", "stats"] {
         let out = Command::new(&demo.bin)
-            .args(["maps", table, "--pin-dir"])
-            .arg(&pins)
+            .args(["maps", table, "--config"])
+            .arg(&config)
             .stderr(Stdio::inherit())
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
