@@ -61,40 +61,35 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Writes `agent.toml` for node `name` (subnet 10.30.<index>.0/24).
+    /// Writes `agent.toml` for node `name` (subnet 10.30.<index>.0/24) that
+    /// follows the desired-state file of `work`.
     pub fn configure(work: &Workdir, name: &str, index: usize) -> Agent {
-        let base = work.dir.join(name);
-        std::fs::create_dir_all(&base).unwrap();
-        let socket = base.join("agent.sock");
-        let pin_dir = work.dir.join("bpf").join(name);
-        let config = base.join("agent.toml");
-        let text = format!(
-            "node_id = \"{name}\"\nuplink = \"eth0\"\nstate_file = \"{}\"\nsubnet = \"10.30.{index}.0/24\"\nstate_dir = \"{}\"\nbpf_pin_dir = \"{}\"\napi_socket = \"{}\"\n",
-            work.cluster_file().display(),
-            base.join("state").display(),
-            pin_dir.display(),
-            socket.display()
+        let source = format!(
+            "state_file = \"{}\"\nsubnet = \"10.30.{index}.0/24\"\n",
+            work.cluster_file().display()
         );
-        std::fs::write(&config, text).unwrap();
-        Agent {
-            name: name.into(),
-            config,
-            socket,
-            pin_dir,
-            proc: None,
-        }
+        Agent::with_source(work, name, &source)
     }
 
     /// Writes `agent.toml` for node `name` that takes its state and subnet
     /// from the etcd at `store`, with a registration lease of `ttl` seconds.
     pub fn configure_store(work: &Workdir, name: &str, store: &str, ttl: u64) -> Agent {
+        Agent::with_source(
+            work,
+            name,
+            &format!("store = \"{store}\"\nnode_ttl = {ttl}\n"),
+        )
+    }
+
+    /// The configuration every test agent shares, plus its state `source`.
+    fn with_source(work: &Workdir, name: &str, source: &str) -> Agent {
         let base = work.dir.join(name);
         std::fs::create_dir_all(&base).unwrap();
         let socket = base.join("agent.sock");
         let pin_dir = work.dir.join("bpf").join(name);
         let config = base.join("agent.toml");
         let text = format!(
-            "node_id = \"{name}\"\nuplink = \"eth0\"\nstore = \"{store}\"\nnode_ttl = {ttl}\nstate_dir = \"{}\"\nbpf_pin_dir = \"{}\"\napi_socket = \"{}\"\n",
+            "node_id = \"{name}\"\nuplink = \"eth0\"\n{source}state_dir = \"{}\"\nbpf_pin_dir = \"{}\"\napi_socket = \"{}\"\n",
             base.join("state").display(),
             pin_dir.display(),
             socket.display()
