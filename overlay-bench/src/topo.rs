@@ -141,7 +141,7 @@ impl Testbed {
     pub fn overlay_stats(&self) -> String {
         let mut out = Vec::new();
         for (i, dp) in self.overlay.dps.iter().enumerate() {
-            for (r, c) in dp.stats().unwrap_or_default() {
+            for (r, c) in dp.tables.stats().unwrap_or_default() {
                 if c.packets > 0 {
                     out.push(format!("n{} {}={}", i + 1, r.label(), c.packets));
                 }

@@ -7,7 +7,7 @@
 use aya_ebpf::programs::TcContext;
 use overlay_common::{
     IPPROTO_TCP, IPPROTO_UDP,
-    maps::{Config, CtEntry, ExposeKey, Exposed, ct},
+    maps::{Config, CtEntry, CtKey, ExposeKey, Exposed, ct},
     stats::Reason,
 };
 
@@ -41,7 +41,7 @@ pub fn inbound(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Option<(i32, 
     let fwd = key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
     let (backend, node, sport) = match tracked(&fwd, ct::NS_FORWARD) {
         Some(e) => (e.addr, e.node, e.port),
-        None => new_flow(cfg, &f, &exp)?,
+        None => new_flow(cfg, &f, &exp, &fwd)?,
     };
     let dest = dest_of(backend, node, cfg)?;
     if let Some(answered) = too_big(ctx, cfg, &f, &dest)? {
@@ -56,7 +56,7 @@ pub fn inbound(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Option<(i32, 
 
 /// Chooses a backend and a source port, and writes both conntrack entries.
 #[inline(always)]
-fn new_flow(cfg: &Config, f: &Flow, exp: &Exposed) -> Result<(u32, u32, u16), Reason> {
+fn new_flow(cfg: &Config, f: &Flow, exp: &Exposed, fwd: &CtKey) -> Result<(u32, u32, u16), Reason> {
     // SAFETY: value copied out at once.
     let sv = unsafe { SERVIPS.get(exp.servip) }
         .copied()
@@ -91,7 +91,6 @@ fn new_flow(cfg: &Config, f: &Flow, exp: &Exposed) -> Result<(u32, u32, u16), Re
         port,
     };
     let rev = key(b.nsip, exp.snat, f.dport, port, f.proto);
-    let fwd = key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
     CONNTRACK
         .insert(rev, entry(f.saddr, f.sport, cfg.node_id, ct::NS_REVERSE), 0)
         .map_err(|_| Reason::DropHelper)?;

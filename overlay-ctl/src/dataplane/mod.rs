@@ -99,10 +99,6 @@ impl Dataplane {
         aya_log::EbpfLogger::init(&mut self.ebpf).ok()
     }
 
-    pub fn ebpf(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
-    }
-
     /// A TC program, loaded into the kernel (verified) and ready to attach or test-run.
     pub fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
         let prog: &mut SchedClassifier = self
@@ -190,14 +186,5 @@ impl Dataplane {
             }
         }
         self.attach_tc(programs::UPLINK, ifname)
-    }
-}
-
-impl Dataplane {
-    /// Per-reason counters summed over CPUs.
-    pub fn stats(
-        &self,
-    ) -> Result<Vec<(overlay_common::stats::Reason, overlay_common::maps::Counter)>> {
-        self.tables.stats()
     }
 }

@@ -1,7 +1,7 @@
 //! Agents as processes inside node namespaces, with their own bpffs, config
 //! and desired-state file, removed again on Drop.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -225,8 +225,4 @@ pub fn node_spec(name: &str, index: usize, ip: std::net::Ipv4Addr) -> NodeSpec {
         ewp: overlay_common::DEFAULT_EWP,
         subnet: format!("10.30.{index}.0/24").parse().unwrap(),
     }
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }

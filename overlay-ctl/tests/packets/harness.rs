@@ -264,7 +264,8 @@ pub struct Snapshot(Vec<(Reason, u64)>);
 
 pub fn snapshot(dp: &Dataplane) -> Snapshot {
     Snapshot(
-        dp.stats()
+        dp.tables
+            .stats()
             .unwrap()
             .into_iter()
             .map(|(r, c)| (r, c.packets))

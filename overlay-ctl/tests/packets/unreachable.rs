@@ -179,7 +179,12 @@ fn too_big_answer_on_a_1500_byte_link() {
     let sent = udp_with(ipv4(CLIENT.ip, VIP, UDP), CLIENT_PORT, DNS, &[7; 1500 - 28]);
     ns.enter(|| {
         let (ret, out) = from_instance(&mut dp, &from(&CLIENT, &sent), CLIENT.ifindex);
-        assert_eq!(ret, TC_ACT_REDIRECT, "counters: {:?}", dp.stats().unwrap());
+        assert_eq!(
+            ret,
+            TC_ACT_REDIRECT,
+            "counters: {:?}",
+            dp.tables.stats().unwrap()
+        );
         let f = parse(&out);
         let mtu = Code::FragmentationNeeded { next_hop_mtu: MTU };
         assert_eq!(f.ip.icmp().icmp_type, err_type(mtu));
