@@ -36,6 +36,7 @@ fn node(i: usize) -> NodeSpec {
             addr: Ipv4Addr::new(10, 30, (16 * i) as u8, 0),
             prefix: 20,
         },
+        location: None,
     }
 }
 
@@ -86,6 +87,7 @@ pub fn cluster(services: usize, nodes: usize) -> ClusterState {
         nodes: node_specs,
         services: svcs,
         instances: insts,
+        ..Default::default()
     }
 }
 
@@ -158,6 +160,7 @@ pub fn converge(services: usize) -> anyhow::Result<Converge> {
                         snat: *snat,
                         default_deny: false,
                         expose_where_running: false,
+                        balance: Default::default(),
                     };
                     let want = reconcile::desired(state, &local);
                     let have = reconcile::read(&dp.tables);
@@ -206,6 +209,7 @@ pub fn resync(services: usize, nodes: usize) -> anyhow::Result<(Resync, Dataplan
         snat,
         default_deny: false,
         expose_where_running: false,
+        balance: Default::default(),
     };
     let start = Instant::now();
     let have = reconcile::read(&dp.tables);

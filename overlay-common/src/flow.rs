@@ -32,6 +32,20 @@ pub fn pick_slot(hash: u32, count: u32) -> u32 {
     ((hash as u64 * count as u64) >> 32) as u32
 }
 
+/// The slot of a new flow: round robin takes the ServIP's turn counter (new
+/// flows go to the slots in turn), every other policy the flow hash (so that
+/// a weighted table is honoured in proportion and a flow's choice is stable).
+#[inline(always)]
+pub fn choose_slot(policy: u8, hash: u32, turn: u32, count: u32) -> u32 {
+    if count == 0 {
+        0
+    } else if policy == crate::maps::policy::ROUNDROBIN {
+        turn % count
+    } else {
+        pick_slot(hash, count)
+    }
+}
+
 /// Outer UDP source port for a flow: always in the dynamic range 49152..=65535.
 #[inline(always)]
 pub fn encap_sport(hash: u32) -> u16 {
@@ -65,6 +79,16 @@ mod tests {
         assert_ne!(base, flow_hash(1, 2, 9, 4, 6));
         assert_ne!(base, flow_hash(1, 2, 3, 9, 6));
         assert_ne!(base, flow_hash(1, 2, 3, 4, 17));
+    }
+
+    #[test]
+    fn round_robin_takes_turns() {
+        use crate::maps::policy;
+        let picks: [u32; 7] =
+            core::array::from_fn(|t| choose_slot(policy::ROUNDROBIN, 99, t as u32, 3));
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0]);
+        assert_eq!(choose_slot(policy::ROUNDROBIN, 99, 5, 0), 0);
+        assert_eq!(choose_slot(policy::FASTEST, 0x8000_0000, 5, 4), 2);
     }
 
     #[test]

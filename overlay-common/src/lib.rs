@@ -24,6 +24,10 @@ pub const DEFAULT_EWP: u16 = 50103;
 pub const DEFAULT_NSP: u16 = 50104;
 /// Bytes the tunnel adds: outer IPv4 (20) + UDP (8).
 pub const ENCAP_OVERHEAD: u16 = 28;
+/// First payload byte of an RTT probe on the EWP. A tunnel packet's payload
+/// starts with an IPv4 header (0x4_), so the uplink program tells the two
+/// apart by this byte and passes probes up to the agent's socket.
+pub const PROBE_MARK: u8 = 0xEE;
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;

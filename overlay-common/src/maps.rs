@@ -22,9 +22,10 @@ pub mod names {
     pub const NEEDS: &str = "NEEDS";
     pub const DENIED: &str = "DENIED";
     pub const EXPOSED: &str = "EXPOSED";
-    pub const ALL: [&str; 15] = [
+    pub const TURNS: &str = "TURNS";
+    pub const ALL: [&str; 16] = [
         CONFIG, STATS, SERVIPS, SVC_PORTS, SLOTS, BACKENDS, ENDPOINTS, NODES, PEERS, ROUTES,
-        CONNTRACK, RESTRICTED, NEEDS, DENIED, EXPOSED,
+        CONNTRACK, RESTRICTED, NEEDS, DENIED, EXPOSED, TURNS,
     ];
 }
 
@@ -79,7 +80,9 @@ pub struct ServIp {
     /// Number of valid slots in `SLOTS` for this ServIP; 0 means no backend.
     pub count: u16,
     pub policy: u8,
-    pub _pad: u8,
+    /// Which of the two slot tables is live (see [`SlotKey::new`]): the agent
+    /// writes a new table into the other one and flips this in one update.
+    pub table: u8,
 }
 
 /// `SVC_PORTS` key: a port the service forwards. ICMP echo uses port 0.
@@ -98,7 +101,19 @@ pub struct PortKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SlotKey {
     pub servip: u32,
+    /// Table (0 or 1) in the upper 16 bits, index in the lower 16.
     pub slot: u32,
+}
+
+impl SlotKey {
+    /// Slot `index` of table `table` (0 or 1) of `servip`'s table (`servip` in wire order).
+    #[inline(always)]
+    pub const fn new(servip: u32, table: u8, index: u32) -> SlotKey {
+        SlotKey {
+            servip,
+            slot: ((table as u32) << 16) | (index & 0xffff),
+        }
+    }
 }
 
 /// `BACKENDS[id]`: an instance a slot can point at.
@@ -161,9 +176,18 @@ pub mod ct {
     pub const NS_FORWARD: u8 = 3;
     /// Backend → node's SNAT address: `addr`/`port` are the external client's.
     pub const NS_REVERSE: u8 = 4;
+
+    /// A conntrack timestamp: the monotonic clock (`bpf_ktime_get_coarse_ns`,
+    /// `CLOCK_MONOTONIC_COARSE`) in units of 2^30 ns (about 1.07 s), so that
+    /// refreshing `seen` costs one write per flow per tick, not per packet.
+    #[inline(always)]
+    pub const fn tick(monotonic_ns: u64) -> u32 {
+        (monotonic_ns >> 30) as u32
+    }
 }
 
-/// `CONNTRACK` value. Written once when a flow starts; never per packet.
+/// `CONNTRACK` value. Written once when a flow starts; afterwards only
+/// `seen` of a FORWARD entry changes, at most once per tick.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
@@ -175,6 +199,9 @@ pub struct CtEntry {
     pub _pad: u8,
     /// North-south entries: a port, network order (see `ct`).
     pub port: u16,
+    /// Last tick ([`ct::tick`]) a packet used this entry: the agent counts
+    /// recently used FORWARD entries as each backend's active flows.
+    pub seen: u32,
 }
 
 /// `EXPOSED` key: a port of the node's own address that leads to a service.
@@ -223,7 +250,7 @@ const _: () = {
     assert!(core::mem::size_of::<Endpoint>() == 24);
     assert!(core::mem::size_of::<Node>() == 8);
     assert!(core::mem::size_of::<CtKey>() == 16);
-    assert!(core::mem::size_of::<CtEntry>() == 16);
+    assert!(core::mem::size_of::<CtEntry>() == 20);
     assert!(core::mem::size_of::<Counter>() == 16);
     assert!(core::mem::size_of::<NeedKey>() == 8);
     assert!(core::mem::size_of::<ExposeKey>() == 4);

@@ -35,6 +35,8 @@ reasons! {
     ExposedIn = "exposed_in",
     /// North-south: a backend's reply translated and sent to the external client.
     ExposedOut = "exposed_out",
+    /// An RTT probe or echo from a registered node, passed up to the agent.
+    Probe = "probe",
     /// A new flow to a ServIP chose a backend (counted besides the packet's own verdict).
     NewFlow = "new_flow",
     /// Truncated or inconsistent headers.

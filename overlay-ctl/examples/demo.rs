@@ -264,7 +264,7 @@ fn run() -> anyhow::Result<()> {
     );
     // Through n1's config: the tables then show service and node names.
     let config = demo.dir.join("n1/agent.toml");
-    for table in ["services", "stats"] {
+    for table in ["services", "backends", "stats"] {
         let out = Command::new(&demo.bin)
             .args(["maps", table, "--config"])
             .arg(&config)

@@ -81,6 +81,31 @@ pub struct AgentConfig {
     /// Seconds the node's registration outlives a silent agent (lease TTL).
     #[serde(default = "default_ttl")]
     pub node_ttl: u64,
+    /// The node's coordinates, `{ lat = 48.26, lon = 11.67 }`: the distance
+    /// to nodes without a measured RTT is estimated from them.
+    pub location: Option<crate::balance::Location>,
+    /// Milliseconds between RTT probes to each other node (0: no probes).
+    #[serde(default = "default_probe_interval")]
+    pub probe_interval_ms: u64,
+    /// Testing knob: answer probes this many ms late, so that this node
+    /// looks farther away (this kernel has no netem). Keep 0 in production.
+    #[serde(default)]
+    pub probe_echo_delay_ms: u64,
+    /// A flow counts as active (load) while it carried a packet within this
+    /// many seconds.
+    #[serde(default = "default_load_window")]
+    pub load_window_s: u32,
+    /// Tuning of the balancing policies (`[balance]` table, docs/policies.md).
+    #[serde(default)]
+    pub balance: crate::balance::Params,
+}
+
+fn default_probe_interval() -> u64 {
+    1000
+}
+
+fn default_load_window() -> u32 {
+    10
 }
 
 fn default_dns_ttl() -> u32 {
@@ -167,6 +192,15 @@ impl AgentConfig {
         {
             return Err(bad("mtu", "must be at least 604"));
         }
+        if let Some(Err(why)) = self.location.map(|l| l.check()) {
+            return Err(bad("location", &why));
+        }
+        if self.probe_interval_ms != 0 && self.probe_interval_ms < 50 {
+            return Err(bad("probe_interval_ms", "must be 0 (off) or at least 50"));
+        }
+        if self.load_window_s == 0 {
+            return Err(bad("load_window_s", "must be at least 1"));
+        }
         Ok(())
     }
 }
@@ -194,6 +228,13 @@ mod tests {
         let c = parse(GOOD).unwrap();
         assert_eq!((c.ewp, c.nsp, c.masquerade), (50103, 50104, true));
         assert_eq!(c.gateway, Ipv4Addr::new(169, 254, 1, 1));
+        assert_eq!(c.balance, crate::balance::Params::default());
+        let tuned = format!(
+            "{GOOD}\nlocation = {{ lat = 48.1, lon = 11.6 }}\n[balance]\nfastest_load_us = 1000"
+        );
+        let c = parse(&tuned).unwrap();
+        assert_eq!(c.balance.fastest_load_us, 1000);
+        assert_eq!(c.location.unwrap().lat, 48.1);
     }
 
     #[test]
@@ -208,5 +249,22 @@ mod tests {
         assert!(parse(&sub).unwrap_err().to_string().contains("subnet"));
         let id = GOOD.replace("\"n1\"", "\"n 1\"");
         assert!(parse(&id).unwrap_err().to_string().contains("node_id"));
+        let loc = format!("{GOOD}\nlocation = {{ lat = 95.0, lon = 11.0 }}");
+        let e = parse(&loc).unwrap_err().to_string();
+        assert!(e.contains("location") && e.contains("latitude"), "{e}");
+        let knob = format!("{GOOD}\n[balance]\nclosest_margin = 3");
+        assert!(
+            parse(&knob)
+                .unwrap_err()
+                .to_string()
+                .contains("closest_margin")
+        );
+        let probes = format!("{GOOD}\nprobe_interval_ms = 10");
+        assert!(
+            parse(&probes)
+                .unwrap_err()
+                .to_string()
+                .contains("probe_interval_ms")
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! * [`model`]: the desired state: nodes, services with ServIPs, instances.
 //! * [`descriptor`]: the deployment descriptor and the service record.
 //! * [`config`]: the agent's `agent.toml`.
+//! * [`balance`]: the balancing policies: distances, weights, slot tables.
 //! * [`reconcile`]: desired state to BPF map contents, applied by difference.
 //! * [`dataplane`]: the embedded eBPF object; load, attach, pin, and typed
 //!   access to its maps (also from a pin directory while no agent runs).
@@ -16,9 +17,11 @@
 //! * [`cli`]: the `overlay-ctl` command line (clap), a thin layer over the rest.
 //! * [`store`]: the cluster store (etcd): allocations, node registration, following.
 //! * [`dns`]: the name service: `*.local` names over unicast DNS and mDNS.
+//! * [`probe`]: RTT probes to the other nodes over the East-West port.
 
 pub mod agent;
 pub mod api;
+pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
@@ -27,5 +30,6 @@ pub mod dns;
 pub mod maps_view;
 pub mod model;
 pub mod netns;
+pub mod probe;
 pub mod reconcile;
 pub mod store;

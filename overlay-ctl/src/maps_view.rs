@@ -3,7 +3,9 @@
 use std::fmt::Write;
 
 use clap::ValueEnum;
-use overlay_common::maps::{ct, ip};
+use std::collections::BTreeMap;
+
+use overlay_common::maps::{Backend, ct, ip};
 use serde_json::{Value, json};
 
 use crate::dataplane::{Result, Tables};
@@ -49,7 +51,7 @@ fn proto(p: u8) -> &'static str {
 pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
     Ok(match table {
         Table::Services => {
-            let backends: std::collections::BTreeMap<u32, _> = t.backends().into_iter().collect();
+            let backends: BTreeMap<u32, _> = t.backends().into_iter().collect();
             t.servips()
                 .into_iter()
                 .map(|(vip, sv)| {
@@ -69,7 +71,7 @@ pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
                 })
                 .collect()
         }
-        Table::Backends => t.backends().into_iter().map(|(id, b)| json!({"id": id, "nsip": ip::from_wire(b.nsip), "node": b.node})).collect(),
+        Table::Backends => weights(t),
         Table::Endpoints => t
             .endpoints()
             .into_iter()
@@ -104,12 +106,49 @@ pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
     })
 }
 
+/// One row per ServIP and backend in its slot table: the backend's share
+/// of the slots is its weight (the fraction of new flows it gets). A ServIP
+/// without backends (its connections fail fast) gets one row without.
+fn weights(t: &Tables) -> Vec<Value> {
+    let backends: BTreeMap<u32, Backend> = t.backends().into_iter().collect();
+    let mut servips = t.servips();
+    servips.sort_by_key(|(vip, _)| *vip);
+    let mut rows = Vec::new();
+    for (vip, sv) in servips {
+        let slots = t.slots(vip);
+        let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+        for id in &slots {
+            *counts.entry(*id).or_default() += 1;
+        }
+        let row = |backend: Value, node: Value, n: usize| {
+            let weight = match slots.len() {
+                0 => 0.0,
+                len => (n as f64 / len as f64 * 1000.0).round() / 1000.0,
+            };
+            json!({"servip": vip, "policy": policy(sv.policy), "service": sv.service,
+                   "backend": backend, "node": node, "slots": n, "weight": weight})
+        };
+        if counts.is_empty() {
+            rows.push(row(Value::Null, Value::Null, 0));
+        }
+        for (id, n) in counts {
+            let (nsip, node) = backends
+                .get(&id)
+                .map_or((json!(format!("#{id}")), Value::Null), |b| {
+                    (json!(ip::from_wire(b.nsip)), json!(b.node))
+                });
+            rows.push(row(nsip, node, n));
+        }
+    }
+    rows
+}
+
 /// Names of service and node ids, left by the agent in its state directory
 /// (`names.json`) for the operator's tables.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct NameIndex {
-    pub services: std::collections::BTreeMap<u32, String>,
-    pub nodes: std::collections::BTreeMap<u32, String>,
+    pub services: BTreeMap<u32, String>,
+    pub nodes: BTreeMap<u32, String>,
 }
 
 impl NameIndex {

@@ -117,6 +117,9 @@ pub struct NodeSpec {
     #[serde(default = "default_ewp")]
     pub ewp: u16,
     pub subnet: Subnet,
+    /// Coordinates: the distance fallback while no RTT is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<crate::balance::Location>,
 }
 
 fn default_ewp() -> u16 {
@@ -164,6 +167,16 @@ impl InstanceSpec {
     }
 }
 
+/// A stateful instance's fixed IP as the orchestrator allocated it: it stays
+/// a ServIP (failing fast) while its instance is not running.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixedIp {
+    pub service: String,
+    pub instance: u32,
+    pub ip: Ipv4Addr,
+}
+
 /// Everything the reconciler turns into maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,6 +187,14 @@ pub struct ClusterState {
     pub services: Vec<ServiceSpec>,
     #[serde(default)]
     pub instances: Vec<InstanceSpec>,
+    #[serde(default)]
+    pub fixed: Vec<FixedIp>,
+    /// Smoothed RTT in µs that each node measured to the others: node → peer → µs.
+    #[serde(default)]
+    pub rtt: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Active flows each node has open to each instance: node → NamespaceIP → flows.
+    #[serde(default)]
+    pub load: BTreeMap<String, BTreeMap<Ipv4Addr, u32>>,
 }
 
 impl ClusterState {
@@ -185,6 +206,36 @@ impl ClusterState {
 
     pub fn node(&self, name: &str) -> Option<&NodeSpec> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Distance from node `from` to node `to` in µs: what `from` measured,
+    /// else what `to` measured back, else the coordinates' estimate
+    /// (`docs/policies.md`). `None`: unknown.
+    pub fn distance(&self, from: &str, to: &str) -> Option<u32> {
+        if from == to {
+            return Some(0);
+        }
+        let measured = |a: &str, b: &str| self.rtt.get(a).and_then(|m| m.get(b)).copied();
+        measured(from, to)
+            .or_else(|| measured(to, from))
+            .or_else(|| {
+                let (a, b) = (self.node(from)?.location?, self.node(to)?.location?);
+                Some(crate::balance::geo_rtt_us(a, b))
+            })
+    }
+
+    /// Whether `other` differs from this state at most in its measurements
+    /// (`rtt`, `load`), which change the weights but nothing else.
+    pub fn same_but_measurements(&self, other: &ClusterState) -> bool {
+        self.nodes == other.nodes
+            && self.services == other.services
+            && self.instances == other.instances
+            && self.fixed == other.fixed
+    }
+
+    /// Active flows toward the instance at `nsip`, summed over every node.
+    pub fn load_of(&self, nsip: Ipv4Addr) -> u32 {
+        self.load.values().filter_map(|m| m.get(&nsip)).sum()
     }
 }
 

@@ -12,8 +12,9 @@ use std::net::Ipv4Addr;
 use overlay_common::maps::{Config, Endpoint, ip, policy};
 use overlay_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
+use crate::balance::{self, Candidate, Params};
 use crate::dataplane::{Result, Tables};
-use crate::model::{ClusterState, InstanceSpec, Policy};
+use crate::model::{ClusterState, FixedIp, InstanceSpec, Policy};
 
 /// The full contents of one node's maps (the parts the agent owns).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -51,6 +52,8 @@ pub struct LocalNode<'a> {
     pub default_deny: bool,
     /// Serve exposed ports only when this node runs an instance of the service.
     pub expose_where_running: bool,
+    /// Tuning of the balancing policies.
+    pub balance: Params,
 }
 
 /// The maps a node should hold for `state`.
@@ -88,14 +91,29 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
                 .push((i, n));
         }
     }
+    let local_id = node_ids
+        .get(local.name)
+        .copied()
+        .unwrap_or(local.config.node_id);
+    let distance: BTreeMap<&str, Option<u32>> = state
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), state.distance(local.name, &n.name)))
+        .collect();
+    let mut fixed: BTreeMap<String, Vec<&FixedIp>> = BTreeMap::new();
+    for f in &state.fixed {
+        fixed
+            .entry(f.service.to_ascii_lowercase())
+            .or_default()
+            .push(f);
+    }
     for svc in &state.services {
-        let live: &[(&InstanceSpec, u32)] = by_service
-            .get(&svc.name.to_ascii_lowercase())
-            .map_or(&[], Vec::as_slice);
+        let key = svc.name.to_ascii_lowercase();
+        let live: &[(&InstanceSpec, u32)] = by_service.get(&key).map_or(&[], Vec::as_slice);
         for (inst, node) in live {
             m.backends.insert(inst.backend_id(), (inst.nsip, *node));
         }
-        let runs_here = live.iter().any(|(_, n)| *n == local.config.node_id);
+        let runs_here = live.iter().any(|(_, n)| *n == local_id);
         access(
             &mut m,
             svc,
@@ -108,20 +126,25 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
             m.ports.insert((svc.id, port, IPPROTO_UDP));
         }
         m.ports.insert((svc.id, 0, IPPROTO_ICMP));
-        let local_id = node_ids
-            .get(local.name)
-            .copied()
-            .unwrap_or(local.config.node_id);
+        let candidates: Vec<Candidate> = live
+            .iter()
+            .map(|(inst, node)| Candidate {
+                id: inst.backend_id(),
+                local: *node == local_id,
+                distance: distance.get(inst.node.as_str()).copied().flatten(),
+                load: state.load_of(inst.nsip),
+            })
+            .collect();
         for (&pol, &vip) in &svc.servips {
-            m.servips
-                .insert(vip, (svc.id, pol.code(), slots(pol, live, local_id)));
+            let table = slots(pol, &candidates, &local.balance);
+            m.servips.insert(vip, (svc.id, pol.code(), table));
         }
-        for (inst, _) in live {
-            if let Some(fixed) = inst.fixed_ip {
-                m.servips
-                    .insert(fixed, (svc.id, policy::FIXED, vec![inst.backend_id()]));
-            }
-        }
+        fixed_ips(
+            &mut m,
+            svc.id,
+            live,
+            fixed.get(&key).map_or(&[], Vec::as_slice),
+        );
     }
     m
 }
@@ -152,19 +175,33 @@ fn access(
     }
 }
 
-/// The slot table of one policy: backend ids, sorted so every node agrees.
-/// `closest` keeps local instances when there are any.
-pub fn slots(pol: Policy, live: &[(&InstanceSpec, u32)], local_node: u32) -> Vec<u32> {
-    let mut ids: Vec<u32> = match pol {
-        Policy::Closest if live.iter().any(|(_, n)| *n == local_node) => live
+/// The slot table of one policy (`balance`), sorted or laid out the same
+/// way on every node for the same inputs.
+pub fn slots(pol: Policy, candidates: &[Candidate], p: &Params) -> Vec<u32> {
+    match pol {
+        Policy::Closest => balance::closest(candidates, p),
+        Policy::Roundrobin => balance::roundrobin(candidates),
+        Policy::Fastest => balance::fastest(candidates, p),
+    }
+}
+
+/// Fixed IPs lead to exactly their instance. A claimed IP whose instance is
+/// not running stays a ServIP without backends, so connections to it fail
+/// fast (ICMP host unreachable) and never go elsewhere.
+fn fixed_ips(m: &mut MapSet, service: u32, live: &[(&InstanceSpec, u32)], claims: &[&FixedIp]) {
+    for c in claims {
+        m.servips.insert(c.ip, (service, policy::FIXED, Vec::new()));
+    }
+    for (inst, _) in live {
+        let claimed = claims
             .iter()
-            .filter(|(_, n)| *n == local_node)
-            .map(|(i, _)| i.backend_id())
-            .collect(),
-        _ => live.iter().map(|(i, _)| i.backend_id()).collect(),
-    };
-    ids.sort_unstable();
-    ids
+            .find(|c| c.instance == inst.instance)
+            .map(|c| c.ip);
+        if let Some(ip) = claimed.or(inst.fixed_ip) {
+            m.servips
+                .insert(ip, (service, policy::FIXED, vec![inst.backend_id()]));
+        }
+    }
 }
 
 /// What the maps hold now.
@@ -309,20 +346,27 @@ mod tests {
     use super::*;
     use crate::model::{NodeSpec, ServiceSpec};
 
-    fn state() -> ClusterState {
-        let node = |name: &str, o: u8| NodeSpec {
+    fn node(name: &str, o: u8) -> NodeSpec {
+        NodeSpec {
             name: name.into(),
             ip: Ipv4Addr::new(192, 0, 2, 10 + o),
             ewp: 50103,
             subnet: format!("10.30.{o}.0/24").parse().unwrap(),
-        };
-        let inst = |n: u32, node: &str, o: u8| InstanceSpec {
+            location: None,
+        }
+    }
+
+    fn inst(n: u32, node: &str, o: u8) -> InstanceSpec {
+        InstanceSpec {
             service: "a.b.c.d".into(),
             instance: n,
             node: node.into(),
             nsip: Ipv4Addr::new(10, 30, o, 2),
             fixed_ip: None,
-        };
+        }
+    }
+
+    fn state() -> ClusterState {
         ClusterState {
             nodes: vec![node("n1", 1), node("n2", 2)],
             services: vec![ServiceSpec {
@@ -339,6 +383,7 @@ mod tests {
                 needs: Vec::new(),
             }],
             instances: vec![inst(1, "n1", 1), inst(2, "n2", 2)],
+            ..Default::default()
         }
     }
 
@@ -357,6 +402,7 @@ mod tests {
             snat: Ipv4Addr::new(10, 30, 1, 1),
             default_deny: false,
             expose_where_running: false,
+            balance: Params::default(),
         }
     }
 
@@ -374,6 +420,67 @@ mod tests {
         assert_eq!(m.servips[&Ipv4Addr::new(172, 30, 0, 2)].2, vec![n1, n2]);
         assert_eq!(m.ports.len(), 3, "tcp, udp and icmp echo");
         assert_eq!(m.nodes.len(), 2);
+    }
+
+    /// n1 (this node) runs nothing; n2 is 30 ms away, n3 0.4 ms.
+    #[test]
+    fn distances_and_loads_shape_the_tables() {
+        let mut s = state();
+        s.instances.remove(0);
+        s.nodes.push(node("n3", 3));
+        s.instances.push(inst(3, "n3", 3));
+        s.rtt.insert(
+            "n1".into(),
+            [("n2".into(), 30_000), ("n3".into(), 400)].into(),
+        );
+        let eps = BTreeMap::new();
+        let (n2, n3) = (Ipv4Addr::new(10, 30, 2, 2), Ipv4Addr::new(10, 30, 3, 2));
+        let table = |m: &MapSet, last: u8| m.servips[&Ipv4Addr::new(172, 30, 0, last)].2.clone();
+        let share = |t: &[u32], ip: Ipv4Addr| t.iter().filter(|&&id| id == u32::from(ip)).count();
+        let m = desired(&s, &local(&eps));
+        assert_eq!(table(&m, 1), [u32::from(n3)], "closest: the near node");
+        assert_eq!(table(&m, 2).len(), 2, "roundrobin: both");
+        let fast = table(&m, 3);
+        assert_eq!((share(&fast, n2), share(&fast, n3)), (1, 31), "{fast:?}");
+        // n3's instance gets busy (flows from n2): fastest shifts toward n2.
+        s.load.insert("n2".into(), [(n3, 300)].into());
+        let fast = table(&desired(&s, &local(&eps)), 3);
+        assert!(share(&fast, n2) > share(&fast, n3), "{fast:?}");
+        // Without a measurement the reverse direction or coordinates count.
+        s.rtt.clear();
+        s.rtt.insert("n2".into(), [("n1".into(), 200)].into());
+        assert_eq!(table(&desired(&s, &local(&eps)), 1), [u32::from(n2)]);
+        s.rtt.clear();
+        let at = |lat| Some(crate::balance::Location { lat, lon: 11.0 });
+        (
+            s.nodes[0].location,
+            s.nodes[1].location,
+            s.nodes[2].location,
+        ) = (at(48.0), at(48.1), at(52.0));
+        assert_eq!(table(&desired(&s, &local(&eps)), 1), [u32::from(n2)]);
+    }
+
+    /// A claimed fixed IP without its instance stays, without backends.
+    #[test]
+    fn fixed_ip_of_a_missing_instance_fails_fast() {
+        let mut s = state();
+        s.services[0].servips.clear();
+        s.services[0].stateful = true;
+        let ip = Ipv4Addr::new(172, 30, 1, 9);
+        s.fixed.push(FixedIp {
+            service: "A.b.c.d".into(),
+            instance: 2,
+            ip,
+        });
+        let eps = BTreeMap::new();
+        let want = |m: MapSet| m.servips[&ip].clone();
+        let n2 = u32::from(Ipv4Addr::new(10, 30, 2, 2));
+        assert_eq!(
+            want(desired(&s, &local(&eps))),
+            (7, policy::FIXED, vec![n2])
+        );
+        s.instances.pop();
+        assert_eq!(want(desired(&s, &local(&eps))), (7, policy::FIXED, vec![]));
     }
 
     #[test]

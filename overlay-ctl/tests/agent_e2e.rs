@@ -56,7 +56,7 @@ fn setup(label: &str) -> Setup {
             service(SVC, 1, 0, vec![PORT]),
             service(CLIENT, 2, 1, vec![]),
         ],
-        instances: vec![],
+        ..Default::default()
     };
     work.write_cluster(&state);
     let mut agents = Vec::new();

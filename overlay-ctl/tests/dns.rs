@@ -98,6 +98,7 @@ fn state() -> ClusterState {
             instance(DB, 2, Some(ip(0, 22))),
             instance(DB, 3, Some(ip(0, 23))),
         ],
+        ..Default::default()
     };
     for i in 0..100u8 {
         let name = format!("app{i}.ns.svc{i}.team");

@@ -113,3 +113,37 @@ pub fn count(reason: Reason, len: u32) {
 pub fn config() -> Option<&'static Config> {
     CONFIG.get(0).filter(|c| c.node_id != 0)
 }
+
+/// `TURNS[servip]`: per-CPU round-robin counters of roundrobin ServIPs.
+/// Per CPU, so that no two CPUs ever race for a turn; each CPU goes round
+/// the table on its own, which keeps the total even within one turn per CPU.
+#[map(name = "TURNS")]
+pub static TURNS: PerCpuHashMap<u32, u32> =
+    PerCpuHashMap::with_max_entries(capacity::SERVIPS, BPF_F_NO_PREALLOC);
+
+/// The next round-robin turn of `servip` (wire order) on this CPU.
+#[inline(always)]
+pub fn next_turn(servip: u32) -> u32 {
+    match TURNS.get_ptr_mut(servip) {
+        // SAFETY: this CPU's own counter, valid for this program run.
+        Some(t) => unsafe {
+            let turn = *t;
+            *t = turn.wrapping_add(1);
+            turn
+        },
+        None => {
+            // First new flow on this CPU: take turn 0, the next one is 1.
+            let _ = TURNS.insert(servip, 1, 0);
+            0
+        }
+    }
+}
+
+/// The current conntrack tick (`overlay_common::maps::ct::tick`).
+#[inline(always)]
+pub fn tick() -> u32 {
+    // SAFETY: a helper without arguments.
+    overlay_common::maps::ct::tick(unsafe {
+        aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns()
+    })
+}

@@ -11,8 +11,8 @@ use aya_ebpf::{
 };
 use overlay_common::{
     IPPROTO_ICMP,
-    flow::pick_slot,
-    maps::{CtEntry, CtKey, PortKey, ServIp, SlotKey, ct},
+    flow::choose_slot,
+    maps::{CtEntry, CtKey, PortKey, ServIp, SlotKey, ct, policy},
     stats::Reason,
 };
 
@@ -50,11 +50,8 @@ pub fn tracked(k: &CtKey, dir: u8) -> Option<CtEntry> {
 #[inline(always)]
 pub fn backend(f: &Flow, sv: &ServIp, src_service: u32, local_node: u32) -> Result<Target, Reason> {
     let fwd = key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
-    if let Some(e) = tracked(&fwd, ct::FORWARD) {
-        return Ok(Target {
-            nsip: e.addr,
-            node: e.node,
-        });
+    if let Some(e) = established(&fwd) {
+        return Ok(e);
     }
     let port = match f.l4 {
         L4::Tcp | L4::Udp => f.dport,
@@ -78,7 +75,12 @@ pub fn backend(f: &Flow, sv: &ServIp, src_service: u32, local_node: u32) -> Resu
     if sv.count == 0 {
         return Err(Reason::DropNoBackend);
     }
-    let b = pick(f.daddr, sv.count, f.hash)?;
+    let turn = match sv.policy {
+        policy::ROUNDROBIN => crate::maps::next_turn(f.daddr),
+        _ => 0,
+    };
+    let b = pick(f.daddr, sv, f.hash, turn)?;
+    let seen = crate::maps::tick();
     let entry = |addr, node, dir| CtEntry {
         addr,
         node,
@@ -86,6 +88,7 @@ pub fn backend(f: &Flow, sv: &ServIp, src_service: u32, local_node: u32) -> Resu
         dir,
         _pad: 0,
         port: 0,
+        seen,
     };
     let rev = key(b.nsip, f.saddr, f.dport, f.sport, f.proto);
     // Reverse first: a reply must never arrive before its translation exists.
@@ -102,13 +105,38 @@ pub fn backend(f: &Flow, sv: &ServIp, src_service: u32, local_node: u32) -> Resu
     })
 }
 
-/// The backend in the slot a flow hash selects from `servip`'s table.
+/// The tracked backend of an established flow; refreshes the entry's
+/// `seen` once per tick (that is how the agent counts active flows).
 #[inline(always)]
-pub fn pick(servip: u32, count: u16, hash: u32) -> Result<overlay_common::maps::Backend, Reason> {
-    let slot = SlotKey {
-        servip,
-        slot: pick_slot(hash, count as u32),
-    };
+fn established(fwd: &CtKey) -> Option<Target> {
+    let e = CONNTRACK.get_ptr_mut(fwd)?;
+    // SAFETY: valid for this run; a racing eviction at worst loses one refresh.
+    unsafe {
+        if (*e).dir != ct::FORWARD {
+            return None;
+        }
+        let now = crate::maps::tick();
+        if (*e).seen != now {
+            (*e).seen = now;
+        }
+        Some(Target {
+            nsip: (*e).addr,
+            node: (*e).node,
+        })
+    }
+}
+
+/// The backend in the slot of `servip`'s live table that the policy picks
+/// for a new flow (by `hash`, or by round-robin `turn`).
+#[inline(always)]
+pub fn pick(
+    servip: u32,
+    sv: &ServIp,
+    hash: u32,
+    turn: u32,
+) -> Result<overlay_common::maps::Backend, Reason> {
+    let index = choose_slot(sv.policy, hash, turn, sv.count as u32);
+    let slot = SlotKey::new(servip, sv.table, index);
     // SAFETY: values copied out at once.
     let id = unsafe { SLOTS.get(slot) }
         .copied()

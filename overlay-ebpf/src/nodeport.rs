@@ -64,7 +64,7 @@ fn new_flow(cfg: &Config, f: &Flow, exp: &Exposed, fwd: &CtKey) -> Result<(u32, 
     if sv.count == 0 {
         return Err(Reason::DropNoBackend);
     }
-    let b = nat::pick(exp.servip, sv.count, f.hash)?;
+    let b = nat::pick(exp.servip, &sv, f.hash, 0)?;
     // Keep the client's port unless another client already holds it toward
     // this backend; then try ports derived from the flow hash.
     let mut port = f.sport;
@@ -89,6 +89,7 @@ fn new_flow(cfg: &Config, f: &Flow, exp: &Exposed, fwd: &CtKey) -> Result<(u32, 
         dir,
         _pad: 0,
         port,
+        seen: crate::maps::tick(),
     };
     let rev = key(b.nsip, exp.snat, f.dport, port, f.proto);
     CONNTRACK

@@ -1,14 +1,15 @@
 //! TC ingress on the uplink: tunnel packets from registered nodes are
 //! decapsulated, replies get their ServIP back, and the inner packet is
-//! delivered into its instance. Packets to an exposed port of the node go to
-//! `nodeport`. Everything else passes untouched.
+//! delivered into its instance. RTT probes from registered nodes pass up to
+//! the agent. Packets to an exposed port of the node go to `nodeport`.
+//! Everything else passes untouched.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     macros::classifier,
     programs::TcContext,
 };
-use overlay_common::{IPPROTO_UDP, stats::Reason};
+use overlay_common::{IPPROTO_UDP, PROBE_MARK, stats::Reason};
 
 use crate::maps::{ENDPOINTS, PEERS, config, count};
 use crate::nat;
@@ -64,6 +65,9 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
             u32::from_be(ip.saddr)
         );
         return Err(Reason::DropUnknownPeer);
+    }
+    if read::<u8>(ctx, INNER_IP)? == PROBE_MARK {
+        return Ok(Some((TC_ACT_OK, Reason::Probe)));
     }
     let inner: Ipv4 = read(ctx, INNER_IP)?;
     if inner.vihl >> 4 != 4 || inner.vihl & 0xf < 5 {

@@ -1,6 +1,7 @@
 //! The agent's side of the cluster store: connecting, the subnet lease, the
 //! node registration and following the desired state.
 
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -8,6 +9,7 @@ use tokio::sync::watch;
 use super::{Node, Result};
 use crate::config::AgentConfig;
 use crate::model::{ClusterState, Subnet};
+use crate::probe::{ProbeConfig, Prober};
 use crate::store::{self, Registration, Store};
 
 /// The store and this node's registration (its lease keeps the node and its
@@ -56,6 +58,25 @@ pub async fn follow(endpoints: &str) -> (watch::Receiver<ClusterState>, bool) {
         Ok(Ok(()))
     );
     (rx, synced)
+}
+
+/// Starts the RTT probes with the cluster's probe key (unless
+/// `probe_interval_ms = 0`).
+pub async fn prober(store: &Store, node: &Node, cfg: &AgentConfig) -> Result<Option<Prober>> {
+    if cfg.probe_interval_ms == 0 {
+        return Ok(None);
+    }
+    let key = store.probe_key(crate::probe::generate_key()).await?;
+    let prober = Prober::start(ProbeConfig {
+        node_id: node.subnet.node_id(),
+        bind: SocketAddrV4::new(node.ip, node.ewp),
+        key,
+        interval: Duration::from_millis(cfg.probe_interval_ms),
+        echo_delay: Duration::from_millis(cfg.probe_echo_delay_ms),
+    })
+    .await
+    .map_err(|e| super::AgentError::Host(format!("RTT probes: {e}")))?;
+    Ok(Some(prober))
 }
 
 /// Registers the node under a lease that its keepalive renews.

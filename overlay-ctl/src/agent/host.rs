@@ -125,6 +125,7 @@ pub fn node(cfg: &AgentConfig, subnet: Subnet) -> Result<Node> {
         uplink_ifindex: ifindex,
         uplink_mtu: mtu,
         mtu: mtu - overlay_common::ENCAP_OVERHEAD,
+        location: cfg.location,
     })
 }
 

@@ -10,6 +10,7 @@
 mod cluster;
 mod host;
 mod instances;
+mod metrics;
 mod names;
 mod source;
 
@@ -66,6 +67,7 @@ pub struct Node {
     pub uplink_mtu: u16,
     /// MTU of the instance links (uplink MTU minus the tunnel overhead).
     pub mtu: u16,
+    pub location: Option<crate::balance::Location>,
 }
 
 impl Node {
@@ -79,6 +81,7 @@ impl Node {
             public: self.public,
             mtu: self.uplink_mtu,
             subnet: self.subnet,
+            location: self.location,
         }
     }
 
@@ -112,6 +115,8 @@ pub struct Agent {
     /// Whether `cluster` holds the real desired state yet; until then the
     /// maps keep what they had (a restart during a store outage changes nothing).
     pub synced: bool,
+    /// This node's RTTs and loads as the policies use them.
+    pub metrics: metrics::Metrics,
     applied: MapSet,
 }
 
@@ -133,11 +138,30 @@ impl Agent {
                 nsip: l.nsip,
                 fixed_ip: l.fixed_ip,
             }));
+        // Our own measurements are fresher here than in the store.
+        s.rtt
+            .insert(self.node.name.clone(), self.metrics.rtt.clone());
+        s.load
+            .insert(self.node.name.clone(), self.metrics.load.clone());
         s
     }
 
     /// Brings the maps to the desired state, writing only differences.
     pub fn reconcile(&mut self) -> Result<reconcile::Changes> {
+        let changes = self.reconcile_quietly()?;
+        if changes != reconcile::Changes::default() {
+            tracing::info!(
+                written = changes.written,
+                removed = changes.removed,
+                "maps reconciled"
+            );
+        }
+        Ok(changes)
+    }
+
+    /// [`Agent::reconcile`] without the log line: for the periodic
+    /// measurements, whose table updates would otherwise flood the log.
+    pub fn reconcile_quietly(&mut self) -> Result<reconcile::Changes> {
         if !self.synced {
             return Ok(reconcile::Changes::default());
         }
@@ -148,6 +172,7 @@ impl Agent {
             snat: self.node.subnet.host(1),
             default_deny: self.cfg.default_deny,
             expose_where_running: self.cfg.expose_where_running,
+            balance: self.cfg.balance,
         };
         let state = self.merged_state();
         let want = reconcile::desired(&state, &local);
@@ -155,11 +180,6 @@ impl Agent {
         self.applied = want;
         if changes != reconcile::Changes::default() {
             self.write_names(&state);
-            tracing::info!(
-                written = changes.written,
-                removed = changes.removed,
-                "maps reconciled"
-            );
         }
         Ok(changes)
     }
@@ -225,6 +245,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         true => Some(names::NameService::start(&cfg, cluster_rx.clone()).await?),
         false => None,
     };
+    let prober = match &store {
+        Some(s) => cluster::prober(s, &node, &cfg).await?,
+        None => None,
+    };
     let link = match store {
         Some(s) => Some(cluster::register(s, &node, &cfg).await?),
         None => None,
@@ -239,6 +263,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         store: link,
         names,
         synced,
+        metrics: metrics::Metrics::default(),
         applied,
     };
     instances::restore(&mut agent).await?;
@@ -247,8 +272,15 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let changed = Arc::new(Notify::new());
     let server = crate::api::serve(shared.clone(), changed.clone()).await?;
     let follow = tokio::spawn(follow(shared.clone(), cluster_rx, changed));
+    let period =
+        std::time::Duration::from_millis(match shared.lock().await.cfg.probe_interval_ms {
+            0 => 1000,
+            ms => ms,
+        });
+    let measure = tokio::spawn(metrics::measure(shared.clone(), prober, period));
     host::wait_for_signal().await;
     tracing::info!("stopping; the dataplane keeps forwarding");
+    measure.abort();
     follow.abort();
     server.abort();
     let mut agent = shared.lock().await;
@@ -279,14 +311,21 @@ async fn forward_logs(logger: crate::dataplane::ProgramLogger) {
 /// Reconciles whenever the desired state or the local instances change.
 async fn follow(shared: Shared, mut rx: watch::Receiver<ClusterState>, changed: Arc<Notify>) {
     loop {
-        tokio::select! {
-            r = rx.changed() => if r.is_err() { return },
-            _ = changed.notified() => {}
-        }
+        let from_store = tokio::select! {
+            r = rx.changed() => if r.is_err() { return } else { true },
+            _ = changed.notified() => false,
+        };
         let mut agent = shared.lock().await;
-        agent.cluster = rx.borrow_and_update().clone();
+        let new = rx.borrow_and_update().clone();
+        // Other nodes' measurements move weights all the time: not worth a log line.
+        let quiet = from_store && agent.synced && agent.cluster.same_but_measurements(&new);
+        agent.cluster = new;
         agent.synced = true;
-        if let Err(e) = agent.reconcile() {
+        let result = match quiet {
+            true => agent.reconcile_quietly(),
+            false => agent.reconcile(),
+        };
+        if let Err(e) = result {
             tracing::error!("reconcile failed: {e}");
         }
     }

@@ -9,7 +9,7 @@ use aya::programs::{SchedClassifier, TcAttachType, Xdp, xdp::XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use overlay_common::maps::names;
 
-pub use tables::Tables;
+pub use tables::{Tables, tick_now};
 
 /// Reader of the programs' aya-log ring buffer, writing through the `log` facade.
 pub type ProgramLogger = aya_log::EbpfLogger<&'static dyn log::Log>;

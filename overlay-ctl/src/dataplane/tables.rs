@@ -13,7 +13,7 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use overlay_common::maps::{
     Backend, Config, Counter, CtEntry, CtKey, Endpoint, ExposeKey, Exposed, NeedKey, Node, PortKey,
-    ServIp, SlotKey, ip, names,
+    ServIp, SlotKey, ct, ip, names,
 };
 use overlay_common::stats::{REASONS, Reason};
 
@@ -36,6 +36,7 @@ pub struct Tables {
     needs: HashMap<MapData, NeedKey, u32>,
     denied: PerCpuHashMap<MapData, u32, u64>,
     exposed: HashMap<MapData, ExposeKey, Exposed>,
+    turns: PerCpuHashMap<MapData, u32, u32>,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Option<Map>) -> Result<T> {
@@ -67,6 +68,7 @@ macro_rules! tables {
             needs: typed(names::NEEDS, get(names::NEEDS)?)?,
             denied: typed(names::DENIED, get(names::DENIED)?)?,
             exposed: typed(names::EXPOSED, get(names::EXPOSED)?)?,
+            turns: typed(names::TURNS, get(names::TURNS)?)?,
         }
     }};
 }
@@ -89,7 +91,7 @@ impl Tables {
                 names::STATS => Map::PerCpuArray(data),
                 names::ROUTES => Map::LpmTrie(data),
                 names::CONNTRACK => Map::LruHashMap(data),
-                names::DENIED => Map::PerCpuHashMap(data),
+                names::DENIED | names::TURNS => Map::PerCpuHashMap(data),
                 _ => Map::HashMap(data),
             };
             Ok(Some(map))
@@ -212,7 +214,9 @@ impl Tables {
     }
 
     /// Publishes a ServIP with its slot table (backend ids, repeated for
-    /// weight), in the order that never exposes a half-built table.
+    /// weight). Each ServIP has two tables: the new one is written into the
+    /// idle one, one update of `SERVIPS` switches to it (a packet sees the
+    /// old table or the new, never a mix), then the old one is deleted.
     pub fn put_servip(
         &mut self,
         servip: Ipv4Addr,
@@ -221,27 +225,27 @@ impl Tables {
         slots: &[u32],
     ) -> Result<()> {
         let vip = ip::to_wire(servip);
-        let old = self.servips.get(&vip, 0).map(|s| s.count).unwrap_or(0);
+        let count = u16::try_from(slots.len()).map_err(|_| Error::TooManySlots(slots.len()))?;
+        let old = self.servips.get(&vip, 0).ok();
+        let table = old.map_or(0, |o| o.table ^ 1);
         for (i, id) in slots.iter().enumerate() {
-            let key = SlotKey {
-                servip: vip,
-                slot: i as u32,
-            };
             self.slots
-                .insert(key, id, 0)
+                .insert(SlotKey::new(vip, table, i as u32), id, 0)
                 .map_err(map_err(names::SLOTS))?;
         }
-        let count = u16::try_from(slots.len()).map_err(|_| Error::TooManySlots(slots.len()))?;
         let sv = ServIp {
             service,
             count,
             policy,
-            _pad: 0,
+            table,
         };
         self.servips
             .insert(vip, sv, 0)
             .map_err(map_err(names::SERVIPS))?;
-        self.remove_slots(vip, count as u32..old as u32)
+        match old {
+            Some(o) => self.remove_slots(vip, o.table, o.count),
+            None => Ok(()),
+        }
     }
 
     pub fn remove_servip(&mut self, servip: Ipv4Addr) -> Result<()> {
@@ -250,12 +254,13 @@ impl Tables {
             return Ok(());
         };
         ignore_missing(self.servips.remove(&vip)).map_err(map_err(names::SERVIPS))?;
-        self.remove_slots(vip, 0..sv.count as u32)
+        ignore_missing(self.turns.remove(&vip)).map_err(map_err(names::TURNS))?;
+        self.remove_slots(vip, sv.table, sv.count)
     }
 
-    fn remove_slots(&mut self, vip: u32, range: std::ops::Range<u32>) -> Result<()> {
-        for slot in range {
-            ignore_missing(self.slots.remove(&SlotKey { servip: vip, slot }))
+    fn remove_slots(&mut self, vip: u32, table: u8, count: u16) -> Result<()> {
+        for i in 0..count as u32 {
+            ignore_missing(self.slots.remove(&SlotKey::new(vip, table, i)))
                 .map_err(map_err(names::SLOTS))?;
         }
         Ok(())
@@ -271,9 +276,11 @@ impl Tables {
 
     pub fn slots(&self, servip: Ipv4Addr) -> Vec<u32> {
         let vip = ip::to_wire(servip);
-        let count = self.servips.get(&vip, 0).map(|s| s.count).unwrap_or(0);
-        (0..count as u32)
-            .filter_map(|slot| self.slots.get(&SlotKey { servip: vip, slot }, 0).ok())
+        let Ok(sv) = self.servips.get(&vip, 0) else {
+            return Vec::new();
+        };
+        (0..sv.count as u32)
+            .filter_map(|i| self.slots.get(&SlotKey::new(vip, sv.table, i), 0).ok())
             .collect()
     }
 
@@ -391,12 +398,35 @@ impl Tables {
             .collect()
     }
 
+    /// Active flows this node has open toward each backend (by NamespaceIP):
+    /// forward entries that carried a packet within the last `window` ticks.
+    pub fn active_flows(&self, window: u32) -> std::collections::BTreeMap<Ipv4Addr, u32> {
+        let now = tick_now();
+        let mut out = std::collections::BTreeMap::new();
+        for (_, e) in self.conntrack.iter().filter_map(|r| r.ok()) {
+            let forward = e.dir == ct::FORWARD || e.dir == ct::NS_FORWARD;
+            if forward && now.wrapping_sub(e.seen) <= window {
+                *out.entry(ip::from_wire(e.addr)).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
     pub fn conntrack(&self) -> Vec<(CtKey, CtEntry)> {
         self.conntrack.iter().filter_map(|r| r.ok()).collect()
     }
 }
 
 /// Deleting what is already gone is success: writers are idempotent.
+/// The current conntrack tick (`CtEntry::seen`): the programs read the same
+/// clock through `bpf_ktime_get_coarse_ns`.
+pub fn tick_now() -> u32 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .expect("CLOCK_MONOTONIC_COARSE is always available on Linux");
+    let ns = ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64;
+    overlay_common::maps::ct::tick(ns)
+}
+
 fn ignore_missing(r: std::result::Result<(), MapError>) -> std::result::Result<(), MapError> {
     match r {
         Err(MapError::KeyNotFound) => Ok(()),

@@ -168,6 +168,7 @@ mod tests {
                 instance("shop.prod.db.team1", 1, Some(ip(21))),
                 instance("shop.prod.db.team1", 2, Some(ip(22))),
             ],
+            ..Default::default()
         }
     }
 

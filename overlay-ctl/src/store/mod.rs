@@ -19,6 +19,7 @@ mod ops;
 mod pool;
 mod proto;
 mod registration;
+mod secret;
 mod services;
 mod state;
 mod subnet;

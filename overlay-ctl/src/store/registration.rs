@@ -26,6 +26,10 @@ struct Inner {
     /// What the node publishes; the lock also serialises (re-)registration
     /// with publish/unpublish.
     state: Mutex<Published>,
+    /// The node's measurements (`rtt/<node>`, `load/<node>`): full key →
+    /// (value, written yet). The keepalive task writes them, so that whoever
+    /// sets them never waits for the store.
+    status: std::sync::Mutex<BTreeMap<String, (Vec<u8>, bool)>>,
 }
 
 #[derive(Default)]
@@ -66,10 +70,15 @@ impl Inner {
 
     /// Grants a new lease and puts the node and all `instances` under it in
     /// one transaction.
-    async fn register(&self, instances: &BTreeMap<(String, u32), InstanceSpec>) -> Result<()> {
+    async fn register(&self, published: &Published) -> Result<()> {
+        let instances = &published.instances;
         let lease = self.client.lease_grant(self.ttl).await?;
         let node = serde_json::to_vec(&self.record).expect("node records serialise");
         let mut success = vec![put(&self.node_key(), node, lease)];
+        let status = self.unwritten_status(true);
+        for (key, value) in &status {
+            success.push(put(key, value.clone(), lease));
+        }
         for spec in instances.values() {
             let value = serde_json::to_vec(spec).expect("instances serialise");
             success.push(put(
@@ -86,6 +95,7 @@ impl Inner {
             let _ = self.client.lease_revoke(lease).await;
             return Err(e);
         }
+        self.status_written(&status);
         let old = self.lease.swap(lease, Ordering::SeqCst);
         if old != 0 {
             let _ = self.client.lease_revoke(old).await;
@@ -96,6 +106,41 @@ impl Inner {
             self.ttl,
             instances.len()
         );
+        Ok(())
+    }
+
+    /// Status entries still to write (`all`: every one).
+    fn unwritten_status(&self, all: bool) -> Vec<(String, Vec<u8>)> {
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status
+            .iter()
+            .filter(|(_, (_, written))| all || !written)
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn status_written(&self, done: &[(String, Vec<u8>)]) {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, value) in done {
+            if let Some(entry) = status.get_mut(key).filter(|(v, _)| v == value) {
+                entry.1 = true;
+            }
+        }
+    }
+
+    /// Writes status entries that changed since the last write.
+    async fn write_status(&self) -> Result<()> {
+        let status = self.unwritten_status(false);
+        if status.is_empty() {
+            return Ok(());
+        }
+        let lease = self.lease.load(Ordering::SeqCst);
+        let txn = proto::TxnRequest {
+            success: ops(status.iter().map(|(k, v)| put(k, v.clone(), lease))),
+            ..Default::default()
+        };
+        self.client.txn(txn).await?;
+        self.status_written(&status);
         Ok(())
     }
 
@@ -118,20 +163,20 @@ impl Inner {
             let mut state = self.state.lock().await;
             let lease = self.lease.load(Ordering::SeqCst);
             let result = match self.client.lease_keepalive(lease).await {
-                Ok(ttl) if ttl > 0 && !state.dirty => Ok(()),
+                Ok(ttl) if ttl > 0 && !state.dirty => self.write_status().await,
                 Ok(ttl) if ttl > 0 => {
                     tracing::info!(
                         "store: node {}: writing instances that missed the store",
                         self.record.name
                     );
-                    self.register(&state.instances).await
+                    self.register(&state).await
                 }
                 Ok(_) | Err(StoreError::LeaseNotFound) => {
                     tracing::warn!(
                         "store: node {} lost its lease {lease:x}; registering again",
                         self.record.name
                     );
-                    self.register(&state.instances).await
+                    self.register(&state).await
                 }
                 Err(e) => Err(e),
             };
@@ -170,8 +215,9 @@ impl Store {
             ttl: ttl.as_secs().max(1) as i64,
             lease: AtomicI64::new(0),
             state: Mutex::new(Published::default()),
+            status: Default::default(),
         });
-        inner.register(&BTreeMap::new()).await?;
+        inner.register(&Published::default()).await?;
         let (stop, stop_rx) = watch::channel(None);
         let task = tokio::spawn(inner.clone().keepalive(stop_rx));
         Ok(Registration {
@@ -226,11 +272,21 @@ impl Registration {
         let result = match self.inner.client.txn(txn).await {
             Ok(_) => Ok(()),
             // The lease ran out: register again, which puts this one too.
-            Err(StoreError::LeaseNotFound) => self.inner.register(&state.instances).await,
+            Err(StoreError::LeaseNotFound) => self.inner.register(&state).await,
             Err(e) => Err(e),
         };
         state.dirty |= result.is_err();
         result
+    }
+
+    /// Sets one of the node's measurements, `<kind>/<node>` (`rtt`,
+    /// `load`), under the node's lease so that it leaves with the node. The
+    /// keepalive task writes it (within TTL/3), also after a lost lease.
+    pub fn set_status<T: serde::Serialize>(&self, kind: &str, value: &T) {
+        let key = format!("{}{kind}/{}", self.inner.prefix, self.inner.record.name);
+        let value = serde_json::to_vec(value).expect("status values serialise");
+        let mut status = self.inner.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.insert(key, (value, false));
     }
 
     /// Withdraws an instance of this node. Returns whether it was published.

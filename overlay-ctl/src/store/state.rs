@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::descriptor::ServiceRecord;
-use crate::model::{ClusterState, InstanceSpec, NodeSpec, Subnet};
+use crate::model::{ClusterState, FixedIp, InstanceSpec, NodeSpec, Subnet};
 
 /// A node as it registers itself (`nodes/<name>`, under the node's lease).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +25,9 @@ pub struct NodeRecord {
     pub mtu: u16,
     /// The node's leased subnetwork ([`Store::lease_subnet`](super::Store::lease_subnet)).
     pub subnet: Subnet,
+    /// Coordinates, if the operator configured them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<crate::balance::Location>,
 }
 
 impl NodeRecord {
@@ -35,15 +38,23 @@ impl NodeRecord {
             ip: self.public.map_or(self.ip, |p| *p.ip()),
             ewp: self.public.map_or(self.ewp, |p| p.port()),
             subnet: self.subnet,
+            location: self.location,
         }
     }
 }
 
 /// Whether a key (relative to the prefix) is part of the desired state.
 pub(crate) fn is_state_key(key: &str) -> bool {
-    ["nodes/", "services/", "instances/"]
-        .iter()
-        .any(|p| key.starts_with(p))
+    [
+        "nodes/",
+        "services/",
+        "instances/",
+        "fixed/",
+        "rtt/",
+        "load/",
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
 }
 
 /// Builds the dataplane's state from `nodes/`, `services/` and `instances/`
@@ -70,6 +81,25 @@ pub(crate) fn build_state<'a>(
                 .extend(parse::<ServiceRecord>(key, value).map(|s| s.spec()));
         } else if key.starts_with("instances/") {
             state.instances.extend(parse::<InstanceSpec>(key, value));
+        } else if let Some(rest) = key.strip_prefix("fixed/") {
+            let Some((service, n)) = rest.rsplit_once('/') else {
+                continue;
+            };
+            if let (Ok(instance), Some(ip)) = (n.parse(), parse(key, value)) {
+                state.fixed.push(FixedIp {
+                    service: service.to_string(),
+                    instance,
+                    ip,
+                });
+            }
+        } else if let Some(node) = key.strip_prefix("rtt/") {
+            state
+                .rtt
+                .extend(parse(key, value).map(|m| (node.to_string(), m)));
+        } else if let Some(node) = key.strip_prefix("load/") {
+            state
+                .load
+                .extend(parse(key, value).map(|m| (node.to_string(), m)));
         }
     }
     state.nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -94,6 +124,7 @@ mod tests {
             public: None,
             mtu: 1500,
             subnet: "10.30.1.0/24".parse().unwrap(),
+            location: None,
         };
         assert_eq!((n.spec().ip, n.spec().ewp), (n.ip, 50103));
         n.public = Some("198.51.100.7:40001".parse().unwrap());

@@ -72,12 +72,19 @@ impl Agent {
     }
 
     /// Writes `agent.toml` for node `name` that takes its state and subnet
-    /// from the etcd at `store`, with a registration lease of `ttl` seconds.
-    pub fn configure_store(work: &Workdir, name: &str, store: &str, ttl: u64) -> Agent {
+    /// from the etcd at `store`, with a registration lease of `ttl` seconds
+    /// and `extra` settings (TOML; may end in tables).
+    pub fn configure_store(
+        work: &Workdir,
+        name: &str,
+        store: &str,
+        ttl: u64,
+        extra: &str,
+    ) -> Agent {
         Agent::with_source(
             work,
             name,
-            &format!("store = \"{store}\"\nnode_ttl = {ttl}\n"),
+            &format!("store = \"{store}\"\nnode_ttl = {ttl}\n{extra}"),
         )
     }
 
@@ -89,7 +96,7 @@ impl Agent {
         let pin_dir = work.dir.join("bpf").join(name);
         let config = base.join("agent.toml");
         let text = format!(
-            "node_id = \"{name}\"\nuplink = \"eth0\"\n{source}state_dir = \"{}\"\nbpf_pin_dir = \"{}\"\napi_socket = \"{}\"\n",
+            "node_id = \"{name}\"\nuplink = \"eth0\"\nstate_dir = \"{}\"\nbpf_pin_dir = \"{}\"\napi_socket = \"{}\"\n{source}",
             base.join("state").display(),
             pin_dir.display(),
             socket.display()
@@ -224,5 +231,6 @@ pub fn node_spec(name: &str, index: usize, ip: std::net::Ipv4Addr) -> NodeSpec {
         ip,
         ewp: overlay_common::DEFAULT_EWP,
         subnet: format!("10.30.{index}.0/24").parse().unwrap(),
+        location: None,
     }
 }

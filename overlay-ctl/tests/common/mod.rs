@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod agents;
+pub mod store_cluster;
 
 use std::net::Ipv4Addr;
 

@@ -126,11 +126,14 @@ pub fn node(uplink_ifindex: u32) -> Dataplane {
     dp
 }
 
-/// Publishes [`VIP`] with these backend ids as its slot table.
+/// Publishes [`VIP`] with these backend ids as its slot table (a
+/// hash-balanced policy, so tests can predict the slot of a flow).
 pub fn servip(dp: &mut Dataplane, slots: &[u32]) {
-    dp.tables
-        .put_servip(VIP, SERVICE, policy::ROUNDROBIN, slots)
-        .unwrap();
+    servip_with(dp, policy::FASTEST, slots);
+}
+
+pub fn servip_with(dp: &mut Dataplane, pol: u8, slots: &[u32]) {
+    dp.tables.put_servip(VIP, SERVICE, pol, slots).unwrap();
 }
 
 /// A namespace standing in for the node: uplink `up0` (a veth) with
@@ -547,6 +550,7 @@ pub fn ct_pair(
         dir: ct::FORWARD,
         _pad: 0,
         port: 0,
+        seen: 0,
     };
     let rev = CtEntry {
         addr: wire(VIP),
@@ -555,6 +559,7 @@ pub fn ct_pair(
         dir: ct::REVERSE,
         _pad: 0,
         port: 0,
+        seen: 0,
     };
     let mut v = vec![
         (ct_key(CLIENT.ip, VIP, sport, dport, proto), fwd),
@@ -564,8 +569,19 @@ pub fn ct_pair(
     v
 }
 
+/// The conntrack entries, with `seen` checked to be the current tick and
+/// then zeroed so that tests can compare whole entries.
 pub fn conntrack(dp: &Dataplane) -> Vec<(CtKey, CtEntry)> {
+    let now = overlay_ctl::dataplane::tick_now();
     let mut v = dp.tables.conntrack();
+    for (k, e) in &mut v {
+        assert!(
+            now.wrapping_sub(e.seen) <= 2,
+            "{k:?}: seen {} not near now {now}",
+            e.seen
+        );
+        e.seen = 0;
+    }
     sort(&mut v);
     v
 }

@@ -195,6 +195,29 @@ fn spoofed_sources_are_dropped() {
     assert!(conntrack(&dp).is_empty());
 }
 
+/// RTT probes (payload starting with `PROBE_MARK`) from a registered node
+/// pass up to the agent untouched and are counted; a stranger's are dropped.
+#[test]
+fn probes_pass_to_the_agent_only_from_registered_nodes() {
+    let mut dp = node(LO);
+    let mut probe = vec![overlay_common::PROBE_MARK, 0x57, 0x50, 0x01];
+    probe.resize(40, 0);
+    let frame = tunnel(PEER_IP, &probe);
+    let before = snapshot(&dp);
+    assert_eq!(uplink_xdp(&mut dp, &frame).0, XDP_PASS);
+    let (ret, out) = uplink_tc(&mut dp, &frame);
+    assert_eq!(
+        (ret, before.delta(&dp)),
+        (TC_ACT_OK, vec![(Reason::Probe, 1)])
+    );
+    assert_eq!(out, frame);
+    on_uplink(
+        &mut dp,
+        &tunnel(STRANGER_IP, &probe),
+        Some(Reason::DropUnknownPeer),
+    );
+}
+
 #[test]
 fn tunnel_from_unregistered_node_is_dropped_by_xdp_and_tc() {
     let mut dp = node(LO);

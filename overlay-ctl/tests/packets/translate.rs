@@ -294,6 +294,46 @@ fn slot_choice_matches_overlay_common() {
     assert!(seen[0] > 0 && seen[1] > 0, "both backends chosen: {seen:?}");
 }
 
+/// Round robin ignores the hash: new flows take the slots in turn (per CPU,
+/// so the test stays on one CPU), across a table swap too.
+#[test]
+fn round_robin_takes_the_slots_in_turn() {
+    pin_to_one_cpu();
+    let mut dp = node(LO);
+    servip_with(&mut dp, overlay_common::maps::policy::ROUNDROBIN, &[B1, B2]);
+    for (i, sport) in (31000..31006).enumerate() {
+        let to = [BACKEND, BACKEND2][i % 2];
+        let want = tcp(CLIENT.ip, sport, to.ip, HTTP);
+        delivered(&mut dp, &tcp(CLIENT.ip, sport, VIP, HTTP), &to, &want, true);
+    }
+    // A new table (B2 only) replaces the old one whole; old slots are gone.
+    servip_with(&mut dp, overlay_common::maps::policy::ROUNDROBIN, &[B2]);
+    assert_eq!(dp.tables.slots(VIP), [B2]);
+    let want = tcp(CLIENT.ip, 31100, BACKEND2.ip, HTTP);
+    delivered(
+        &mut dp,
+        &tcp(CLIENT.ip, 31100, VIP, HTTP),
+        &BACKEND2,
+        &want,
+        true,
+    );
+    // The flows already open keep their backend (conntrack).
+    let want = tcp(CLIENT.ip, 31000, BACKEND.ip, HTTP);
+    delivered(
+        &mut dp,
+        &tcp(CLIENT.ip, 31000, VIP, HTTP),
+        &BACKEND,
+        &want,
+        false,
+    );
+}
+
+fn pin_to_one_cpu() {
+    let mut one = nix::sched::CpuSet::new();
+    one.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).unwrap();
+}
+
 /// A UDP checksum that becomes 0 after translation is sent as 0xffff
 /// (0 would mean "no checksum").
 #[test]

@@ -90,6 +90,7 @@ fn node(name: &str, subnet: Subnet) -> NodeRecord {
         public: None,
         mtu: 1500,
         subnet,
+        location: None,
     }
 }
 

@@ -1,0 +1,140 @@
+//! This node's measurements, as the policies use them and the store
+//! publishes them (`rtt/<node>`, `load/<node>`): the smoothed RTT to each
+//! other node (from the probes) and the active flows toward each instance
+//! (from conntrack). A value is taken over only when it moved by more than a
+//! margin, so that jitter does not rewrite slot tables every second.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use super::Shared;
+use crate::probe::{Peer, Prober};
+
+/// An RTT is taken over when it moves by more than this percentage...
+const RTT_MOVE_PCT: u32 = 20;
+/// ... and by more than this many µs.
+const RTT_MOVE_US: u32 = 100;
+/// A load is taken over when it moves by more than this percentage or by
+/// more than one flow.
+const LOAD_MOVE_PCT: u32 = 10;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Peer node → RTT, µs.
+    pub rtt: BTreeMap<String, u32>,
+    /// Instance NamespaceIP → active flows from this node.
+    pub load: BTreeMap<Ipv4Addr, u32>,
+}
+
+impl Metrics {
+    /// Takes `fresh` RTTs if any moved; returns whether they did.
+    pub fn take_rtt(&mut self, fresh: BTreeMap<String, u32>) -> bool {
+        take(&mut self.rtt, fresh, RTT_MOVE_PCT, RTT_MOVE_US)
+    }
+
+    /// Takes `fresh` loads if any moved; returns whether they did.
+    pub fn take_load(&mut self, fresh: BTreeMap<Ipv4Addr, u32>) -> bool {
+        take(&mut self.load, fresh, LOAD_MOVE_PCT, 1)
+    }
+}
+
+fn take<K: Ord>(have: &mut BTreeMap<K, u32>, fresh: BTreeMap<K, u32>, pct: u32, abs: u32) -> bool {
+    let moved = have.len() != fresh.len()
+        || fresh.iter().any(|(k, &new)| {
+            have.get(k)
+                .is_none_or(|&old| old.abs_diff(new) > abs.max(old / 100 * pct))
+        });
+    if moved {
+        *have = fresh;
+    }
+    moved
+}
+
+/// Conntrack ticks (2^30 ns) covering `seconds`.
+fn window_ticks(seconds: u32) -> u32 {
+    (seconds as u64 * 1_000_000_000).div_ceil(1 << 30) as u32
+}
+
+/// Every period: point the prober at the cluster's other nodes, take the
+/// RTTs and conntrack's loads, publish what moved and reconcile, so that
+/// closest and fastest follow the network within a period or two.
+pub async fn measure(shared: Shared, prober: Option<Prober>, period: Duration) {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let mut agent = shared.lock().await;
+        let rtt = match &prober {
+            Some(p) => {
+                p.set_peers(peers(&agent.cluster, &agent.node.name));
+                let rtts = p.rtts();
+                rtts.into_iter()
+                    .map(|(name, r)| (name, r.srtt_us.max(1)))
+                    .collect()
+            }
+            None => BTreeMap::new(),
+        };
+        let load = agent
+            .dp
+            .tables
+            .active_flows(window_ticks(agent.cfg.load_window_s));
+        let rtt_moved = agent.metrics.take_rtt(rtt);
+        let load_moved = agent.metrics.take_load(load);
+        if let Some(link) = &agent.store {
+            if rtt_moved {
+                link.registration.set_status("rtt", &agent.metrics.rtt);
+            }
+            if load_moved {
+                link.registration.set_status("load", &agent.metrics.load);
+            }
+        }
+        if rtt_moved || load_moved {
+            match agent.reconcile_quietly() {
+                Ok(c) => tracing::debug!(
+                    rtt = ?agent.metrics.rtt,
+                    load = ?agent.metrics.load,
+                    written = c.written,
+                    "measurements moved; maps reconciled"
+                ),
+                Err(e) => tracing::error!("reconcile failed: {e}"),
+            }
+        }
+    }
+}
+
+/// The other registered nodes, as probe targets.
+fn peers(state: &crate::model::ClusterState, me: &str) -> Vec<Peer> {
+    state
+        .nodes
+        .iter()
+        .filter(|n| n.name != me)
+        .map(|n| Peer {
+            name: n.name.clone(),
+            node_id: n.subnet.node_id(),
+            addr: SocketAddrV4::new(n.ip, n.ewp),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_is_ignored_moves_are_taken() {
+        let mut m = Metrics::default();
+        let rtt = |v: u32| BTreeMap::from([("n2".to_string(), v)]);
+        assert!(m.take_rtt(rtt(1000)), "a new peer");
+        assert!(!m.take_rtt(rtt(1150)), "15 % is jitter");
+        assert_eq!(m.rtt["n2"], 1000);
+        assert!(m.take_rtt(rtt(1300)));
+        assert!(!m.take_rtt(rtt(1390)), "90 µs is jitter");
+        assert!(m.take_rtt(BTreeMap::new()), "a peer gone");
+        let ip = Ipv4Addr::new(10, 30, 2, 5);
+        assert!(m.take_load(BTreeMap::from([(ip, 20)])));
+        assert!(!m.take_load(BTreeMap::from([(ip, 21)])));
+        assert!(m.take_load(BTreeMap::from([(ip, 23)])));
+        assert_eq!(window_ticks(10), 10);
+    }
+}

@@ -1,0 +1,122 @@
+//! Three nodes with agents and an etcd in namespaces, the orchestrator
+//! beside etcd: the cluster end-to-end tests' topology.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Output;
+
+use overlay_testnet::servers;
+use overlay_testnet::{Etcd, Netns, Topology};
+
+use super::agents::{Agent, BIN, Workdir};
+
+pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+pub const API: &str = "demo.prod.api.v1";
+pub const WEB: &str = "demo.prod.web.v1";
+pub const DB: &str = "demo.prod.db.v1";
+pub const TTL: u64 = 3;
+
+/// Fields drop in order: agents, etcd, files, then the namespaces.
+pub struct Cluster {
+    pub agents: Vec<Agent>,
+    pub etcd: Etcd,
+    pub work: Workdir,
+    pub orchestrator: String,
+    /// An external client on the switch (not a node): 192.0.2.200.
+    pub outside: String,
+    pub topo: Topology,
+}
+
+impl Cluster {
+    pub fn new(label: &str) -> Cluster {
+        Cluster::with_config(label, |_| String::new())
+    }
+
+    /// With `extra(i)` appended to node `i`'s `agent.toml` (1-based).
+    pub fn with_config(label: &str, extra: impl Fn(usize) -> String) -> Cluster {
+        overlay_testnet::require_root().unwrap();
+        let mut topo = Topology::new(3).unwrap();
+        let ns = topo.add_host("etcd", ETCD_IP).unwrap();
+        let orchestrator = ns.name().to_string();
+        let etcd = Etcd::start(ns, ETCD_IP).unwrap();
+        let outside = topo
+            .add_host("ext", Ipv4Addr::new(192, 0, 2, 200))
+            .unwrap()
+            .name()
+            .to_string();
+        let work = Workdir::new(label);
+        let mut agents = Vec::new();
+        for n in topo.nodes() {
+            let name = format!("n{}", n.index);
+            let mut a =
+                Agent::configure_store(&work, &name, &etcd.endpoint(), TTL, &extra(n.index));
+            a.start(n.ns());
+            agents.push(a);
+        }
+        Cluster {
+            agents,
+            etcd,
+            work,
+            orchestrator,
+            outside,
+            topo,
+        }
+    }
+
+    /// `overlay-ctl ARGS` run by the orchestrator (beside etcd).
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &self.orchestrator, BIN])
+            .args(args)
+            .env("OVERLAY_STORE", self.etcd.endpoint());
+        cmd.output().unwrap()
+    }
+
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "overlay-ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn deploy_service(&self, json: &str) -> serde_json::Value {
+        let path = self.work.dir.join(format!("svc-{}.json", json.len()));
+        std::fs::write(&path, json).unwrap();
+        serde_json::from_str(&self.ctl_ok(&["service", "deploy", path.to_str().unwrap(), "--json"]))
+            .unwrap()
+    }
+
+    /// Whether every node's BACKENDS map holds `nsip`.
+    pub fn everywhere(&self, nsip: Ipv4Addr, present: bool) -> bool {
+        self.agents.iter().filter(|a| a.proc.is_some()).all(|a| {
+            a.maps_json("backends")
+                .to_string()
+                .contains(&format!("\"{nsip}\""))
+                == present
+        })
+    }
+}
+
+pub fn descriptor(svc: &str, ports: &[u16], stateful: bool) -> String {
+    access(svc, ports, stateful, false, &[])
+}
+
+pub fn access(svc: &str, ports: &[u16], stateful: bool, exposed: bool, needs: &[&str]) -> String {
+    format!(
+        r#"{{"appname":"demo","appns":"prod","servicename":"{svc}","servicens":"v1","exposed":{exposed},"needs":{needs:?},"ports":{ports:?},"statefull":{stateful}}}"#
+    )
+}
+
+pub fn who(ns: &Netns, ip: Ipv4Addr, port: u16, tries: usize) -> BTreeSet<String> {
+    (0..tries)
+        .filter_map(|_| servers::tcp_who(ns, SocketAddr::from((ip, port))).ok())
+        .map(|(w, _)| w)
+        .collect()
+}
+
+pub fn servip(rec: &serde_json::Value, policy: &str) -> Ipv4Addr {
+    rec["servips"][policy].as_str().unwrap().parse().unwrap()
+}
