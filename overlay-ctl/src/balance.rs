@@ -137,8 +137,14 @@ pub fn apportion(weights: &[(u32, f64)], size: usize) -> Vec<u32> {
         })
         .collect();
     let mut counts: Vec<usize> = exact.iter().map(|e| (e.floor() as usize).max(1)).collect();
+    // Remainders; an instance raised to its one slot has none left.
+    let rest: Vec<f64> = exact
+        .iter()
+        .zip(&counts)
+        .map(|(e, &c)| e - c as f64)
+        .collect();
     let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())));
+    order.sort_by(|&a, &b| rest[b].total_cmp(&rest[a]));
     let left = size.saturating_sub(counts.iter().sum());
     for &i in order.iter().take(left) {
         counts[i] += 1;

@@ -131,28 +131,48 @@ async fn service_rows(endpoints: &str) -> anyhow::Result<Vec<Value>> {
 }
 
 pub fn node_ls(endpoints: &str, json: bool) -> anyhow::Result<()> {
-    let nodes = runtime()?.block_on(async { Store::connect(endpoints).await?.nodes().await })?;
+    let (nodes, state) = runtime()?.block_on(async {
+        let store = Store::connect(endpoints).await?;
+        let nodes = store.nodes().await?;
+        Ok::<_, crate::store::StoreError>((nodes, store.snapshot().await?.0))
+    })?;
+    let none = Default::default();
+    let rtt = |n: &str| state.rtt.get(n).unwrap_or(&none);
     if json {
-        println!("{}", serde_json::to_string_pretty(&nodes)?);
+        // Each record with the RTTs (µs) the node measured to the others.
+        let rows: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                let mut v = serde_json::to_value(n).unwrap_or_default();
+                v["rtt_us"] = serde_json::json!(rtt(&n.name));
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     println!(
-        "{:<12} {:<16} {:<6} {:<6} {:<18} {:<6} PUBLIC",
-        "NODE", "IP", "EWP", "NSP", "SUBNET", "MTU"
+        "{:<12} {:<16} {:<6} {:<6} {:<18} {:<6} {:<22} RTT",
+        "NODE", "IP", "EWP", "NSP", "SUBNET", "MTU", "PUBLIC"
     );
     for n in nodes {
         let public = n
             .public
             .map(|p| p.to_string())
             .unwrap_or_else(|| "-".into());
+        let rtts: Vec<String> = rtt(&n.name)
+            .iter()
+            .map(|(peer, us)| format!("{peer} {:.1}ms", *us as f64 / 1000.0))
+            .collect();
         println!(
-            "{:<12} {:<16} {:<6} {:<6} {:<18} {:<6} {public}",
+            "{:<12} {:<16} {:<6} {:<6} {:<18} {:<6} {public:<22} {}",
             n.name,
             n.ip,
             n.ewp,
             n.nsp,
             n.subnet.to_string(),
-            n.mtu
+            n.mtu,
+            rtts.join(", ")
         );
     }
     Ok(())

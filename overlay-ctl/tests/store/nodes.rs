@@ -171,3 +171,47 @@ fn a_node_whose_keepalive_stops_vanishes_and_comes_back() {
         assert!(store.instances().await.unwrap().is_empty());
     });
 }
+
+/// The probe key is created once (concurrent agents agree on it); a node's
+/// measurements live under its lease and come back with a re-registration.
+#[test]
+fn probe_key_and_measurements() {
+    let c = cluster("st-measure");
+    run(&c, |store| async move {
+        let keys = futures::future::join_all((0..8u8).map(|i| {
+            let store = store.clone();
+            async move { store.probe_key([i; 32]).await.unwrap() }
+        }))
+        .await;
+        assert!(keys.iter().all(|k| *k == keys[0]), "one key for everyone");
+        assert_eq!(store.probe_key([99; 32]).await.unwrap(), keys[0]);
+
+        let subnet = store
+            .lease_subnet("n1", DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_LEN)
+            .await
+            .unwrap();
+        let ttl = Duration::from_secs(2);
+        let reg = store.register_node(&node("n1", subnet), ttl).await.unwrap();
+        reg.set_status("rtt", &BTreeMap::from([("n2", 812u32)]));
+        let ip = Ipv4Addr::new(10, 30, 1, 5);
+        reg.set_status("load", &BTreeMap::from([(ip, 12u32)]));
+        let published = || async {
+            let (state, _) = store.snapshot().await.unwrap();
+            state.rtt.get("n1").and_then(|m| m.get("n2")) == Some(&812) && state.load_of(ip) == 12
+        };
+        eventually(
+            "the measurements in the store",
+            Duration::from_secs(5),
+            published,
+        )
+        .await;
+        // Lost lease: the measurements went with it and come back with the node.
+        store.revoke_lease(reg.lease_id()).await.unwrap();
+        let (state, _) = store.snapshot().await.unwrap();
+        assert!(state.rtt.is_empty() && state.load.is_empty(), "{state:?}");
+        eventually("the measurements back", Duration::from_secs(10), published).await;
+        reg.close().await.unwrap();
+        let (state, _) = store.snapshot().await.unwrap();
+        assert!(state.rtt.is_empty() && state.load.is_empty(), "{state:?}");
+    });
+}
