@@ -226,7 +226,29 @@ fn run() -> anyhow::Result<()> {
                 == 3
         },
     )?;
-    println!("demo: cluster converged in {:?}\n", start.elapsed());
+    println!("demo: cluster converged in {:?}", start.elapsed());
+    // closest and fastest rank remote instances by the nodes' measured RTTs.
+    wait_until(
+        Duration::from_secs(15),
+        "every node's RTTs measured",
+        || {
+            let nodes: Value = demo
+                .orchestrate(&["node", "ls", "--json"])
+                .ok()
+                .and_then(|out| serde_json::from_str(&out).ok())
+                .unwrap_or_default();
+            nodes.as_array().is_some_and(|ns| {
+                ns.len() == 3
+                    && ns
+                        .iter()
+                        .all(|n| n["rtt_us"].as_object().is_some_and(|m| m.len() == 2))
+            })
+        },
+    )?;
+    println!(
+        "demo: RTTs between the nodes measured after {:?}\n",
+        start.elapsed()
+    );
 
     println!(
         "  {:<38} {:<16} answered by ({FLOWS} new connections from web-1 on n1)",

@@ -61,13 +61,17 @@ pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
                         .filter(|k| k.service == sv.service)
                         .map(|k| format!("{}/{}", ip::port_from_wire(k.port), proto(k.proto)))
                         .collect();
-                    // Each slot as the NamespaceIP of its backend (the id when unknown).
-                    let slots: Vec<String> = t
-                        .slots(vip)
-                        .into_iter()
-                        .map(|id| backends.get(&id).map_or(format!("#{id}"), |b| ip::from_wire(b.nsip).to_string()))
+                    // Its backends as NamespaceIPs (the id when unknown); their
+                    // weights are in `maps backends`.
+                    let slots = t.slots(vip);
+                    let mut ids = slots.clone();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    let names: Vec<String> = ids
+                        .iter()
+                        .map(|id| backends.get(id).map_or(format!("#{id}"), |b| ip::from_wire(b.nsip).to_string()))
                         .collect();
-                    json!({"servip": vip, "service": sv.service, "policy": policy(sv.policy), "slots": slots, "ports": ports})
+                    json!({"servip": vip, "service": sv.service, "policy": policy(sv.policy), "slots": slots.len(), "backends": names, "ports": ports})
                 })
                 .collect()
         }

@@ -1,5 +1,7 @@
 //! Every program passes this kernel's verifier; prints their sizes.
 
+mod common;
+
 use aya::programs::ProgramInfo;
 use overlay_ctl::dataplane::{Dataplane, programs};
 
@@ -24,4 +26,36 @@ fn all_programs_verify() {
         .info()
         .expect("info");
     println!("{}: {}", programs::UPLINK_XDP, insns(info));
+}
+
+/// Pins from another version (here: a CONNTRACK of another capacity) are
+/// refused with an error that names the map and the way out; matching pins
+/// are adopted.
+#[test]
+fn pins_of_another_layout_are_refused() {
+    overlay_testnet::require_root().unwrap();
+    let work = common::agents::Workdir::new("pins");
+    let dir = work.dir.join("bpf").join("n1");
+    std::fs::create_dir_all(&dir).unwrap();
+    drop(Dataplane::load(Some(&dir)).expect("fresh pins"));
+    drop(Dataplane::load(Some(&dir)).expect("adopting its own pins"));
+    let conntrack = dir.join("CONNTRACK");
+    std::fs::remove_file(&conntrack).unwrap();
+    let mut loader = aya::EbpfLoader::new();
+    loader
+        .map_pin_path("CONNTRACK", &conntrack)
+        .map_max_entries("CONNTRACK", 1024);
+    drop(
+        loader
+            .load(overlay_ctl::dataplane::OBJECT)
+            .expect("an odd CONNTRACK"),
+    );
+    let err = Dataplane::load(Some(&dir))
+        .err()
+        .expect("incompatible pins")
+        .to_string();
+    assert!(
+        err.contains("CONNTRACK") && err.contains("capacity 1024") && err.contains("--teardown"),
+        "{err}"
+    );
 }

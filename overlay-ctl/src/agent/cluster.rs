@@ -61,22 +61,28 @@ pub async fn follow(endpoints: &str) -> (watch::Receiver<ClusterState>, bool) {
 }
 
 /// Starts the RTT probes with the cluster's probe key (unless
-/// `probe_interval_ms = 0`).
+/// `probe_interval_ms = 0`). Without probes the node still forwards; its
+/// distances then come from the other nodes' measurements or coordinates.
 pub async fn prober(store: &Store, node: &Node, cfg: &AgentConfig) -> Result<Option<Prober>> {
     if cfg.probe_interval_ms == 0 {
         return Ok(None);
     }
     let key = store.probe_key(crate::probe::generate_key()).await?;
-    let prober = Prober::start(ProbeConfig {
+    let started = Prober::start(ProbeConfig {
         node_id: node.subnet.node_id(),
         bind: SocketAddrV4::new(node.ip, node.ewp),
         key,
         interval: Duration::from_millis(cfg.probe_interval_ms),
         echo_delay: Duration::from_millis(cfg.probe_echo_delay_ms),
     })
-    .await
-    .map_err(|e| super::AgentError::Host(format!("RTT probes: {e}")))?;
-    Ok(Some(prober))
+    .await;
+    match started {
+        Ok(p) => Ok(Some(p)),
+        Err(e) => {
+            tracing::warn!("no RTT probes from this node: {e}");
+            Ok(None)
+        }
+    }
 }
 
 /// Registers the node under a lease that its keepalive renews.

@@ -48,6 +48,17 @@ pub enum Error {
     #[error("a slot table of {0} entries is larger than 65535")]
     TooManySlots(usize),
     #[error(
+        "pinned map {path} has {what} {have}, this version needs {want}: the pins are from \
+         another version of the dataplane; run `overlay-ctl agent --teardown` (open \
+         connections through this node break) and start the agent again"
+    )]
+    Incompatible {
+        path: PathBuf,
+        what: &'static str,
+        have: u32,
+        want: u32,
+    },
+    #[error(
         "cannot open pinned map {path}: {source} (is an agent running with this pin directory?)"
     )]
     Pinned {
@@ -67,6 +78,49 @@ pub struct Dataplane {
     pub tables: Tables,
 }
 
+/// Refuses pins whose layout differs from this object's maps (left by an
+/// older or newer agent): adopting them would make the verifier reject the
+/// programs, or worse, let them misread the maps.
+fn check_pins(paths: &[(&str, PathBuf)]) -> Result<()> {
+    if !paths.iter().any(|(_, p)| p.exists()) {
+        return Ok(());
+    }
+    let obj = aya_obj::Object::parse(OBJECT).map_err(|e| Error::Pin {
+        path: PathBuf::from("overlay-ebpf.o"),
+        why: e.to_string(),
+    })?;
+    for (name, path) in paths.iter().filter(|(_, p)| p.exists()) {
+        let Some(want) = obj.maps.get(*name) else {
+            continue;
+        };
+        let info = aya::maps::MapData::from_pin(path)
+            .and_then(|m| m.info())
+            .map_err(|source| Error::Pinned {
+                path: path.clone(),
+                source,
+            })?;
+        let sizes = [
+            (
+                "type",
+                info.map_type().map_or(u32::MAX, |t| t as u32),
+                want.map_type(),
+            ),
+            ("key size", info.key_size(), want.key_size()),
+            ("value size", info.value_size(), want.value_size()),
+            ("capacity", info.max_entries(), want.max_entries()),
+        ];
+        if let Some((what, have, want)) = sizes.into_iter().find(|(_, h, w)| h != w) {
+            return Err(Error::Incompatible {
+                path: path.clone(),
+                what,
+                have,
+                want,
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Dataplane {
     /// Loads the object. With `pin_dir`, every map is pinned there by name and
     /// an already pinned map is reused, so a restarted agent adopts the state.
@@ -75,6 +129,7 @@ impl Dataplane {
         let paths: Vec<(&str, PathBuf)> = pin_dir
             .map(|d| names::ALL.iter().map(|n| (*n, d.join(n))).collect())
             .unwrap_or_default();
+        check_pins(&paths)?;
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
