@@ -15,7 +15,7 @@
 //! | query | answer |
 //! | --- | --- |
 //! | `any.closest` / `any.roundrobin` / `any.fastest` of a known, stateless service | that ServIP (A, NOERROR) |
-//! | `N.fixed` of a known service with an instance `N` that has a fixed IP | that fixed IP |
+//! | `N.fixed` of a known service whose instance `N` has a fixed IP (claimed in the store, running or not) | that fixed IP |
 //! | a well-formed name of an unknown service, instance or policy | NXDOMAIN |
 //! | a known name, type other than A (AAAA, MX, ...) | NOERROR, no records |
 //! | a malformed name under `.local` | FORMERR |
@@ -101,6 +101,15 @@ pub fn lookup(state: &ClusterState, name: &Name<'_>) -> Option<Ipv4Addr> {
             let Instance::Number(n) = name.instance else {
                 return None;
             };
+            // The orchestrator's claim first: the name stays while instance N
+            // is down (connections then fail fast instead of the name vanishing).
+            let claim = state
+                .fixed
+                .iter()
+                .find(|f| f.instance == n && f.service.eq_ignore_ascii_case(&service.name));
+            if let Some(f) = claim {
+                return Some(f.ip);
+            }
             return state
                 .instances
                 .iter()
@@ -207,6 +216,23 @@ mod tests {
         ] {
             assert_eq!(resolve(&s, name), want, "{name}");
         }
+    }
+
+    /// A claimed fixed IP keeps its name while the instance is not running.
+    #[test]
+    fn claimed_fixed_ip_outlives_its_instance() {
+        let mut s = sample_state();
+        let name = "shop.prod.db.team1.3.fixed.local";
+        assert_eq!(resolve(&s, name), Answer::NxDomain);
+        s.fixed.push(crate::model::FixedIp {
+            service: "shop.prod.db.team1".into(),
+            instance: 3,
+            ip: Ipv4Addr::new(172, 30, 0, 23),
+        });
+        assert_eq!(
+            resolve(&s, name),
+            Answer::Address(Ipv4Addr::new(172, 30, 0, 23))
+        );
     }
 
     #[test]
