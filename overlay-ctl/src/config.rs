@@ -95,9 +95,18 @@ pub struct AgentConfig {
     /// many seconds.
     #[serde(default = "default_load_window")]
     pub load_window_s: u32,
+    /// Conntrack entries (two per flow this node's instances open; LRU: the
+    /// least recently used flows are forgotten when it is full). Changing it
+    /// needs `overlay-ctl agent --teardown` first (open flows break).
+    #[serde(default = "default_conntrack")]
+    pub conntrack_entries: u32,
     /// Tuning of the balancing policies (`[balance]` table, docs/policies.md).
     #[serde(default)]
     pub balance: crate::balance::Params,
+}
+
+fn default_conntrack() -> u32 {
+    crate::dataplane::Sizes::default().conntrack
 }
 
 fn default_probe_interval() -> u64 {
@@ -198,6 +207,9 @@ impl AgentConfig {
         if self.probe_interval_ms != 0 && self.probe_interval_ms < 50 {
             return Err(bad("probe_interval_ms", "must be 0 (off) or at least 50"));
         }
+        if !(1024..=1 << 24).contains(&self.conntrack_entries) {
+            return Err(bad("conntrack_entries", "must be within 1024..=16777216"));
+        }
         if self.load_window_s == 0 {
             return Err(bad("load_window_s", "must be at least 1"));
         }
@@ -258,6 +270,13 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("closest_margin")
+        );
+        let ct = format!("{GOOD}\nconntrack_entries = 10");
+        assert!(
+            parse(&ct)
+                .unwrap_err()
+                .to_string()
+                .contains("conntrack_entries")
         );
         let probes = format!("{GOOD}\nprobe_interval_ms = 10");
         assert!(

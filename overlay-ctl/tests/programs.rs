@@ -58,4 +58,7 @@ fn pins_of_another_layout_are_refused() {
         err.contains("CONNTRACK") && err.contains("capacity 1024") && err.contains("--teardown"),
         "{err}"
     );
+    let sized = overlay_ctl::dataplane::Sizes { conntrack: 1024 };
+    Dataplane::load_sized(Some(&dir), sized)
+        .expect("a node configured with 1024 entries adopts them");
 }

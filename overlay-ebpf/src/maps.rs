@@ -1,4 +1,9 @@
 //! Map definitions (layouts in `overlay_common::maps`) and the counter helper.
+//!
+//! The maps the agent writes are not preallocated (`BPF_F_NO_PREALLOC`, as
+//! Cilium's load-balancer maps): their memory follows what is deployed, and
+//! the capacities are only ceilings. `CONNTRACK`, written per new flow, is a
+//! preallocated LRU whose size the agent sets (`conntrack_entries`).
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -20,26 +25,32 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASONS, 0);
 
 #[map(name = "SERVIPS")]
-pub static SERVIPS: HashMap<u32, ServIp> = HashMap::with_max_entries(capacity::SERVIPS, 0);
+pub static SERVIPS: HashMap<u32, ServIp> =
+    HashMap::with_max_entries(capacity::SERVIPS, BPF_F_NO_PREALLOC);
 
 #[map(name = "SVC_PORTS")]
-pub static SVC_PORTS: HashMap<PortKey, u32> = HashMap::with_max_entries(capacity::SVC_PORTS, 0);
+pub static SVC_PORTS: HashMap<PortKey, u32> =
+    HashMap::with_max_entries(capacity::SVC_PORTS, BPF_F_NO_PREALLOC);
 
 #[map(name = "SLOTS")]
-pub static SLOTS: HashMap<SlotKey, u32> = HashMap::with_max_entries(capacity::SLOTS, 0);
+pub static SLOTS: HashMap<SlotKey, u32> =
+    HashMap::with_max_entries(capacity::SLOTS, BPF_F_NO_PREALLOC);
 
 #[map(name = "BACKENDS")]
-pub static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(capacity::BACKENDS, 0);
+pub static BACKENDS: HashMap<u32, Backend> =
+    HashMap::with_max_entries(capacity::BACKENDS, BPF_F_NO_PREALLOC);
 
 #[map(name = "ENDPOINTS")]
-pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(capacity::ENDPOINTS, 0);
+pub static ENDPOINTS: HashMap<u32, Endpoint> =
+    HashMap::with_max_entries(capacity::ENDPOINTS, BPF_F_NO_PREALLOC);
 
 #[map(name = "NODES")]
-pub static NODES: HashMap<u32, Node> = HashMap::with_max_entries(capacity::NODES, 0);
+pub static NODES: HashMap<u32, Node> =
+    HashMap::with_max_entries(capacity::NODES, BPF_F_NO_PREALLOC);
 
 /// Registered node addresses (value: node id): the only accepted tunnel sources.
 #[map(name = "PEERS")]
-pub static PEERS: HashMap<u32, u32> = HashMap::with_max_entries(capacity::NODES, 0);
+pub static PEERS: HashMap<u32, u32> = HashMap::with_max_entries(capacity::NODES, BPF_F_NO_PREALLOC);
 
 /// Node subnets (value: node id), for traffic to a remote NamespaceIP.
 #[map(name = "ROUTES")]
@@ -53,19 +64,22 @@ pub static CONNTRACK: LruHashMap<CtKey, CtEntry> =
 /// Services whose new flows are limited to their `needs` (key `DEFAULT_DENY`:
 /// services without `needs` may open none).
 #[map(name = "RESTRICTED")]
-pub static RESTRICTED: HashMap<u32, u32> = HashMap::with_max_entries(capacity::RESTRICTED, 0);
+pub static RESTRICTED: HashMap<u32, u32> =
+    HashMap::with_max_entries(capacity::RESTRICTED, BPF_F_NO_PREALLOC);
 
 #[map(name = "NEEDS")]
-pub static NEEDS: HashMap<NeedKey, u32> = HashMap::with_max_entries(capacity::NEEDS, 0);
+pub static NEEDS: HashMap<NeedKey, u32> =
+    HashMap::with_max_entries(capacity::NEEDS, BPF_F_NO_PREALLOC);
 
 /// Ports of the node's address that lead to exposed services.
 #[map(name = "EXPOSED")]
-pub static EXPOSED: HashMap<ExposeKey, Exposed> = HashMap::with_max_entries(capacity::EXPOSED, 0);
+pub static EXPOSED: HashMap<ExposeKey, Exposed> =
+    HashMap::with_max_entries(capacity::EXPOSED, BPF_F_NO_PREALLOC);
 
 /// New flows denied, per sending service (per CPU).
 #[map(name = "DENIED")]
 pub static DENIED: PerCpuHashMap<u32, u64> =
-    PerCpuHashMap::with_max_entries(capacity::RESTRICTED, 0);
+    PerCpuHashMap::with_max_entries(capacity::RESTRICTED, BPF_F_NO_PREALLOC);
 
 /// Whether service `src` may open a new flow to service `dst`.
 #[inline(always)]

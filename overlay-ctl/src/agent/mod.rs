@@ -225,7 +225,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     };
     host::masquerade(&cfg, subnet)?;
     let node = host::node(&cfg, subnet)?;
-    let mut dp = Dataplane::load(Some(&cfg.bpf_pin_dir))?;
+    let sizes = crate::dataplane::Sizes {
+        conntrack: cfg.conntrack_entries,
+    };
+    let mut dp = Dataplane::load_sized(Some(&cfg.bpf_pin_dir), sizes)?;
     let xdp = match cfg.uplink_xdp {
         Some(on) => on,
         None => !crate::netns::is_veth(&cfg.uplink).await?,

@@ -78,10 +78,26 @@ pub struct Dataplane {
     pub tables: Tables,
 }
 
+/// Map sizes a node may choose (entries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    /// `CONNTRACK`: two entries per flow that this node started (LRU,
+    /// preallocated: about 100 bytes per entry).
+    pub conntrack: u32,
+}
+
+impl Default for Sizes {
+    fn default() -> Self {
+        Sizes {
+            conntrack: overlay_common::maps::capacity::CONNTRACK,
+        }
+    }
+}
+
 /// Refuses pins whose layout differs from this object's maps (left by an
-/// older or newer agent): adopting them would make the verifier reject the
-/// programs, or worse, let them misread the maps.
-fn check_pins(paths: &[(&str, PathBuf)]) -> Result<()> {
+/// older or newer agent, or sized differently): adopting them would make the
+/// verifier reject the programs, or worse, let them misread the maps.
+fn check_pins(paths: &[(&str, PathBuf)], sizes: Sizes) -> Result<()> {
     if !paths.iter().any(|(_, p)| p.exists()) {
         return Ok(());
     }
@@ -107,7 +123,14 @@ fn check_pins(paths: &[(&str, PathBuf)]) -> Result<()> {
             ),
             ("key size", info.key_size(), want.key_size()),
             ("value size", info.value_size(), want.value_size()),
-            ("capacity", info.max_entries(), want.max_entries()),
+            (
+                "capacity",
+                info.max_entries(),
+                match *name {
+                    names::CONNTRACK => sizes.conntrack,
+                    _ => want.max_entries(),
+                },
+            ),
         ];
         if let Some((what, have, want)) = sizes.into_iter().find(|(_, h, w)| h != w) {
             return Err(Error::Incompatible {
@@ -125,11 +148,17 @@ impl Dataplane {
     /// Loads the object. With `pin_dir`, every map is pinned there by name and
     /// an already pinned map is reused, so a restarted agent adopts the state.
     pub fn load(pin_dir: Option<&Path>) -> Result<Self> {
+        Self::load_sized(pin_dir, Sizes::default())
+    }
+
+    /// [`Dataplane::load`] with the node's map sizes.
+    pub fn load_sized(pin_dir: Option<&Path>, sizes: Sizes) -> Result<Self> {
         let mut loader = EbpfLoader::new();
+        loader.map_max_entries(names::CONNTRACK, sizes.conntrack);
         let paths: Vec<(&str, PathBuf)> = pin_dir
             .map(|d| names::ALL.iter().map(|n| (*n, d.join(n))).collect())
             .unwrap_or_default();
-        check_pins(&paths)?;
+        check_pins(&paths, sizes)?;
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
