@@ -62,3 +62,24 @@ fn pins_of_another_layout_are_refused() {
     Dataplane::load_sized(Some(&dir), sized)
         .expect("a node configured with 1024 entries adopts them");
 }
+
+/// Whole tables are read in batches (BPF_MAP_LOOKUP_BATCH), across several
+/// batches and without losing or repeating an entry.
+#[test]
+fn tables_are_read_whole_in_batches() {
+    overlay_testnet::require_root().unwrap();
+    let mut dp = Dataplane::load(None).expect("load object");
+    let node_ip = |i: u32| std::net::Ipv4Addr::from(0x0a1e_0000 + i);
+    for i in 1..=10_000 {
+        dp.tables.put_backend(i, node_ip(i), i % 7).unwrap();
+    }
+    let mut got = dp.tables.backends();
+    got.sort_by_key(|(id, _)| *id);
+    assert_eq!(got.len(), 10_000);
+    for (i, (id, b)) in (1..).zip(&got) {
+        assert_eq!(
+            (*id, b.nsip, b.node),
+            (i, u32::from_ne_bytes(node_ip(i).octets()), i % 7)
+        );
+    }
+}

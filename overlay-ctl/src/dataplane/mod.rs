@@ -1,5 +1,6 @@
 //! The eBPF dataplane: the embedded object, loading, attaching and pinning.
 
+mod batch;
 mod links;
 mod tables;
 

@@ -289,7 +289,9 @@ impl Tables {
     }
 
     pub fn backends(&self) -> Vec<(u32, Backend)> {
-        self.backends.iter().filter_map(|r| r.ok()).collect()
+        use aya::maps::IterableMap;
+        super::batch::lookup_all(self.backends.map())
+            .unwrap_or_else(|_| self.backends.iter().filter_map(|r| r.ok()).collect())
     }
 
     pub fn endpoints(&self) -> Vec<(Ipv4Addr, Endpoint)> {
@@ -403,7 +405,7 @@ impl Tables {
     pub fn active_flows(&self, window: u32) -> std::collections::BTreeMap<Ipv4Addr, u32> {
         let now = tick_now();
         let mut out = std::collections::BTreeMap::new();
-        for (_, e) in self.conntrack.iter().filter_map(|r| r.ok()) {
+        for (_, e) in self.conntrack() {
             let forward = e.dir == ct::FORWARD || e.dir == ct::NS_FORWARD;
             if forward && now.wrapping_sub(e.seen) <= window {
                 *out.entry(ip::from_wire(e.addr)).or_insert(0) += 1;
@@ -413,7 +415,10 @@ impl Tables {
     }
 
     pub fn conntrack(&self) -> Vec<(CtKey, CtEntry)> {
-        self.conntrack.iter().filter_map(|r| r.ok()).collect()
+        use aya::maps::IterableMap;
+        // Kernels without batch lookups (before 5.6): one entry at a time.
+        super::batch::lookup_all(self.conntrack.map())
+            .unwrap_or_else(|_| self.conntrack.iter().filter_map(|r| r.ok()).collect())
     }
 }
 
