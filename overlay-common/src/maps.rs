@@ -34,7 +34,8 @@ pub mod names {
 pub mod capacity {
     pub const SERVIPS: u32 = 65_536;
     pub const SVC_PORTS: u32 = 65_536;
-    pub const SLOTS: u32 = 262_144;
+    /// Not preallocated: room for large weighted tables costs nothing until used.
+    pub const SLOTS: u32 = 1 << 20;
     pub const BACKENDS: u32 = 65_536;
     pub const ENDPOINTS: u32 = 4_096;
     pub const NODES: u32 = 1_024;

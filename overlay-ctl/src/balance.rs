@@ -149,7 +149,15 @@ pub fn apportion(weights: &[(u32, f64)], size: usize) -> Vec<u32> {
     for &i in order.iter().take(left) {
         counts[i] += 1;
     }
+    // Equal shares need no more than one slot each: divide out the common
+    // factor so that tables (and SLOTS memory) stay as small as the mix allows.
+    let common = counts.iter().copied().fold(0, gcd).max(1);
+    counts.iter_mut().for_each(|c| *c /= common);
     interleave(weights, &counts)
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// Smooth weighted round robin (as in nginx): each step the instance with
@@ -261,6 +269,10 @@ mod tests {
         let p = Params::default();
         let w = fastest_weights(&[at(1, Some(500), 0), at(2, Some(500), 0)], &p);
         assert_eq!(w, [(1, 0.5), (2, 0.5)]);
+        assert_eq!(
+            fastest(&[at(1, Some(500), 0), at(2, Some(500), 0)], &p),
+            [1, 2]
+        );
         // 1/(500+500) vs 1/(500+500+200*20): 5 to 1.
         let w = fastest_weights(&[at(1, Some(500), 0), at(2, Some(500), 20)], &p);
         assert!((w[0].1 - 5.0 / 6.0).abs() < 1e-9, "{w:?}");
@@ -275,9 +287,10 @@ mod tests {
     #[test]
     fn apportion_is_exact_and_interleaved() {
         let t = apportion(&[(7, 1.0), (8, 1.0), (9, 2.0)], 8);
-        assert_eq!(t.len(), 8);
+        assert_eq!(t, [9, 7, 8, 9], "1:1:2 needs four slots, not eight");
+        let t = apportion(&[(7, 1.0), (8, 1.0), (9, 2.5)], 9);
         let count = |id| t.iter().filter(|&&x| x == id).count();
-        assert_eq!((count(7), count(8), count(9)), (2, 2, 4));
+        assert_eq!((count(7), count(8), count(9)), (2, 2, 5));
         assert!(
             t.windows(3).all(|w| w.iter().any(|&x| x != 9)),
             "interleaved: {t:?}"
@@ -287,7 +300,7 @@ mod tests {
         assert!([1, 2, 3].iter().all(|id| t.contains(id)), "{t:?}");
         assert!(apportion(&[], 16).is_empty());
         // Zero weights everywhere still give every instance a slot.
-        assert_eq!(apportion(&[(1, 0.0), (2, 0.0)], 4).len(), 4);
+        assert_eq!(apportion(&[(1, 0.0), (2, 0.0)], 4), [1, 2]);
     }
 
     #[test]
