@@ -201,10 +201,10 @@ impl DnsBed {
                             Ok(server) => {
                                 let _ = ready_tx.send(Ok(()));
                                 let _ = stop_rx.await;
-                                server.shutdown().await
+                                Ok(server.shutdown().await?)
                             }
                             Err(e) => {
-                                let _ = ready_tx.send(Err(format!("{e:#}")));
+                                let _ = ready_tx.send(Err(e.to_string()));
                                 Ok(())
                             }
                         }

@@ -16,8 +16,8 @@ pub struct NameService {
     cfg: AgentConfig,
 }
 
-fn err(e: anyhow::Error) -> AgentError {
-    AgentError::Host(format!("name service: {e:#}"))
+fn err(e: dns::DnsError) -> AgentError {
+    AgentError::Host(format!("name service: {e}"))
 }
 
 impl NameService {

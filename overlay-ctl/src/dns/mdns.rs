@@ -26,7 +26,6 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result, bail};
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
@@ -40,8 +39,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::lookup;
 use super::wire::{NameText, a_record, nsec_a_only};
+use super::{DnsError, Result, lookup};
 use crate::model::ClusterState;
 use overlay_common::names;
 
@@ -78,9 +77,11 @@ impl Mdns {
         state: watch::Receiver<ClusterState>,
         ttl: u32,
     ) -> Result<Mdns> {
-        let socket = open_socket().context("opening the mDNS socket on 0.0.0.0:5353")?;
-        let socket = UdpSocket::from_std(socket.into())
-            .context("Mdns::start must run inside a Tokio runtime")?;
+        let socket = open_socket().map_err(|source| DnsError::MdnsSocket { source })?;
+        let socket = UdpSocket::from_std(socket.into()).map_err(|source| DnsError::Runtime {
+            what: "Mdns::start",
+            source,
+        })?;
         let shared = Arc::new(Shared {
             socket,
             ifaces: Mutex::new(HashMap::new()),
@@ -102,8 +103,11 @@ impl Mdns {
     /// deleted and created again under the same name is followed to its new
     /// index.
     pub fn add_interface(&self, ifname: &str, src: Ipv4Addr) -> Result<()> {
-        let index = nix::net::if_::if_nametoindex(ifname)
-            .with_context(|| format!("mDNS: no interface `{ifname}`"))?;
+        let index =
+            nix::net::if_::if_nametoindex(ifname).map_err(|source| DnsError::NoInterface {
+                ifname: ifname.to_owned(),
+                source,
+            })?;
         let mut ifaces = self.ifaces();
         // The same name under an old index: that link is gone.
         ifaces.retain(|&i, (name, _)| i == index || name != ifname);
@@ -112,7 +116,10 @@ impl Mdns {
                 .join_multicast_v4_n(&MDNS_ADDR, &InterfaceIndexOrAddress::Index(index));
             if let Err(e) = joined {
                 ifaces.remove(&index);
-                return Err(e).with_context(|| format!("mDNS: joining 224.0.0.251 on {ifname}"));
+                return Err(DnsError::Join {
+                    ifname: ifname.to_owned(),
+                    source: e,
+                });
             }
         }
         Ok(())
@@ -126,7 +133,9 @@ impl Mdns {
             .iter()
             .find_map(|(index, (name, _))| (name == ifname).then_some(index))
         else {
-            bail!("mDNS: not answering on `{ifname}`");
+            return Err(DnsError::NotAnswering {
+                ifname: ifname.to_owned(),
+            });
         };
         ifaces.remove(&index);
         // Fails when the link was deleted, which dropped the membership.

@@ -1,5 +1,5 @@
 //! The mDNS reply rules, on [`respond`] directly (the socket side is covered
-//! by `tests/dns.rs`).
+//! by `tests/dns/`).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 

@@ -24,6 +24,7 @@
 //! A stateful service has only `N.fixed` names: its `any.*` names are
 //! NXDOMAIN even if the state carries ServIPs for it.
 
+mod error;
 mod fast;
 mod mdns;
 mod resolv_conf;
@@ -45,6 +46,7 @@ use overlay_common::names::{self, Instance, Name, NameError};
 
 use crate::model::{ClusterState, Policy};
 
+pub use error::{DnsError, Result};
 pub use mdns::{MDNS_ADDR, MDNS_PORT, Mdns};
 pub use resolv_conf::{remove_resolv_conf, resolv_conf_path, write_resolv_conf};
 pub use server::{DnsOptions, DnsServer};

@@ -6,7 +6,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use super::{DnsError, Result};
 
 const NETNS_ETC: &str = "/etc/netns";
 
@@ -18,7 +18,7 @@ pub fn resolv_conf_path(netns_name: &str) -> Result<PathBuf> {
         || netns_name.contains('/')
         || netns_name.contains('\0')
     {
-        bail!("`{netns_name}` is not a network namespace name");
+        return Err(DnsError::InvalidNetns(netns_name.to_owned()));
     }
     Ok(Path::new(NETNS_ETC).join(netns_name).join("resolv.conf"))
 }
@@ -39,11 +39,10 @@ pub fn resolv_conf_text(nameserver: Ipv4Addr) -> String {
 pub fn write_resolv_conf(netns_name: &str, nameserver: Ipv4Addr) -> Result<()> {
     let path = resolv_conf_path(netns_name)?;
     let dir = path.parent().expect("path has a parent");
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(file_error("creating", dir))?;
     let tmp = dir.join(".resolv.conf.tmp");
-    std::fs::write(&tmp, resolv_conf_text(nameserver))
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    std::fs::write(&tmp, resolv_conf_text(nameserver)).map_err(file_error("writing", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(file_error("writing", &path))
 }
 
 /// Removes what [`write_resolv_conf`] wrote: the file, then the directory if
@@ -52,7 +51,7 @@ pub fn remove_resolv_conf(netns_name: &str) -> Result<()> {
     let path = resolv_conf_path(netns_name)?;
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("removing {}", path.display()));
+            return Err(file_error("removing", &path)(e));
         }
         _ => {}
     }
@@ -67,8 +66,14 @@ pub fn remove_resolv_conf(netns_name: &str) -> Result<()> {
         {
             Ok(())
         }
-        other => other.with_context(|| format!("removing {}", dir.display())),
+        other => other.map_err(file_error("removing", dir)),
     }
+}
+
+/// Turns an I/O error on `path` into a [`DnsError::File`].
+fn file_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DnsError {
+    let path = path.to_owned();
+    move |source| DnsError::File { op, path, source }
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use hickory_proto::op::{Edns, Header, HeaderCounts, Message, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, Record, RecordType};
 use hickory_server::Server;
@@ -24,7 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::wire::{NameText, a_record, soa_record};
-use super::{Answer, DEFAULT_TTL, resolve};
+use super::{Answer, DEFAULT_TTL, DnsError, Result, resolve};
 use crate::model::ClusterState;
 
 /// How the unicast server behaves.
@@ -88,17 +87,7 @@ impl DnsServer {
         state: watch::Receiver<ClusterState>,
         options: DnsOptions,
     ) -> Result<DnsServer> {
-        let udp = std::net::UdpSocket::bind(addr)
-            .with_context(|| format!("binding the DNS server's UDP socket to {addr}"))?;
-        let addr = udp.local_addr().context("reading the DNS UDP address")?;
-        udp.set_nonblocking(true)?;
-        let tcp = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("binding the DNS server's TCP socket to {addr}"))?;
-        tcp.set_nonblocking(true)?;
-        let udp = tokio::net::UdpSocket::from_std(udp)
-            .context("DnsServer::start must run inside a Tokio runtime")?;
-        let tcp = tokio::net::TcpListener::from_std(tcp)?;
-
+        let (udp, tcp, addr) = bind(addr)?;
         let mut edns = Edns::new();
         edns.set_max_payload(1232);
         let handler = Handler {
@@ -123,11 +112,45 @@ impl DnsServer {
     /// Stops serving and waits until the sockets are closed.
     pub async fn shutdown(mut self) -> Result<()> {
         self.udp.abort();
+        let addr = self.addr;
         self.server
             .shutdown_gracefully()
             .await
-            .context("stopping the DNS server")
+            .map_err(|source| DnsError::Shutdown { addr, source })
     }
+}
+
+/// The UDP socket and TCP listener on `addr` (with port 0, both on the port
+/// UDP was given), registered with the current Tokio runtime.
+fn bind(addr: SocketAddr) -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener, SocketAddr)> {
+    let bind_error = |proto, addr| {
+        move |source| DnsError::Bind {
+            proto,
+            addr,
+            source,
+        }
+    };
+    let setup_error = |proto, addr| {
+        move |source| DnsError::Socket {
+            proto,
+            addr,
+            source,
+        }
+    };
+    let no_runtime = |source| DnsError::Runtime {
+        what: "DnsServer::start",
+        source,
+    };
+    let udp = std::net::UdpSocket::bind(addr).map_err(bind_error("UDP", addr))?;
+    let addr = udp.local_addr().map_err(setup_error("UDP", addr))?;
+    udp.set_nonblocking(true)
+        .map_err(setup_error("UDP", addr))?;
+    let tcp = std::net::TcpListener::bind(addr).map_err(bind_error("TCP", addr))?;
+    tcp.set_nonblocking(true)
+        .map_err(setup_error("TCP", addr))?;
+    let udp = tokio::net::UdpSocket::from_std(udp).map_err(no_runtime)?;
+    let tcp = tokio::net::TcpListener::from_std(tcp).map_err(no_runtime)?;
+    Ok((udp, tcp, addr))
 }
 
 impl std::fmt::Debug for DnsServer {
@@ -239,15 +262,18 @@ impl Handler {
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        let socket = tokio::net::UdpSocket::bind(bind).await?;
-        socket.connect(upstream).await?;
-        socket.send(query).await?;
+        let io = |source| DnsError::Forward { upstream, source };
+        let socket = tokio::net::UdpSocket::bind(bind).await.map_err(io)?;
+        socket.connect(upstream).await.map_err(io)?;
+        socket.send(query).await.map_err(io)?;
         let mut buf = vec![0u8; 4096];
         let id = u16::from_be_bytes([query[0], query[1]]);
+        let after = self.upstream_timeout;
         loop {
-            let len = tokio::time::timeout(self.upstream_timeout, socket.recv(&mut buf))
+            let len = tokio::time::timeout(after, socket.recv(&mut buf))
                 .await
-                .context("upstream timed out")??;
+                .map_err(|_| DnsError::UpstreamTimeout { upstream, after })?
+                .map_err(io)?;
             match Message::from_vec(&buf[..len]) {
                 Ok(m) if m.metadata.id == id => return Ok(m),
                 // A stray or mangled datagram: keep waiting for ours.
@@ -303,7 +329,7 @@ impl RequestHandler for Handler {
                         response_handle.send_response(response).await
                     }
                     Err(e) => {
-                        tracing::debug!("forwarding to {upstream}: {e:#}");
+                        tracing::debug!("{e}");
                         metadata.response_code = ResponseCode::ServFail;
                         let response = builder.build_no_records(metadata);
                         response_handle.send_response(response).await
