@@ -1,0 +1,201 @@
+//! The desired maps for small cluster states.
+
+use super::*;
+use crate::model::{NodeSpec, ServiceSpec};
+
+fn node(name: &str, o: u8) -> NodeSpec {
+    NodeSpec {
+        name: name.into(),
+        ip: Ipv4Addr::new(192, 0, 2, 10 + o),
+        ewp: 50103,
+        subnet: format!("10.30.{o}.0/24").parse().unwrap(),
+        location: None,
+    }
+}
+
+fn inst(n: u32, node: &str, o: u8) -> InstanceSpec {
+    InstanceSpec {
+        service: "a.b.c.d".into(),
+        instance: n,
+        node: node.into(),
+        nsip: Ipv4Addr::new(10, 30, o, 2),
+        fixed_ip: None,
+    }
+}
+
+fn state() -> ClusterState {
+    ClusterState {
+        nodes: vec![node("n1", 1), node("n2", 2)],
+        services: vec![ServiceSpec {
+            name: "a.b.c.d".into(),
+            id: 7,
+            ports: vec![80],
+            stateful: false,
+            servips: Policy::ALL
+                .iter()
+                .zip(1..)
+                .map(|(p, i)| (*p, Ipv4Addr::new(172, 30, 0, i)))
+                .collect(),
+            exposed: false,
+            needs: Vec::new(),
+        }],
+        instances: vec![inst(1, "n1", 1), inst(2, "n2", 2)],
+        ..Default::default()
+    }
+}
+
+fn local<'a>(eps: &'a BTreeMap<Ipv4Addr, Endpoint>) -> LocalNode<'a> {
+    let config = Config {
+        node_id: "10.30.1.0/24"
+            .parse::<crate::model::Subnet>()
+            .unwrap()
+            .node_id(),
+        ..Default::default()
+    };
+    LocalNode {
+        name: "n1",
+        config,
+        endpoints: eps,
+        snat: Ipv4Addr::new(10, 30, 1, 1),
+        default_deny: false,
+        expose_where_running: false,
+        balance: Params::default(),
+    }
+}
+
+#[test]
+fn policies_pick_their_slots() {
+    let eps = BTreeMap::new();
+    let m = desired(&state(), &local(&eps));
+    let n1 = u32::from(Ipv4Addr::new(10, 30, 1, 2));
+    let n2 = u32::from(Ipv4Addr::new(10, 30, 2, 2));
+    assert_eq!(
+        m.servips[&Ipv4Addr::new(172, 30, 0, 1)].2,
+        vec![n1],
+        "closest keeps the local instance"
+    );
+    assert_eq!(m.servips[&Ipv4Addr::new(172, 30, 0, 2)].2, vec![n1, n2]);
+    assert_eq!(m.ports.len(), 3, "tcp, udp and icmp echo");
+    assert_eq!(m.nodes.len(), 2);
+}
+
+/// n1 (this node) runs nothing; n2 is 30 ms away, n3 0.4 ms.
+#[test]
+fn distances_and_loads_shape_the_tables() {
+    let mut s = state();
+    s.instances.remove(0);
+    s.nodes.push(node("n3", 3));
+    s.instances.push(inst(3, "n3", 3));
+    s.rtt.insert(
+        "n1".into(),
+        [("n2".into(), 30_000), ("n3".into(), 400)].into(),
+    );
+    let eps = BTreeMap::new();
+    let (n2, n3) = (Ipv4Addr::new(10, 30, 2, 2), Ipv4Addr::new(10, 30, 3, 2));
+    let table = |m: &MapSet, last: u8| m.servips[&Ipv4Addr::new(172, 30, 0, last)].2.clone();
+    let share = |t: &[u32], ip: Ipv4Addr| t.iter().filter(|&&id| id == u32::from(ip)).count();
+    let m = desired(&s, &local(&eps));
+    assert_eq!(table(&m, 1), [u32::from(n3)], "closest: the near node");
+    assert_eq!(table(&m, 2).len(), 2, "roundrobin: both");
+    let fast = table(&m, 3);
+    assert_eq!((share(&fast, n2), share(&fast, n3)), (1, 31), "{fast:?}");
+    // n3's instance gets busy (flows from n2): fastest shifts toward n2.
+    s.load.insert("n2".into(), [(n3, 300)].into());
+    let fast = table(&desired(&s, &local(&eps)), 3);
+    assert!(share(&fast, n2) > share(&fast, n3), "{fast:?}");
+    // Without a measurement the reverse direction or coordinates count.
+    s.rtt.clear();
+    s.rtt.insert("n2".into(), [("n1".into(), 200)].into());
+    assert_eq!(table(&desired(&s, &local(&eps)), 1), [u32::from(n2)]);
+    s.rtt.clear();
+    let at = |lat| Some(crate::balance::Location { lat, lon: 11.0 });
+    (
+        s.nodes[0].location,
+        s.nodes[1].location,
+        s.nodes[2].location,
+    ) = (at(48.0), at(48.1), at(52.0));
+    assert_eq!(table(&desired(&s, &local(&eps)), 1), [u32::from(n2)]);
+}
+
+/// A claimed fixed IP without its instance stays, without backends.
+#[test]
+fn fixed_ip_of_a_missing_instance_fails_fast() {
+    let mut s = state();
+    s.services[0].servips.clear();
+    s.services[0].stateful = true;
+    let ip = Ipv4Addr::new(172, 30, 1, 9);
+    s.fixed.push(FixedIp {
+        service: "A.b.c.d".into(),
+        instance: 2,
+        ip,
+    });
+    let eps = BTreeMap::new();
+    let want = |m: MapSet| m.servips[&ip].clone();
+    let n2 = u32::from(Ipv4Addr::new(10, 30, 2, 2));
+    assert_eq!(
+        want(desired(&s, &local(&eps))),
+        (7, policy::FIXED, vec![n2])
+    );
+    s.instances.pop();
+    assert_eq!(want(desired(&s, &local(&eps))), (7, policy::FIXED, vec![]));
+}
+
+#[test]
+fn fixed_ips_for_stateful_instances() {
+    let mut s = state();
+    s.services[0].servips.clear();
+    s.services[0].stateful = true;
+    s.instances[1].fixed_ip = Some(Ipv4Addr::new(172, 30, 1, 2));
+    let eps = BTreeMap::new();
+    let m = desired(&s, &local(&eps));
+    assert_eq!(m.servips.len(), 1);
+    let (_, pol, slots) = &m.servips[&Ipv4Addr::new(172, 30, 1, 2)];
+    assert_eq!(
+        (*pol, slots.clone()),
+        (policy::FIXED, vec![u32::from(Ipv4Addr::new(10, 30, 2, 2))])
+    );
+}
+
+#[test]
+fn needs_and_exposure() {
+    let mut s = state();
+    s.services[0].exposed = true;
+    s.services.push(ServiceSpec {
+        name: "a.b.web.d".into(),
+        id: 8,
+        ports: vec![],
+        stateful: false,
+        servips: BTreeMap::new(),
+        exposed: false,
+        needs: vec!["A.B.C.D".into(), "not.deployed.yet.x".into()],
+    });
+    let eps = BTreeMap::new();
+    let m = desired(&s, &local(&eps));
+    assert_eq!(m.restricted, BTreeSet::from([8]));
+    assert_eq!(m.needs, BTreeSet::from([(8, 7)]));
+    let closest = Ipv4Addr::new(172, 30, 0, 1);
+    let snat = Ipv4Addr::new(10, 30, 1, 1);
+    assert_eq!(m.exposed.get(&(80, IPPROTO_TCP)), Some(&(closest, snat)));
+    assert_eq!(m.exposed.len(), 2, "tcp and udp");
+
+    // Only where an instance runs: n1 runs instance 1, so it still serves.
+    let mut l = local(&eps);
+    l.expose_where_running = true;
+    assert_eq!(desired(&s, &l).exposed.len(), 2);
+    s.instances.retain(|i| i.node != "n1");
+    assert!(
+        desired(&s, &l).exposed.is_empty(),
+        "no local instance: not exposed here"
+    );
+}
+
+#[test]
+fn difference_helpers() {
+    let have: BTreeMap<u32, u32> = [(1, 1), (2, 2)].into();
+    let want: BTreeMap<u32, u32> = [(2, 3), (4, 4)].into();
+    assert_eq!(
+        changed(&have, &want).map(|(k, _)| *k).collect::<Vec<_>>(),
+        vec![2, 4]
+    );
+    assert_eq!(gone(&have, &want).copied().collect::<Vec<_>>(), vec![1]);
+}
