@@ -20,7 +20,7 @@ use overlay_common::{
 
 use crate::forward::{Dest, dest_of, send, too_big};
 use crate::icmp;
-use crate::maps::{ENDPOINTS, ROUTES, SERVIPS, config, count};
+use crate::maps::{ENDPOINTS, ROUTES, SERVIPS, config, count, log_due};
 use crate::nat;
 use crate::packet::{self, Flow, IP_DST, IP_OFF, L4, L4_OFF};
 use crate::tunnel;
@@ -33,11 +33,11 @@ pub fn from_instance(ctx: TcContext) -> i32 {
             action
         }
         Err(reason) => {
-            count(reason, ctx.len());
-            if matches!(reason, Reason::DropNoRoute | Reason::DropHelper) {
+            if matches!(reason, Reason::DropNoRoute | Reason::DropHelper) && log_due(reason) {
                 // Never expected in a healthy node: worth a log line.
                 aya_log_ebpf::warn!(&ctx, "instance packet dropped: reason {}", reason as u32);
             }
+            count(reason, ctx.len());
             TC_ACT_SHOT
         }
     }

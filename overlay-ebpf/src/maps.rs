@@ -123,6 +123,16 @@ pub fn count(reason: Reason, len: u32) {
     }
 }
 
+/// Whether a drop for `reason` deserves a log line: the 1st, 2nd, 4th,
+/// 8th... on each CPU, so that a flood (from a stranger, say) cannot turn
+/// into a log flood while the first occurrences are still seen.
+#[inline(always)]
+pub fn log_due(reason: Reason) -> bool {
+    STATS
+        .get(reason as u32)
+        .is_some_and(|c| (c.packets + 1).is_power_of_two())
+}
+
 #[inline(always)]
 pub fn config() -> Option<&'static Config> {
     CONFIG.get(0).filter(|c| c.node_id != 0)

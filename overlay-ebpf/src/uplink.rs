@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use overlay_common::{IPPROTO_UDP, PROBE_MARK, stats::Reason};
 
-use crate::maps::{ENDPOINTS, PEERS, config, count};
+use crate::maps::{ENDPOINTS, PEERS, config, count, log_due};
 use crate::nat;
 use crate::nodeport;
 use crate::packet::{self, IP_OFF, Ipv4, L4_OFF, read};
@@ -59,11 +59,13 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
     }
     // SAFETY: presence check only.
     if unsafe { PEERS.get(ip.saddr) }.is_none() {
-        aya_log_ebpf::warn!(
-            ctx,
-            "tunnel packet from unregistered {:i} dropped",
-            u32::from_be(ip.saddr)
-        );
+        if log_due(Reason::DropUnknownPeer) {
+            aya_log_ebpf::warn!(
+                ctx,
+                "tunnel packet from unregistered {:i} dropped",
+                u32::from_be(ip.saddr)
+            );
+        }
         return Err(Reason::DropUnknownPeer);
     }
     if read::<u8>(ctx, INNER_IP)? == PROBE_MARK {

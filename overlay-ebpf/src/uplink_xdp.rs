@@ -1,5 +1,6 @@
 //! XDP on the uplink: drops tunnel packets from unregistered sources before
-//! the kernel allocates an skb for them. Everything else passes to TC.
+//! the kernel allocates an skb for them (logged sparsely: see `log_due`).
+//! Everything else passes to TC.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
@@ -8,19 +9,21 @@ use aya_ebpf::{
 };
 use overlay_common::{ETH_P_IP, IPPROTO_UDP, stats::Reason};
 
-use crate::maps::{PEERS, config, count};
+use crate::maps::{PEERS, config, count, log_due};
 use crate::packet::{IP_OFF, Ipv4, L4_OFF};
 
 #[xdp(frags)]
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     match try_uplink_xdp(&ctx) {
         Some((reason, src)) => {
+            if log_due(reason) {
+                aya_log_ebpf::warn!(
+                    &ctx,
+                    "tunnel packet from unregistered {:i} dropped",
+                    u32::from_be(src)
+                );
+            }
             count(reason, (ctx.data_end() - ctx.data()) as u32);
-            aya_log_ebpf::warn!(
-                &ctx,
-                "tunnel packet from unregistered {:i} dropped",
-                u32::from_be(src)
-            );
             XDP_DROP
         }
         None => XDP_PASS,
