@@ -203,7 +203,7 @@ pub fn rewrite_port(ctx: &TcContext, l4: L4, at: usize, old: u16, new: u16) -> R
         _ => return Ok(()),
     };
     let h = |_| Reason::DropHelper;
-    ctx.store(L4_OFF + at, &new, 0).map_err(h)?;
+    crate::packet::write(ctx, L4_OFF + at, &new)?;
     ctx.l4_csum_replace(csum_off, old as u64, new as u64, (flags | 2) as u64)
         .map_err(h)
 }
@@ -214,9 +214,10 @@ pub fn rewrite_port(ctx: &TcContext, l4: L4, at: usize, old: u16, new: u16) -> R
 #[inline(always)]
 pub fn rewrite(ctx: &TcContext, l4: L4, off: usize, old: u32, new: u32) -> Result<(), Reason> {
     let h = |_| Reason::DropHelper;
-    ctx.store(off, &new, 0).map_err(h)?;
-    ctx.l3_csum_replace(IP_CSUM, old as u64, new as u64, 4)
-        .map_err(h)?;
+    crate::packet::write(ctx, off, &new)?;
+    // The IP checksum is never offloaded: updated here, without a helper call.
+    let check: u16 = read(ctx, IP_CSUM)?;
+    crate::packet::write(ctx, IP_CSUM, &crate::packet::csum_replace4(check, old, new))?;
     let (csum_off, flags) = match l4 {
         L4::Tcp => (L4_OFF + 16, BPF_F_PSEUDO_HDR),
         L4::Udp => (L4_OFF + 6, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0),
@@ -255,7 +256,7 @@ pub fn icmp_error(ctx: &TcContext, f: &Flow, dir: u8) -> Result<Option<CtEntry>,
         (QUOTE + 12, q.saddr, crate::packet::IP_DST, f.daddr)
     };
     let h = |_| Reason::DropHelper;
-    ctx.store(field, &e.addr, 0).map_err(h)?;
+    crate::packet::write(ctx, field, &e.addr)?;
     ctx.l3_csum_replace(QUOTE + 10, old as u64, e.addr as u64, 4)
         .map_err(h)?;
     let new_check: u16 = read(ctx, QUOTE + 10)?;

@@ -93,6 +93,18 @@ pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*mut T, Reason> {
     Ok((start + off) as *mut T)
 }
 
+/// Writes `v` at `off` by direct packet access (no helper call); where the
+/// linear area is too short, through `bpf_skb_store_bytes`.
+#[inline(always)]
+pub fn write<T: Copy>(ctx: &TcContext, off: usize, v: &T) -> Result<(), Reason> {
+    match ptr_at::<T>(ctx, off) {
+        // SAFETY: bounds checked by `ptr_at`; TC programs may write packet data.
+        Ok(p) => unsafe { core::ptr::write_unaligned(p, *v) },
+        Err(_) => ctx.store(off, v, 0).map_err(|_| Reason::DropHelper)?,
+    }
+    Ok(())
+}
+
 /// Reads a `T` at `off` (unaligned), if the packet holds it.
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, Reason> {
@@ -200,6 +212,19 @@ pub fn sum_words<const N: usize>(words: &[u16; N]) -> u64 {
         i += 1;
     }
     sum
+}
+
+/// `check` after a 32-bit field it covers changed from `old` to `new`
+/// (RFC 1624: HC' = ~(~HC + ~m + m')). Byte order does not matter as long
+/// as all three are taken from the packet the same way.
+#[inline(always)]
+pub fn csum_replace4(check: u16, old: u32, new: u32) -> u16 {
+    let sum = (!check) as u64
+        + ((!old) & 0xffff) as u64
+        + ((!old) >> 16) as u64
+        + (new & 0xffff) as u64
+        + (new >> 16) as u64;
+    fold(sum)
 }
 
 /// Checksum of a 20-byte IPv4 header whose `check` field is zero.

@@ -22,14 +22,34 @@ use overlay_common::{
     stats::Reason,
 };
 
-use crate::packet::{Flow, IP_OFF, Ipv4, ipv4_csum};
+use crate::packet::{Flow, Ipv4, ipv4_csum, read, write};
 
 const AF_INET: u8 = 2;
 
-#[repr(C)]
+/// The frame header of an encapsulated packet, written in one go (packed:
+/// the IPv4 header starts at byte 14).
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
 struct Outer {
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    proto: u16,
     ip: Ipv4,
     udp: [u16; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<Outer>() == 14 + ENCAP_OVERHEAD as usize);
+
+/// How to reach a destination on the node's network.
+enum NextHop {
+    /// Resolved: these MACs, out of `ifindex`.
+    Mac {
+        ifindex: u32,
+        dmac: [u8; 6],
+        smac: [u8; 6],
+    },
+    /// The neighbour (`nh`) is not resolved yet: the kernel resolves it.
+    Neigh { ifindex: u32, nh: u32 },
 }
 
 /// True for a GSO super-packet: the kernel segments it after encapsulation.
@@ -43,6 +63,7 @@ pub fn is_gso(ctx: &TcContext) -> bool {
 /// The caller has checked the size against the overlay MTU.
 #[inline(always)]
 pub fn encap(ctx: &TcContext, cfg: &Config, node: &Node, f: &Flow) -> Result<i32, Reason> {
+    let hop = next_hop(ctx, cfg, node.ip)?;
     let flags =
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_FIXED_GSO;
     ctx.adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags as u64)
@@ -66,9 +87,25 @@ pub fn encap(ctx: &TcContext, cfg: &Config, node: &Node, f: &Flow) -> Result<i32
         f.len.wrapping_add(8).to_be(),
         0,
     ];
-    ctx.store(IP_OFF, &Outer { ip, udp }, 0)
-        .map_err(|_| Reason::DropHelper)?;
-    route_out(ctx, cfg, node.ip)
+    // The Ethernet addresses are set now if known; else they stay as they
+    // are and the kernel fills them when it resolves the neighbour.
+    let (dmac, smac) = match hop {
+        NextHop::Mac { dmac, smac, .. } => (dmac, smac),
+        NextHop::Neigh { .. } => read::<([u8; 6], [u8; 6])>(ctx, 0)?,
+    };
+    let proto = overlay_common::ETH_P_IP.to_be();
+    write(
+        ctx,
+        0,
+        &Outer {
+            dmac,
+            smac,
+            proto,
+            ip,
+            udp,
+        },
+    )?;
+    Ok(send(hop))
 }
 
 /// Removes the outer IPv4 + UDP headers.
@@ -83,6 +120,16 @@ pub fn decap(ctx: &TcContext) -> Result<(), Reason> {
 /// and sends it; when the neighbour is not resolved yet the kernel resolves it.
 #[inline(always)]
 pub fn route_out(ctx: &TcContext, cfg: &Config, dst: u32) -> Result<i32, Reason> {
+    let hop = next_hop(ctx, cfg, dst)?;
+    if let NextHop::Mac { dmac, smac, .. } = hop {
+        write(ctx, 0, &[dmac, smac])?;
+    }
+    Ok(send(hop))
+}
+
+/// The FIB's next hop toward `dst` for a packet the node itself sends.
+#[inline(always)]
+fn next_hop(ctx: &TcContext, cfg: &Config, dst: u32) -> Result<NextHop, Reason> {
     // SAFETY: plain data; zero is a valid starting value for every field.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     p.family = AF_INET;
@@ -95,36 +142,43 @@ pub fn route_out(ctx: &TcContext, cfg: &Config, dst: u32) -> Result<i32, Reason>
     // OUTPUT: the node itself sends these packets (the uplink still needs forwarding on).
     let rc =
         unsafe { fib_lookup(ctx.skb.skb as *mut _, &mut p, size, BPF_FIB_LOOKUP_OUTPUT) } as u32;
-    if rc == BPF_FIB_LKUP_RET_SUCCESS {
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(&p.dmac);
-        macs[6..].copy_from_slice(&p.smac);
-        ctx.store(0, &macs, 0).map_err(|_| Reason::DropHelper)?;
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(NextHop::Mac {
+            ifindex: p.ifindex,
+            dmac: p.dmac,
+            smac: p.smac,
+        }),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Ok(NextHop::Neigh {
+            ifindex: p.ifindex,
+            // SAFETY: reading the union member the lookup filled (the next hop).
+            nh: unsafe { p.__bindgen_anon_4.ipv4_dst },
+        }),
+        // FWD_DISABLED: the uplink needs net.ipv4.conf.<uplink>.forwarding=1.
+        _ => Err(Reason::DropNoRoute),
+    }
+}
+
+#[inline(always)]
+fn send(hop: NextHop) -> i32 {
+    match hop {
         // SAFETY: helper call.
-        return Ok(unsafe { bpf_redirect(p.ifindex, 0) } as i32);
+        NextHop::Mac { ifindex, .. } => unsafe { bpf_redirect(ifindex, 0) as i32 },
+        NextHop::Neigh { ifindex, nh } => {
+            let mut nh = bpf_redir_neigh {
+                nh_family: AF_INET as u32,
+                __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: nh },
+            };
+            let size = core::mem::size_of::<bpf_redir_neigh>() as i32;
+            // SAFETY: helper call with a stack buffer of `size`.
+            unsafe { bpf_redirect_neigh(ifindex, &mut nh, size, 0) as i32 }
+        }
     }
-    if rc == BPF_FIB_LKUP_RET_NO_NEIGH {
-        // SAFETY: reading the union member the lookup filled (the next hop).
-        let nh_ip = unsafe { p.__bindgen_anon_4.ipv4_dst };
-        let mut nh = bpf_redir_neigh {
-            nh_family: AF_INET as u32,
-            __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: nh_ip },
-        };
-        let size = core::mem::size_of::<bpf_redir_neigh>() as i32;
-        // SAFETY: helper call with a stack buffer of `size`.
-        return Ok(unsafe { bpf_redirect_neigh(p.ifindex, &mut nh, size, 0) } as i32);
-    }
-    // FWD_DISABLED: the uplink needs net.ipv4.conf.<uplink>.forwarding=1.
-    Err(Reason::DropNoRoute)
 }
 
 /// Delivers into a local instance: its MACs, then straight into its namespace.
 #[inline(always)]
 pub fn to_endpoint(ctx: &TcContext, ep: &Endpoint) -> Result<i32, Reason> {
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&ep.mac);
-    macs[6..].copy_from_slice(&ep.host_mac);
-    ctx.store(0, &macs, 0).map_err(|_| Reason::DropHelper)?;
+    write(ctx, 0, &[ep.mac, ep.host_mac])?;
     // SAFETY: helper call.
     Ok(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32)
 }
