@@ -138,6 +138,25 @@ pub fn config() -> Option<&'static Config> {
     CONFIG.get(0).filter(|c| c.node_id != 0)
 }
 
+/// A node's next hop as the FIB last gave it, per CPU (no torn MACs).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CachedHop {
+    pub ifindex: u32,
+    /// Conntrack tick of the lookup: entries older than a tick are redone.
+    pub tick: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+}
+
+/// `HOPS[node ip]`: cached FIB results for tunnel destinations, so that an
+/// established flow's packets skip `bpf_fib_lookup` (about a quarter of the
+/// encapsulation path). Not pinned: a cache that a restart may drop. A
+/// changed neighbour or route is seen within two ticks (~2 s).
+#[map(name = "HOPS")]
+pub static HOPS: PerCpuHashMap<u32, CachedHop> =
+    PerCpuHashMap::with_max_entries(capacity::NODES, BPF_F_NO_PREALLOC);
+
 /// `TURNS[servip]`: per-CPU round-robin counters of roundrobin ServIPs.
 /// Per CPU, so that no two CPUs ever race for a turn; each CPU goes round
 /// the table on its own, which keeps the total even within one turn per CPU.

@@ -22,6 +22,7 @@ use overlay_common::{
     stats::Reason,
 };
 
+use crate::maps::HOPS;
 use crate::packet::{Flow, Ipv4, ipv4_csum, read, write};
 
 const AF_INET: u8 = 2;
@@ -63,7 +64,7 @@ pub fn is_gso(ctx: &TcContext) -> bool {
 /// The caller has checked the size against the overlay MTU.
 #[inline(always)]
 pub fn encap(ctx: &TcContext, cfg: &Config, node: &Node, f: &Flow) -> Result<i32, Reason> {
-    let hop = next_hop(ctx, cfg, node.ip)?;
+    let hop = cached_hop(ctx, cfg, node.ip)?;
     let flags =
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_FIXED_GSO;
     ctx.adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags as u64)
@@ -125,6 +126,38 @@ pub fn route_out(ctx: &TcContext, cfg: &Config, dst: u32) -> Result<i32, Reason>
         write(ctx, 0, &[dmac, smac])?;
     }
     Ok(send(hop))
+}
+
+/// The next hop toward node address `dst`: from this CPU's cache while it is
+/// fresh (within a tick), else from the FIB (then cached if resolved).
+#[inline(always)]
+fn cached_hop(ctx: &TcContext, cfg: &Config, dst: u32) -> Result<NextHop, Reason> {
+    let now = crate::maps::tick();
+    // SAFETY: this CPU's entry, copied out at once.
+    if let Some(h) = unsafe { HOPS.get(dst) }.filter(|h| now.wrapping_sub(h.tick) <= 1) {
+        return Ok(NextHop::Mac {
+            ifindex: h.ifindex,
+            dmac: h.dmac,
+            smac: h.smac,
+        });
+    }
+    let hop = next_hop(ctx, cfg, dst)?;
+    if let NextHop::Mac {
+        ifindex,
+        dmac,
+        smac,
+    } = hop
+    {
+        let entry = crate::maps::CachedHop {
+            ifindex,
+            tick: now,
+            dmac,
+            smac,
+        };
+        // A full cache only costs the lookup again.
+        let _ = HOPS.insert(dst, entry, 0);
+    }
+    Ok(hop)
 }
 
 /// The FIB's next hop toward `dst` for a packet the node itself sends.

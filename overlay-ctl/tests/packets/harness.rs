@@ -175,7 +175,7 @@ pub fn uplink(neigh: bool) -> Uplink {
     }
 }
 
-fn fmt_mac(m: [u8; 6]) -> String {
+pub fn fmt_mac(m: [u8; 6]) -> String {
     m.map(|b| format!("{b:02x}")).join(":")
 }
 

@@ -196,6 +196,49 @@ fn remote_backend_is_encapsulated_toward_its_node() {
         .unwrap();
 }
 
+/// The next hop is cached per CPU for one to two ticks (1.07-2.1 s), so
+/// packets skip the FIB lookup, yet a changed neighbour MAC is followed soon
+/// after. (On one CPU: the cache is per CPU.)
+#[test]
+fn changed_neighbour_is_followed_within_two_ticks() {
+    pin_to_one_cpu();
+    let up = uplink(true);
+    let mut dp = node(up.ifindex);
+    servip(&mut dp, &[B_REMOTE]);
+    let sent = from(&CLIENT, &tcp(CLIENT.ip, CLIENT_PORT, VIP, HTTP));
+    let mut dmac = || {
+        let out = up
+            .ns
+            .enter(|| from_instance(&mut dp, &sent, CLIENT.ifindex).1);
+        parse(&out.unwrap()).eth.destination
+    };
+    assert_eq!(dmac(), PEER_MAC);
+    let moved = [0x02, 0, 0, 0, 0, 0x99];
+    let mac = fmt_mac(moved);
+    let args = [
+        "neigh",
+        "replace",
+        "192.0.2.12",
+        "lladdr",
+        &mac,
+        "dev",
+        "up0",
+        "nud",
+        "permanent",
+    ];
+    up.ns.ip(args).unwrap();
+    let start = std::time::Instant::now();
+    assert_eq!(dmac(), PEER_MAC, "cached: no FIB lookup for this packet");
+    while dmac() != moved {
+        assert!(
+            start.elapsed().as_secs() < 5,
+            "the cached next hop never expired"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    println!("new neighbour MAC in use after {:?}", start.elapsed());
+}
+
 #[test]
 fn remote_backend_without_neighbour_entry_is_handed_to_redirect_neigh() {
     let up = uplink(false);
