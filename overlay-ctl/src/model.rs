@@ -177,6 +177,16 @@ pub struct FixedIp {
     pub ip: Ipv4Addr,
 }
 
+/// Settings every node of the cluster applies (store key `cluster/settings`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Services without `needs` may open no new flows; absent: each agent's
+    /// own `default_deny` (false unless configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_deny: Option<bool>,
+}
+
 /// Everything the reconciler turns into maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -189,6 +199,8 @@ pub struct ClusterState {
     pub instances: Vec<InstanceSpec>,
     #[serde(default)]
     pub fixed: Vec<FixedIp>,
+    #[serde(default)]
+    pub settings: ClusterSettings,
     /// Smoothed RTT in µs that each node measured to the others: node → peer → µs.
     #[serde(default)]
     pub rtt: BTreeMap<String, BTreeMap<String, u32>>,
@@ -231,6 +243,7 @@ impl ClusterState {
             && self.services == other.services
             && self.instances == other.instances
             && self.fixed == other.fixed
+            && self.settings == other.settings
     }
 
     /// Active flows toward the instance at `nsip`, summed over every node.

@@ -296,4 +296,28 @@ fn exposure_from_outside_and_needs_between_services() {
         servers::tcp_who(&w, other_rr).is_ok()
     })
     .unwrap();
+
+    // The cluster's default deny (a store setting): `other` has no `needs`.
+    let api_rr = SocketAddr::from((servip(&api, "roundrobin"), 8080));
+    assert!(servers::tcp_who(&o, api_rr).is_ok(), "allowed by default");
+    c.ctl_ok(&["cluster", "set", "default-deny", "on"]);
+    assert!(c.ctl_ok(&["cluster", "show"]).contains("default-deny  on"));
+    wait_until(Duration::from_secs(5), "default deny on every node", || {
+        servers::tcp_who(&o, api_rr).is_err_and(|e| e.kind() == std::io::ErrorKind::HostUnreachable)
+    })
+    .unwrap();
+    assert!(
+        servers::tcp_who(&w, api_rr).is_ok(),
+        "web's needs still allow api"
+    );
+    c.ctl_ok(&["cluster", "set", "default-deny", "off"]);
+    wait_until(Duration::from_secs(5), "default deny off again", || {
+        servers::tcp_who(&o, api_rr).is_ok()
+    })
+    .unwrap();
+    let bad = c.ctl(&["cluster", "set", "default-deny", "maybe"]);
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("maybe"),
+        "{bad:?}"
+    );
 }

@@ -195,3 +195,52 @@ pub fn resolve(name: &str, endpoints: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// The cluster's settings.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a setting; every agent applies it at once.
+    Set {
+        #[command(subcommand)]
+        setting: Setting,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum Setting {
+    /// Services without `needs` may open no new flows (`on`), or any (`off`).
+    DefaultDeny {
+        #[arg(action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+        value: bool,
+    },
+}
+
+/// `overlay-ctl cluster show|set`.
+pub fn settings(cmd: ClusterCmd, endpoints: &str) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let store = rt.block_on(Store::connect(endpoints))?;
+    let mut settings = rt.block_on(store.settings())?;
+    match cmd {
+        ClusterCmd::Show { json: true } => println!("{}", serde_json::to_string_pretty(&settings)?),
+        ClusterCmd::Show { json: false } => {
+            let deny = settings
+                .default_deny
+                .map_or("(each agent's own default_deny)", |d| {
+                    if d { "on" } else { "off" }
+                });
+            println!("default-deny  {deny}");
+        }
+        ClusterCmd::Set {
+            setting: Setting::DefaultDeny { value },
+        } => {
+            settings.default_deny = Some(value);
+            rt.block_on(store.set_settings(&settings))?;
+            println!("default-deny  {}", if value { "on" } else { "off" });
+        }
+    }
+    Ok(())
+}

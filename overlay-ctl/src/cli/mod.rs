@@ -70,6 +70,19 @@ enum Cmd {
         )]
         store: String,
     },
+    /// Show or change the settings every node applies.
+    Cluster {
+        #[command(subcommand)]
+        cmd: cluster::ClusterCmd,
+        /// etcd endpoints, comma-separated.
+        #[arg(
+            long,
+            env = "OVERLAY_STORE",
+            default_value = "http://127.0.0.1:2379",
+            global = true
+        )]
+        store: String,
+    },
     /// Resolve `app.appns.svc.svcns.instance.policy.local` from the cluster store.
     Resolve {
         name: String,
@@ -144,6 +157,7 @@ pub fn main() -> anyhow::Result<()> {
             cmd: NodeCmd::Ls { json },
             store,
         } => cluster::node_ls(&store, json)?,
+        Cmd::Cluster { cmd, store } => cluster::settings(cmd, &store)?,
         Cmd::Resolve { name, store } => cluster::resolve(&name, &store)?,
         Cmd::Maps {
             table,
@@ -229,4 +243,16 @@ fn init_logs() {
         .with_env_filter(filter)
         .with_target(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks over every subcommand (they otherwise
+    /// fire only when that subcommand is first used).
+    #[test]
+    fn command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -14,12 +14,12 @@
 //!   prost messages, so building needs no `protoc`).
 
 mod client;
+mod cluster;
 mod follow;
 mod ops;
 mod pool;
 mod proto;
 mod registration;
-mod secret;
 mod services;
 mod state;
 mod subnet;

@@ -55,6 +55,7 @@ pub(crate) fn is_state_key(key: &str) -> bool {
     ]
     .iter()
     .any(|p| key.starts_with(p))
+        || key == super::cluster::SETTINGS
 }
 
 /// Builds the dataplane's state from `nodes/`, `services/` and `instances/`
@@ -92,6 +93,8 @@ pub(crate) fn build_state<'a>(
                     ip,
                 });
             }
+        } else if key == super::cluster::SETTINGS {
+            state.settings = parse(key, value).unwrap_or_default();
         } else if let Some(node) = key.strip_prefix("rtt/") {
             state
                 .rtt

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use overlay_ctl::descriptor::Descriptor;
-use overlay_ctl::model::{ClusterState, InstanceSpec, Subnet};
+use overlay_ctl::model::{ClusterSettings, ClusterState, InstanceSpec, Subnet};
 use overlay_ctl::store::{
     self, DEFAULT_SERVICE_POOL, DEFAULT_SUBNET_LEN, DEFAULT_SUBNET_POOL, NodeRecord, Store,
     StoreError,

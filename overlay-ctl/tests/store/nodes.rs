@@ -215,3 +215,18 @@ fn probe_key_and_measurements() {
         assert!(state.rtt.is_empty() && state.load.is_empty(), "{state:?}");
     });
 }
+
+/// Cluster settings: defaults until set, then in every snapshot.
+#[test]
+fn cluster_settings() {
+    let c = cluster("st-settings");
+    run(&c, |store| async move {
+        assert_eq!(store.settings().await.unwrap(), ClusterSettings::default());
+        let on = ClusterSettings {
+            default_deny: Some(true),
+        };
+        store.set_settings(&on).await.unwrap();
+        assert_eq!(store.settings().await.unwrap(), on);
+        assert_eq!(store.snapshot().await.unwrap().0.settings, on);
+    });
+}

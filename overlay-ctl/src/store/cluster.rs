@@ -1,11 +1,15 @@
-//! The cluster's probe key (`cluster/probe-key`): a random secret the first
-//! agent creates and every agent reads, so that RTT probes between nodes are
-//! authenticated without an operator distributing a key.
+//! Cluster-wide keys:
+//! * `cluster/probe-key`: a random secret the first agent creates and every
+//!   agent reads, so that RTT probes between nodes are authenticated without
+//!   an operator distributing a key;
+//! * `cluster/settings`: settings every node applies (`ClusterSettings`).
 
 use super::ops::{absent, ops, put};
 use super::{Result, Store, StoreError, proto};
+use crate::model::ClusterSettings;
 
 const KEY: &str = "cluster/probe-key";
+pub(crate) const SETTINGS: &str = "cluster/settings";
 
 impl Store {
     /// The cluster's probe key; `fresh` becomes it if there is none yet
@@ -30,6 +34,26 @@ impl Store {
             key: KEY.into(),
             reason: "not 64 hexadecimal digits".into(),
         })
+    }
+}
+
+impl Store {
+    /// The cluster's settings (defaults where none were set).
+    pub async fn settings(&self) -> Result<ClusterSettings> {
+        let (kvs, _) = self.range_all(SETTINGS, false).await?;
+        kvs.iter()
+            .find(|kv| kv.key == SETTINGS)
+            .map_or(Ok(ClusterSettings::default()), |kv| kv.decode())
+    }
+
+    /// Replaces the cluster's settings; every agent applies them at once.
+    pub async fn set_settings(&self, settings: &ClusterSettings) -> Result<()> {
+        let value = serde_json::to_vec(settings).expect("settings serialise");
+        let txn = proto::TxnRequest {
+            success: ops([put(&self.key(SETTINGS), value, 0)]),
+            ..Default::default()
+        };
+        self.client.txn(txn).await.map(|_| ())
     }
 }
 
