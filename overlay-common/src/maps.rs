@@ -188,7 +188,7 @@ pub mod ct {
 }
 
 /// `CONNTRACK` value. Written once when a flow starts; afterwards only
-/// `seen` of a FORWARD entry changes, at most once per tick.
+/// `seen` of a FORWARD or NS_FORWARD entry changes, at most once per tick.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
@@ -200,8 +200,9 @@ pub struct CtEntry {
     pub _pad: u8,
     /// North-south entries: a port, network order (see `ct`).
     pub port: u16,
-    /// Last tick ([`ct::tick`]) a packet used this entry: the agent counts
-    /// recently used FORWARD entries as each backend's active flows.
+    /// Last tick ([`ct::tick`]) a packet used this entry (creation only, for
+    /// reverse entries): the agent counts recently used forward entries as
+    /// each backend's active flows.
     pub seen: u32,
 }
 

@@ -38,6 +38,16 @@ fn policy(p: u8) -> &'static str {
     }
 }
 
+fn direction(d: u8) -> &'static str {
+    match d {
+        ct::FORWARD => "forward",
+        ct::REVERSE => "reverse",
+        ct::NS_FORWARD => "ns-forward",
+        ct::NS_REVERSE => "ns-reverse",
+        _ => "?",
+    }
+}
+
 fn proto(p: u8) -> &'static str {
     match p {
         overlay_common::IPPROTO_TCP => "tcp",
@@ -82,19 +92,24 @@ pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
             .map(|(nsip, e)| json!({"nsip": nsip, "ifindex": e.ifindex, "service": e.service, "instance": e.instance, "mac": mac(&e.mac), "host_mac": mac(&e.host_mac)}))
             .collect(),
         Table::Nodes => t.nodes().into_iter().map(|(id, n)| json!({"node": id, "ip": ip::from_wire(n.ip), "ewp": ip::port_from_wire(n.port)})).collect(),
-        Table::Conntrack => t
-            .conntrack()
-            .into_iter()
-            .map(|(k, e)| {
-                json!({
-                    "src": format!("{}:{}", ip::from_wire(k.saddr), ip::port_from_wire(k.sport)),
-                    "dst": format!("{}:{}", ip::from_wire(k.daddr), ip::port_from_wire(k.dport)),
-                    "proto": proto(k.proto),
-                    "dir": if e.dir == ct::FORWARD { "forward" } else { "reverse" },
-                    "nat": ip::from_wire(e.addr), "node": e.node, "service": e.service,
+        Table::Conntrack => {
+            let now = crate::dataplane::tick_now();
+            t.conntrack()
+                .into_iter()
+                .map(|(k, e)| {
+                    json!({
+                        "src": format!("{}:{}", ip::from_wire(k.saddr), ip::port_from_wire(k.sport)),
+                        "dst": format!("{}:{}", ip::from_wire(k.daddr), ip::port_from_wire(k.dport)),
+                        "proto": proto(k.proto),
+                        "dir": direction(e.dir),
+                        "nat": ip::from_wire(e.addr), "node": e.node, "service": e.service,
+                        // Seconds since a packet last used the flow (kept on forward entries).
+                        "idle_s": matches!(e.dir, ct::FORWARD | ct::NS_FORWARD)
+                            .then(|| now.wrapping_sub(e.seen) as u64 * (1 << 30) / 1_000_000_000),
+                    })
                 })
-            })
-            .collect(),
+                .collect()
+        }
         Table::Stats => {
             let mut rows: Vec<Value> = t
                 .stats()?

@@ -220,7 +220,10 @@ fn loaded_instance_loses_new_flows(
     }
     println!("fastest with api2 loaded, 40 connections: {got:?}");
     let to = |n: &str| got.get(n).copied().unwrap_or(0);
-    assert!(to("api2") <= 14 && to("api2b") >= 2 * to("api2"), "{got:?}");
+    assert!(
+        to("api2") <= 14 && to("api2b") >= to("api2") + 10,
+        "{got:?}"
+    );
     stop.store(true, Ordering::Relaxed);
     keep.join().unwrap();
 }

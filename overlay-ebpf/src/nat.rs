@@ -50,8 +50,11 @@ pub fn tracked(k: &CtKey, dir: u8) -> Option<CtEntry> {
 #[inline(always)]
 pub fn backend(f: &Flow, sv: &ServIp, src_service: u32, local_node: u32) -> Result<Target, Reason> {
     let fwd = key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
-    if let Some(e) = established(&fwd) {
-        return Ok(e);
+    if let Some(e) = touch(&fwd, ct::FORWARD) {
+        return Ok(Target {
+            nsip: e.addr,
+            node: e.node,
+        });
     }
     let port = match f.l4 {
         L4::Tcp | L4::Udp => f.dport,
@@ -105,24 +108,21 @@ pub fn backend(f: &Flow, sv: &ServIp, src_service: u32, local_node: u32) -> Resu
     })
 }
 
-/// The tracked backend of an established flow; refreshes the entry's
-/// `seen` once per tick (that is how the agent counts active flows).
+/// The entry of an established flow in direction `dir`, with its `seen`
+/// refreshed once per tick (that is how the agent counts active flows).
 #[inline(always)]
-fn established(fwd: &CtKey) -> Option<Target> {
-    let e = CONNTRACK.get_ptr_mut(fwd)?;
+pub fn touch(k: &CtKey, dir: u8) -> Option<CtEntry> {
+    let e = CONNTRACK.get_ptr_mut(k)?;
     // SAFETY: valid for this run; a racing eviction at worst loses one refresh.
     unsafe {
-        if (*e).dir != ct::FORWARD {
+        if (*e).dir != dir {
             return None;
         }
         let now = crate::maps::tick();
         if (*e).seen != now {
             (*e).seen = now;
         }
-        Some(Target {
-            nsip: (*e).addr,
-            node: (*e).node,
-        })
+        Some(*e)
     }
 }
 

@@ -39,7 +39,7 @@ pub fn inbound(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Option<(i32, 
     };
     let f = packet::flow(ctx, ip, L4_OFF)?;
     let fwd = key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
-    let (backend, node, sport) = match tracked(&fwd, ct::NS_FORWARD) {
+    let (backend, node, sport) = match nat::touch(&fwd, ct::NS_FORWARD) {
         Some(e) => (e.addr, e.node, e.port),
         None => new_flow(cfg, &f, &exp, &fwd)?,
     };
