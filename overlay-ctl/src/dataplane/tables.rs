@@ -284,6 +284,36 @@ impl Tables {
             .collect()
     }
 
+    /// Every ServIP's live slot table, read in batches (a restart's resync
+    /// over thousands of ServIPs would otherwise cost a syscall per slot).
+    pub fn all_slots(&self) -> std::collections::BTreeMap<Ipv4Addr, Vec<u32>> {
+        use aya::maps::IterableMap;
+        let live: std::collections::BTreeMap<u32, ServIp> =
+            self.servips.iter().filter_map(|r| r.ok()).collect();
+        let all: Vec<(SlotKey, u32)> = super::batch::lookup_all(self.slots.map())
+            .unwrap_or_else(|_| self.slots.iter().filter_map(|r| r.ok()).collect());
+        let mut tables: std::collections::BTreeMap<Ipv4Addr, Vec<(u32, u32)>> = Default::default();
+        for (k, id) in all {
+            let Some(sv) = live.get(&k.servip) else {
+                continue;
+            };
+            let (table, index) = ((k.slot >> 16) as u8, k.slot & 0xffff);
+            if table == sv.table && index < sv.count as u32 {
+                tables
+                    .entry(ip::from_wire(k.servip))
+                    .or_default()
+                    .push((index, id));
+            }
+        }
+        tables
+            .into_iter()
+            .map(|(vip, mut slots)| {
+                slots.sort_unstable();
+                (vip, slots.into_iter().map(|(_, id)| id).collect())
+            })
+            .collect()
+    }
+
     pub fn ports(&self) -> Vec<PortKey> {
         self.ports.keys().filter_map(|r| r.ok()).collect()
     }

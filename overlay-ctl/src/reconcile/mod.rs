@@ -225,8 +225,10 @@ pub fn read(t: &Tables) -> MapSet {
             .insert((k.service, ip::port_from_wire(k.port), k.proto));
     }
     m.endpoints = t.endpoints().into_iter().collect();
+    let mut slots = t.all_slots();
     for (vip, sv) in t.servips() {
-        m.servips.insert(vip, (sv.service, sv.policy, t.slots(vip)));
+        let table = slots.remove(&vip).unwrap_or_default();
+        m.servips.insert(vip, (sv.service, sv.policy, table));
     }
     m.restricted = t.restricted().into_iter().collect();
     m.needs = t.needs().into_iter().map(|k| (k.src, k.dst)).collect();

@@ -352,6 +352,11 @@ fn round_robin_takes_the_slots_in_turn() {
     // A new table (B2 only) replaces the old one whole; old slots are gone.
     servip_with(&mut dp, overlay_common::maps::policy::ROUNDROBIN, &[B2]);
     assert_eq!(dp.tables.slots(VIP), [B2]);
+    assert_eq!(
+        dp.tables.all_slots(),
+        [(VIP, vec![B2])].into(),
+        "the batch read agrees"
+    );
     let want = tcp(CLIENT.ip, 31100, BACKEND2.ip, HTTP);
     delivered(
         &mut dp,
