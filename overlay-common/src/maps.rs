@@ -115,6 +115,16 @@ impl SlotKey {
             slot: ((table as u32) << 16) | (index & 0xffff),
         }
     }
+
+    /// The table this slot belongs to (see [`SlotKey::new`]).
+    pub const fn table(&self) -> u8 {
+        (self.slot >> 16) as u8
+    }
+
+    /// The slot's index in its table.
+    pub const fn index(&self) -> u32 {
+        self.slot & 0xffff
+    }
 }
 
 /// `BACKENDS[id]`: an instance a slot can point at.
@@ -183,8 +193,11 @@ pub mod ct {
     /// refreshing `seen` costs one write per flow per tick, not per packet.
     #[inline(always)]
     pub const fn tick(monotonic_ns: u64) -> u32 {
-        (monotonic_ns >> 30) as u32
+        (monotonic_ns / TICK_NS) as u32
     }
+
+    /// Length of a [`tick`] in nanoseconds.
+    pub const TICK_NS: u64 = 1 << 30;
 }
 
 /// `CONNTRACK` value. Written once when a flow starts; afterwards only

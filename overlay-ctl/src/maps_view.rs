@@ -105,7 +105,7 @@ pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
                         "nat": ip::from_wire(e.addr), "node": e.node, "service": e.service,
                         // Seconds since a packet last used the flow (kept on forward entries).
                         "idle_s": matches!(e.dir, ct::FORWARD | ct::NS_FORWARD)
-                            .then(|| now.wrapping_sub(e.seen) as u64 * (1 << 30) / 1_000_000_000),
+                            .then(|| now.wrapping_sub(e.seen) as u64 * ct::TICK_NS / 1_000_000_000),
                     })
                 })
                 .collect()

@@ -257,9 +257,8 @@ pub fn icmp_error(ctx: &TcContext, f: &Flow, dir: u8) -> Result<Option<CtEntry>,
     };
     let h = |_| Reason::DropHelper;
     crate::packet::write(ctx, field, &e.addr)?;
-    ctx.l3_csum_replace(QUOTE + 10, old as u64, e.addr as u64, 4)
-        .map_err(h)?;
-    let new_check: u16 = read(ctx, QUOTE + 10)?;
+    let new_check = crate::packet::csum_replace4(q.check, old, e.addr);
+    crate::packet::write(ctx, QUOTE + 10, &new_check)?;
     // The ICMP checksum covers the quote: both changed fields enter it.
     ctx.l4_csum_replace(ICMP_CSUM, old as u64, e.addr as u64, 4)
         .map_err(h)?;

@@ -170,7 +170,11 @@ impl Agent {
             config: self.node.dataplane_config(),
             endpoints: &self.endpoints,
             snat: self.node.subnet.host(1),
-            default_deny: (self.cluster.settings.default_deny).unwrap_or(self.cfg.default_deny),
+            default_deny: self
+                .cluster
+                .settings
+                .default_deny
+                .unwrap_or(self.cfg.default_deny),
             expose_where_running: self.cfg.expose_where_running,
             balance: self.cfg.balance,
         };

@@ -48,47 +48,28 @@ enum Cmd {
     Service {
         #[command(subcommand)]
         cmd: cluster::ServiceCmd,
-        /// etcd endpoints, comma-separated.
-        #[arg(
-            long,
-            env = "OVERLAY_STORE",
-            default_value = "http://127.0.0.1:2379",
-            global = true
-        )]
-        store: String,
+        #[command(flatten)]
+        store: StoreArg,
     },
     /// List the cluster's nodes.
     Node {
         #[command(subcommand)]
         cmd: NodeCmd,
-        /// etcd endpoints, comma-separated.
-        #[arg(
-            long,
-            env = "OVERLAY_STORE",
-            default_value = "http://127.0.0.1:2379",
-            global = true
-        )]
-        store: String,
+        #[command(flatten)]
+        store: StoreArg,
     },
     /// Show or change the settings every node applies.
     Cluster {
         #[command(subcommand)]
         cmd: cluster::ClusterCmd,
-        /// etcd endpoints, comma-separated.
-        #[arg(
-            long,
-            env = "OVERLAY_STORE",
-            default_value = "http://127.0.0.1:2379",
-            global = true
-        )]
-        store: String,
+        #[command(flatten)]
+        store: StoreArg,
     },
     /// Resolve `app.appns.svc.svcns.instance.policy.local` from the cluster store.
     Resolve {
         name: String,
-        /// etcd endpoints, comma-separated.
-        #[arg(long, env = "OVERLAY_STORE", default_value = "http://127.0.0.1:2379")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArg,
     },
     /// Read the pinned dataplane maps directly (works while no agent runs).
     Maps {
@@ -102,6 +83,20 @@ enum Cmd {
         #[arg(long, env = "OVERLAY_PIN_DIR")]
         pin_dir: Option<PathBuf>,
     },
+}
+
+/// Where the cluster store is, for every command that talks to it.
+#[derive(clap::Args)]
+struct StoreArg {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long = "store",
+        value_name = "STORE",
+        env = "OVERLAY_STORE",
+        default_value = "http://127.0.0.1:2379",
+        global = true
+    )]
+    endpoints: String,
 }
 
 #[derive(Subcommand)]
@@ -152,13 +147,13 @@ pub fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Instance { cmd, api } => instance(cmd, &api)?,
-        Cmd::Service { cmd, store } => cluster::service(cmd, &store)?,
+        Cmd::Service { cmd, store } => cluster::service(cmd, &store.endpoints)?,
         Cmd::Node {
             cmd: NodeCmd::Ls { json },
             store,
-        } => cluster::node_ls(&store, json)?,
-        Cmd::Cluster { cmd, store } => cluster::settings(cmd, &store)?,
-        Cmd::Resolve { name, store } => cluster::resolve(&name, &store)?,
+        } => cluster::node_ls(&store.endpoints, json)?,
+        Cmd::Cluster { cmd, store } => cluster::settings(cmd, &store.endpoints)?,
+        Cmd::Resolve { name, store } => cluster::resolve(&name, &store.endpoints)?,
         Cmd::Maps {
             table,
             json,

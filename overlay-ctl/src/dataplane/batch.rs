@@ -8,14 +8,20 @@ use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd};
 
 use aya::Pod;
-use aya::maps::MapData;
+use aya::maps::{HashMap, IterableMap, MapData};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 
 const CHUNK: usize = 4096;
 
+/// Every entry of `map`: in batches, or one at a time on kernels without
+/// batch lookups (before 5.6).
+pub fn read_all<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> Vec<(K, V)> {
+    lookup_all(map.map()).unwrap_or_else(|_| map.iter().filter_map(|r| r.ok()).collect())
+}
+
 /// Every entry of the hash map `map` (keys `K`, values `V`), read in batches.
 /// Entries changing meanwhile may be seen or not, as with iteration.
-pub fn lookup_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
+fn lookup_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
     let fd = map.fd().as_fd().as_raw_fd();
     let mut chunk = CHUNK;
     let mut out = Vec::new();

@@ -17,6 +17,7 @@ use overlay_common::maps::{
 };
 use overlay_common::stats::{REASONS, Reason};
 
+use super::batch::read_all;
 use super::{Error, Result};
 
 /// Every map of one dataplane.
@@ -287,17 +288,14 @@ impl Tables {
     /// Every ServIP's live slot table, read in batches (a restart's resync
     /// over thousands of ServIPs would otherwise cost a syscall per slot).
     pub fn all_slots(&self) -> std::collections::BTreeMap<Ipv4Addr, Vec<u32>> {
-        use aya::maps::IterableMap;
         let live: std::collections::BTreeMap<u32, ServIp> =
             self.servips.iter().filter_map(|r| r.ok()).collect();
-        let all: Vec<(SlotKey, u32)> = super::batch::lookup_all(self.slots.map())
-            .unwrap_or_else(|_| self.slots.iter().filter_map(|r| r.ok()).collect());
         let mut tables: std::collections::BTreeMap<Ipv4Addr, Vec<(u32, u32)>> = Default::default();
-        for (k, id) in all {
+        for (k, id) in read_all(&self.slots) {
             let Some(sv) = live.get(&k.servip) else {
                 continue;
             };
-            let (table, index) = ((k.slot >> 16) as u8, k.slot & 0xffff);
+            let (table, index) = (k.table(), k.index());
             if table == sv.table && index < sv.count as u32 {
                 tables
                     .entry(ip::from_wire(k.servip))
@@ -319,9 +317,7 @@ impl Tables {
     }
 
     pub fn backends(&self) -> Vec<(u32, Backend)> {
-        use aya::maps::IterableMap;
-        super::batch::lookup_all(self.backends.map())
-            .unwrap_or_else(|_| self.backends.iter().filter_map(|r| r.ok()).collect())
+        read_all(&self.backends)
     }
 
     pub fn endpoints(&self) -> Vec<(Ipv4Addr, Endpoint)> {
@@ -445,10 +441,7 @@ impl Tables {
     }
 
     pub fn conntrack(&self) -> Vec<(CtKey, CtEntry)> {
-        use aya::maps::IterableMap;
-        // Kernels without batch lookups (before 5.6): one entry at a time.
-        super::batch::lookup_all(self.conntrack.map())
-            .unwrap_or_else(|_| self.conntrack.iter().filter_map(|r| r.ok()).collect())
+        read_all(&self.conntrack)
     }
 }
 
