@@ -104,6 +104,8 @@ fn local_endpoints(
         uplink_ifindex: 2,
         ewp: ip::port_to_wire(spec.ewp),
         mtu: 1472,
+        nsp: ip::port_to_wire(overlay_common::DEFAULT_NSP),
+        _pad: 0,
     };
     let svc_ids: BTreeMap<&str, u32> = state
         .services

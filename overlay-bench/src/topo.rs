@@ -406,6 +406,8 @@ fn overlay() -> anyhow::Result<Overlay> {
             uplink_ifindex,
             ewp: ip::port_to_wire(DEFAULT_EWP),
             mtu: OVERLAY_MTU,
+            nsp: ip::port_to_wire(overlay_common::DEFAULT_NSP),
+            _pad: 0,
         })?;
         for peer in topo.nodes() {
             let pid = peer.index as u32;

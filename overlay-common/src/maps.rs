@@ -23,9 +23,10 @@ pub mod names {
     pub const DENIED: &str = "DENIED";
     pub const EXPOSED: &str = "EXPOSED";
     pub const TURNS: &str = "TURNS";
-    pub const ALL: [&str; 16] = [
+    pub const GATEWAYS: &str = "GATEWAYS";
+    pub const ALL: [&str; 17] = [
         CONFIG, STATS, SERVIPS, SVC_PORTS, SLOTS, BACKENDS, ENDPOINTS, NODES, PEERS, ROUTES,
-        CONNTRACK, RESTRICTED, NEEDS, DENIED, EXPOSED, TURNS,
+        CONNTRACK, RESTRICTED, NEEDS, DENIED, EXPOSED, TURNS, GATEWAYS,
     ];
 }
 
@@ -44,6 +45,7 @@ pub mod capacity {
     pub const RESTRICTED: u32 = 65_536;
     pub const NEEDS: u32 = 262_144;
     pub const EXPOSED: u32 = 4_096;
+    pub const GATEWAYS: u32 = 256;
 }
 
 /// `RESTRICTED` key meaning "services without `needs` may open no flows"
@@ -71,6 +73,9 @@ pub struct Config {
     pub ewp: u16,
     /// MTU of the instance links (uplink MTU minus the tunnel overhead).
     pub mtu: u16,
+    /// North-South port (registered gateways tunnel external traffic to it), network order.
+    pub nsp: u16,
+    pub _pad: u16,
 }
 
 /// `SERVIPS[servip]`: what a ServIP (or a fixed instance IP) stands for.
@@ -152,7 +157,9 @@ pub struct Endpoint {
     pub host_mac: [u8; 6],
 }
 
-/// `NODES[id]`: where to send tunnel packets for a node.
+/// `NODES[id]`: where to send tunnel packets for a node. Also the value of
+/// `GATEWAYS[ip]`: a registered north-south gateway (`ip` is the key, `port`
+/// where it receives the tunnelled replies).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Node {
@@ -185,7 +192,9 @@ pub mod ct {
     /// External client → exposed port of this node: `addr` is the backend,
     /// `port` the source port used toward it (from the node's SNAT address).
     pub const NS_FORWARD: u8 = 3;
-    /// Backend → node's SNAT address: `addr`/`port` are the external client's.
+    /// Backend → node's SNAT address: `addr`/`port` are the external client's;
+    /// `node` is the gateway the client's packets were tunnelled from (its
+    /// address, a `GATEWAYS` key), 0 when the client reached the node directly.
     pub const NS_REVERSE: u8 = 4;
 
     /// A conntrack timestamp: the monotonic clock (`bpf_ktime_get_coarse_ns`,
@@ -206,7 +215,7 @@ pub mod ct {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
     pub addr: u32,
-    /// Forward entries: the backend's node id.
+    /// Forward entries: the backend's node id (`NS_REVERSE`: see `ct`).
     pub node: u32,
     pub service: u32,
     pub dir: u8,
@@ -257,7 +266,7 @@ pub struct Counter {
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<Config>() == 16);
+    assert!(core::mem::size_of::<Config>() == 20);
     assert!(core::mem::size_of::<ServIp>() == 8);
     assert!(core::mem::size_of::<PortKey>() == 8);
     assert!(core::mem::size_of::<SlotKey>() == 8);

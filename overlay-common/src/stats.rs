@@ -35,6 +35,12 @@ reasons! {
     ExposedIn = "exposed_in",
     /// North-south: a backend's reply translated and sent to the external client.
     ExposedOut = "exposed_out",
+    /// North-south through a gateway: a packet tunnelled by a registered
+    /// gateway to the node's NSP, decapsulated (then counted as `exposed_in`).
+    GatewayIn = "gateway_in",
+    /// North-south through a gateway: a backend's reply tunnelled back to the
+    /// gateway its flow came from.
+    GatewayOut = "gateway_out",
     /// An RTT probe or echo from a registered node, passed up to the agent.
     Probe = "probe",
     /// A new flow to a ServIP chose a backend (counted besides the packet's own verdict).
@@ -49,9 +55,13 @@ reasons! {
     DropSpoofed = "drop_spoofed",
     /// Tunnel packet from an address that is not a registered node.
     DropUnknownPeer = "drop_unknown_peer",
+    /// Packet to the NSP from an address that is not a registered gateway
+    /// (and a reply whose gateway was removed since).
+    DropUnknownGateway = "drop_unknown_gateway",
     /// ServIP without backends (answered with ICMP host unreachable).
     DropNoBackend = "drop_no_backend",
-    /// Port or protocol the service does not forward (ICMP port unreachable).
+    /// Port or protocol the service does not forward (ICMP port unreachable);
+    /// also what a gateway tunnels to a port the node does not expose.
     DropPort = "drop_port",
     /// Larger than the overlay MTU with DF set (ICMP fragmentation needed).
     DropTooBig = "drop_too_big",

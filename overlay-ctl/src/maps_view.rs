@@ -16,6 +16,7 @@ pub enum Table {
     Backends,
     Endpoints,
     Nodes,
+    Gateways,
     Conntrack,
     Stats,
 }
@@ -92,17 +93,22 @@ pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
             .map(|(nsip, e)| json!({"nsip": nsip, "ifindex": e.ifindex, "service": e.service, "instance": e.instance, "mac": mac(&e.mac), "host_mac": mac(&e.host_mac)}))
             .collect(),
         Table::Nodes => t.nodes().into_iter().map(|(id, n)| json!({"node": id, "ip": ip::from_wire(n.ip), "ewp": ip::port_from_wire(n.port)})).collect(),
+        Table::Gateways => t.gateways().into_iter().map(|(addr, port)| json!({"gateway": addr, "port": port})).collect(),
         Table::Conntrack => {
             let now = crate::dataplane::tick_now();
             t.conntrack()
                 .into_iter()
                 .map(|(k, e)| {
+                    // North-south replies: the gateway the client came through.
+                    let via = e.dir == ct::NS_REVERSE;
                     json!({
                         "src": format!("{}:{}", ip::from_wire(k.saddr), ip::port_from_wire(k.sport)),
                         "dst": format!("{}:{}", ip::from_wire(k.daddr), ip::port_from_wire(k.dport)),
                         "proto": proto(k.proto),
                         "dir": direction(e.dir),
-                        "nat": ip::from_wire(e.addr), "node": e.node, "service": e.service,
+                        "nat": ip::from_wire(e.addr), "service": e.service,
+                        "node": (!via).then_some(e.node),
+                        "via": (via && e.node != 0).then(|| ip::from_wire(e.node)),
                         // Seconds since a packet last used the flow (kept on forward entries).
                         "idle_s": matches!(e.dir, ct::FORWARD | ct::NS_FORWARD)
                             .then(|| now.wrapping_sub(e.seen) as u64 * ct::TICK_NS / 1_000_000_000),

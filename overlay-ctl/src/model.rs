@@ -187,6 +187,50 @@ pub struct ClusterSettings {
     pub default_deny: Option<bool>,
 }
 
+/// A north-south gateway (store key `gateways/<name>`): it may tunnel
+/// external clients' packets to every node's NSP, and gets their replies
+/// tunnelled back to `ip:port`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySpec {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    #[serde(default = "default_nsp")]
+    pub port: u16,
+}
+
+fn default_nsp() -> u16 {
+    overlay_common::DEFAULT_NSP
+}
+
+impl GatewaySpec {
+    /// Why the record cannot be registered, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 63
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return Err(format!(
+                "gateway name `{}`: must be 1-63 letters, digits, '-' or '_'",
+                self.name
+            ));
+        }
+        let ip = self.ip;
+        if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+            return Err(format!(
+                "gateway address {ip}: must be a unicast address the nodes can reach"
+            ));
+        }
+        if self.port == 0 {
+            return Err("gateway port: must be 1-65535".into());
+        }
+        Ok(())
+    }
+}
+
 /// Everything the reconciler turns into maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,6 +245,8 @@ pub struct ClusterState {
     pub fixed: Vec<FixedIp>,
     #[serde(default)]
     pub settings: ClusterSettings,
+    #[serde(default)]
+    pub gateways: Vec<GatewaySpec>,
     /// Smoothed RTT in µs that each node measured to the others: node → peer → µs.
     #[serde(default)]
     pub rtt: BTreeMap<String, BTreeMap<String, u32>>,

@@ -22,8 +22,8 @@ use crate::forward::{Dest, dest_of, send, too_big};
 use crate::icmp;
 use crate::maps::{ENDPOINTS, ROUTES, SERVIPS, config, count, log_due};
 use crate::nat;
+use crate::nodeport;
 use crate::packet::{self, Flow, IP_DST, IP_OFF, L4, L4_OFF};
-use crate::tunnel;
 
 #[classifier]
 pub fn from_instance(ctx: TcContext) -> i32 {
@@ -71,8 +71,8 @@ fn try_from_instance(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     if let Some(answered) = too_big(ctx, cfg, &f, &dest)? {
         return Ok(answered);
     }
-    if nat::reverse(ctx, &mut f, cfg.node_ip)? == nat::Reversed::External {
-        return Ok((tunnel::route_out(ctx, cfg, f.daddr)?, Reason::ExposedOut));
+    if let nat::Reversed::External { via } = nat::reverse(ctx, &mut f, cfg.node_ip)? {
+        return nodeport::outbound(ctx, cfg, &f, via);
     }
     send(ctx, cfg, &f, dest)
 }

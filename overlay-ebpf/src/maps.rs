@@ -76,6 +76,11 @@ pub static NEEDS: HashMap<NeedKey, u32> =
 pub static EXPOSED: HashMap<ExposeKey, Exposed> =
     HashMap::with_max_entries(capacity::EXPOSED, BPF_F_NO_PREALLOC);
 
+/// `GATEWAYS[ip]`: registered north-south gateways (see `gateway`).
+#[map(name = "GATEWAYS")]
+pub static GATEWAYS: HashMap<u32, Node> =
+    HashMap::with_max_entries(capacity::GATEWAYS, BPF_F_NO_PREALLOC);
+
 /// New flows denied, per sending service (per CPU).
 #[map(name = "DENIED")]
 pub static DENIED: PerCpuHashMap<u32, u64> =

@@ -153,8 +153,9 @@ pub enum Reversed {
     /// deliver toward its destination in the overlay.
     Overlay,
     /// A backend's reply to an external client (north-south): now from the
-    /// node's address to the client, to be routed out of the node.
-    External,
+    /// node's address to the client, to be routed out of the node, or
+    /// tunnelled to the gateway `via` (0: none) it came through.
+    External { via: u32 },
 }
 
 /// Restores the ServIP as source of a reply (backend → client), if tracked.
@@ -185,7 +186,7 @@ pub fn reverse(ctx: &TcContext, f: &mut Flow, node_ip: u32) -> Result<Reversed, 
             f.saddr = node_ip;
             f.daddr = e.addr;
             f.dport = e.port;
-            Ok(Reversed::External)
+            Ok(Reversed::External { via: e.node })
         }
         _ => Ok(Reversed::Overlay),
     }

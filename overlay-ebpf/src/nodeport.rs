@@ -3,6 +3,11 @@
 //! rewrites the destination to the backend and the source to an address of
 //! its own subnet (so replies come back through it, also from other nodes),
 //! and keeps both directions in conntrack.
+//!
+//! Clients may also come through a registered gateway that tunnels their
+//! packets to the node's NSP (same framing as the EWP, the inner packet
+//! addressed to the node's exposed port); their replies are tunnelled back to
+//! that gateway instead of being routed out.
 
 use aya_ebpf::programs::TcContext;
 use overlay_common::{
@@ -12,16 +17,69 @@ use overlay_common::{
 };
 
 use crate::forward::{dest_of, send, too_big};
-use crate::maps::{CONNTRACK, EXPOSED, SERVIPS, count};
+use crate::maps::{CONNTRACK, EXPOSED, GATEWAYS, SERVIPS, count, log_due};
 use crate::nat::{self, key, tracked};
-use crate::packet::{self, Flow, IP_DST, IP_SRC, Ipv4, L4_OFF, read};
+use crate::packet::{self, Flow, IP_DST, IP_OFF, IP_SRC, Ipv4, L4_OFF, read};
+use crate::tunnel;
 
 /// Tries for a free source port on the SNAT address before giving up.
 const PORT_TRIES: u32 = 4;
 
-/// Handles a packet to the node's address: `None` when its port is not exposed.
+/// Handles a packet a gateway tunnelled to the node's NSP (`outer` is its
+/// outer IPv4 header): only registered gateways, only exposed ports.
 #[inline(always)]
-pub fn inbound(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Option<(i32, Reason)>, Reason> {
+pub fn tunnelled(ctx: &TcContext, cfg: &Config, outer: &Ipv4) -> Result<(i32, Reason), Reason> {
+    if u16::from_be(outer.frag) & 0x3fff != 0 {
+        return Err(Reason::DropFragment);
+    }
+    // SAFETY: presence check only.
+    if unsafe { GATEWAYS.get(outer.saddr) }.is_none() {
+        if log_due(Reason::DropUnknownGateway) {
+            aya_log_ebpf::warn!(
+                ctx,
+                "north-south packet from unregistered gateway {:i} dropped",
+                u32::from_be(outer.saddr)
+            );
+        }
+        return Err(Reason::DropUnknownGateway);
+    }
+    tunnel::decap(ctx)?;
+    let inner = packet::ipv4(ctx, IP_OFF)?.ok_or(Reason::DropMalformed)?;
+    if inner.daddr != cfg.node_ip {
+        return Err(Reason::DropPort);
+    }
+    count(Reason::GatewayIn, 0);
+    inbound(ctx, cfg, &inner, outer.saddr)?.ok_or(Reason::DropPort)
+}
+
+/// Sends a backend's reply, already translated back, to its external client:
+/// routed out of the node, or tunnelled to the gateway `via` (0: none).
+#[inline(always)]
+pub fn outbound(
+    ctx: &TcContext,
+    cfg: &Config,
+    f: &Flow,
+    via: u32,
+) -> Result<(i32, Reason), Reason> {
+    if via == 0 {
+        return Ok((tunnel::route_out(ctx, cfg, f.daddr)?, Reason::ExposedOut));
+    }
+    // SAFETY: value copied out at once.
+    let gw = unsafe { GATEWAYS.get(via) }
+        .copied()
+        .ok_or(Reason::DropUnknownGateway)?;
+    Ok((tunnel::encap(ctx, cfg, &gw, f)?, Reason::GatewayOut))
+}
+
+/// Handles a packet to the node's address: `None` when its port is not
+/// exposed. `via` is the gateway that tunnelled it (0: none).
+#[inline(always)]
+pub fn inbound(
+    ctx: &TcContext,
+    cfg: &Config,
+    ip: &Ipv4,
+    via: u32,
+) -> Result<Option<(i32, Reason)>, Reason> {
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         return Ok(None);
     }
@@ -41,7 +99,7 @@ pub fn inbound(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Option<(i32, 
     let fwd = key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
     let (backend, node, sport) = match nat::touch(&fwd, ct::NS_FORWARD) {
         Some(e) => (e.addr, e.node, e.port),
-        None => new_flow(cfg, &f, &exp, &fwd)?,
+        None => new_flow(&f, &exp, &fwd, via)?,
     };
     let dest = dest_of(backend, node, cfg)?;
     if let Some(answered) = too_big(ctx, cfg, &f, &dest)? {
@@ -56,7 +114,7 @@ pub fn inbound(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Option<(i32, 
 
 /// Chooses a backend and a source port, and writes both conntrack entries.
 #[inline(always)]
-fn new_flow(cfg: &Config, f: &Flow, exp: &Exposed, fwd: &CtKey) -> Result<(u32, u32, u16), Reason> {
+fn new_flow(f: &Flow, exp: &Exposed, fwd: &CtKey, via: u32) -> Result<(u32, u32, u16), Reason> {
     // SAFETY: value copied out at once.
     let sv = unsafe { SERVIPS.get(exp.servip) }
         .copied()
@@ -93,7 +151,7 @@ fn new_flow(cfg: &Config, f: &Flow, exp: &Exposed, fwd: &CtKey) -> Result<(u32, 
     };
     let rev = key(b.nsip, exp.snat, f.dport, port, f.proto);
     CONNTRACK
-        .insert(rev, entry(f.saddr, f.sport, cfg.node_id, ct::NS_REVERSE), 0)
+        .insert(rev, entry(f.saddr, f.sport, via, ct::NS_REVERSE), 0)
         .map_err(|_| Reason::DropHelper)?;
     CONNTRACK
         .insert(fwd, entry(b.nsip, port, b.node, ct::NS_FORWARD), 0)

@@ -1,7 +1,8 @@
 //! TC ingress on the uplink: tunnel packets from registered nodes are
 //! decapsulated, replies get their ServIP back, and the inner packet is
 //! delivered into its instance. RTT probes from registered nodes pass up to
-//! the agent. Packets to an exposed port of the node go to `nodeport`.
+//! the agent. Packets to an exposed port of the node, and those a registered
+//! gateway tunnels to the node's NSP, go to `nodeport`.
 //! Everything else passes untouched.
 
 use aya_ebpf::{
@@ -49,9 +50,12 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
     let Ok(udp) = read::<[u16; 4]>(ctx, L4_OFF) else {
         return Ok(None);
     };
+    if ip.proto == IPPROTO_UDP && udp[1] == cfg.nsp && cfg.nsp != 0 {
+        return nodeport::tunnelled(ctx, cfg, &ip).map(Some);
+    }
     if ip.proto != IPPROTO_UDP || udp[1] != cfg.ewp {
         // Not the tunnel: an exposed service's port, or the node's own traffic.
-        return nodeport::inbound(ctx, cfg, &ip);
+        return nodeport::inbound(ctx, cfg, &ip, 0);
     }
     // From here on the packet is addressed to the tunnel: it is ours to judge.
     if u16::from_be(ip.frag) & 0x3fff != 0 {
@@ -77,11 +81,8 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
     }
     let mut f = packet::flow(ctx, &inner, INNER_L4)?;
     tunnel::decap(ctx)?;
-    if nat::reverse(ctx, &mut f, cfg.node_ip)? == nat::Reversed::External {
-        return Ok(Some((
-            tunnel::route_out(ctx, cfg, f.daddr)?,
-            Reason::ExposedOut,
-        )));
+    if let nat::Reversed::External { via } = nat::reverse(ctx, &mut f, cfg.node_ip)? {
+        return nodeport::outbound(ctx, cfg, &f, via).map(Some);
     }
     // SAFETY: value copied out at once.
     let ep = unsafe { ENDPOINTS.get(f.daddr) }

@@ -1,5 +1,6 @@
-//! XDP on the uplink: drops tunnel packets from unregistered sources before
-//! the kernel allocates an skb for them (logged sparsely: see `log_due`).
+//! XDP on the uplink: drops tunnel packets from unregistered sources (EWP:
+//! not a node, NSP: not a gateway) before the kernel allocates an skb for
+//! them (logged sparsely: see `log_due`).
 //! Everything else passes to TC.
 
 use aya_ebpf::{
@@ -9,7 +10,7 @@ use aya_ebpf::{
 };
 use overlay_common::{ETH_P_IP, IPPROTO_UDP, stats::Reason};
 
-use crate::maps::{PEERS, config, count, log_due};
+use crate::maps::{GATEWAYS, PEERS, config, count, log_due};
 use crate::packet::{IP_OFF, Ipv4, L4_OFF};
 
 #[xdp(frags)]
@@ -19,8 +20,9 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
             if log_due(reason) {
                 aya_log_ebpf::warn!(
                     &ctx,
-                    "tunnel packet from unregistered {:i} dropped",
-                    u32::from_be(src)
+                    "tunnel packet from unregistered {:i} dropped (reason {})",
+                    u32::from_be(src),
+                    reason as u32
                 );
             }
             count(reason, (ctx.data_end() - ctx.data()) as u32);
@@ -50,7 +52,12 @@ fn try_uplink_xdp(ctx: &XdpContext) -> Option<(Reason, u32)> {
         return None;
     }
     let udp: [u16; 4] = read(ctx, L4_OFF)?;
-    // SAFETY: presence check only.
-    (udp[1] == cfg.ewp && unsafe { PEERS.get(ip.saddr) }.is_none())
-        .then_some((Reason::DropUnknownPeer, ip.saddr))
+    // SAFETY: presence checks only.
+    if udp[1] == cfg.ewp && unsafe { PEERS.get(ip.saddr) }.is_none() {
+        return Some((Reason::DropUnknownPeer, ip.saddr));
+    }
+    if udp[1] == cfg.nsp && cfg.nsp != 0 && unsafe { GATEWAYS.get(ip.saddr) }.is_none() {
+        return Some((Reason::DropUnknownGateway, ip.saddr));
+    }
+    None
 }

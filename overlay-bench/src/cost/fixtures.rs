@@ -142,6 +142,8 @@ pub(super) fn configure(dp: &mut Dataplane, uplink_ifindex: u32) -> anyhow::Resu
         uplink_ifindex,
         ewp: ip::port_to_wire(DEFAULT_EWP),
         mtu: MTU,
+        nsp: ip::port_to_wire(overlay_common::DEFAULT_NSP),
+        _pad: 0,
     })?;
     let endpoint = |service, last: u8| Endpoint {
         ifindex: LO,

@@ -96,6 +96,8 @@ impl Node {
             uplink_ifindex: self.uplink_ifindex,
             ewp: ip::port_to_wire(self.ewp),
             mtu: self.mtu,
+            nsp: ip::port_to_wire(self.nsp),
+            _pad: 0,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The `overlay-ctl` command line.
 
 mod cluster;
+mod gateway;
 
 use std::path::PathBuf;
 
@@ -62,6 +63,13 @@ enum Cmd {
     Cluster {
         #[command(subcommand)]
         cmd: cluster::ClusterCmd,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Register, remove and list the gateways that may tunnel external traffic to the nodes.
+    Gateway {
+        #[command(subcommand)]
+        cmd: gateway::GatewayCmd,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -153,6 +161,7 @@ pub fn main() -> anyhow::Result<()> {
             store,
         } => cluster::node_ls(&store.endpoints, json)?,
         Cmd::Cluster { cmd, store } => cluster::settings(cmd, &store.endpoints)?,
+        Cmd::Gateway { cmd, store } => gateway::gateway(cmd, &store.endpoints)?,
         Cmd::Resolve { name, store } => cluster::resolve(&name, &store.endpoints)?,
         Cmd::Maps {
             table,

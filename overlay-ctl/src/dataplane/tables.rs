@@ -17,6 +17,8 @@ use overlay_common::maps::{
 };
 use overlay_common::stats::{REASONS, Reason};
 
+mod north_south;
+
 use super::batch::read_all;
 use super::{Error, Result};
 
@@ -38,6 +40,7 @@ pub struct Tables {
     denied: PerCpuHashMap<MapData, u32, u64>,
     exposed: HashMap<MapData, ExposeKey, Exposed>,
     turns: PerCpuHashMap<MapData, u32, u32>,
+    gateways: HashMap<MapData, u32, Node>,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Option<Map>) -> Result<T> {
@@ -70,6 +73,7 @@ macro_rules! tables {
             denied: typed(names::DENIED, get(names::DENIED)?)?,
             exposed: typed(names::EXPOSED, get(names::EXPOSED)?)?,
             turns: typed(names::TURNS, get(names::TURNS)?)?,
+            gateways: typed(names::GATEWAYS, get(names::GATEWAYS)?)?,
         }
     }};
 }
@@ -370,53 +374,6 @@ impl Tables {
         self.needs.keys().filter_map(|r| r.ok()).collect()
     }
 
-    /// Exposes `port`/`proto` of the node's address: balanced over `servip`'s
-    /// slots, with `snat` (an address of this node's subnet) as the source
-    /// backends see.
-    pub fn put_exposed(
-        &mut self,
-        port: u16,
-        proto: u8,
-        servip: Ipv4Addr,
-        snat: Ipv4Addr,
-    ) -> Result<()> {
-        let key = ExposeKey {
-            port: ip::port_to_wire(port),
-            proto,
-            _pad: 0,
-        };
-        let val = Exposed {
-            servip: ip::to_wire(servip),
-            snat: ip::to_wire(snat),
-        };
-        self.exposed
-            .insert(key, val, 0)
-            .map_err(map_err(names::EXPOSED))
-    }
-
-    pub fn remove_exposed(&mut self, port: u16, proto: u8) -> Result<()> {
-        let key = ExposeKey {
-            port: ip::port_to_wire(port),
-            proto,
-            _pad: 0,
-        };
-        ignore_missing(self.exposed.remove(&key)).map_err(map_err(names::EXPOSED))
-    }
-
-    /// (port, protocol) → (ServIP, SNAT address).
-    pub fn exposed(&self) -> Vec<((u16, u8), (Ipv4Addr, Ipv4Addr))> {
-        self.exposed
-            .iter()
-            .filter_map(|r| r.ok())
-            .map(|(k, v)| {
-                (
-                    (ip::port_from_wire(k.port), k.proto),
-                    (ip::from_wire(v.servip), ip::from_wire(v.snat)),
-                )
-            })
-            .collect()
-    }
-
     /// New flows denied so far, per sending service (summed over CPUs).
     pub fn denied(&self) -> Vec<(u32, u64)> {
         self.denied
@@ -445,7 +402,6 @@ impl Tables {
     }
 }
 
-/// Deleting what is already gone is success: writers are idempotent.
 /// The current conntrack tick (`CtEntry::seen`): the programs read the same
 /// clock through `bpf_ktime_get_coarse_ns`.
 pub fn tick_now() -> u32 {
@@ -455,6 +411,7 @@ pub fn tick_now() -> u32 {
     overlay_common::maps::ct::tick(ns)
 }
 
+/// Deleting what is already gone is success: writers are idempotent.
 fn ignore_missing(r: std::result::Result<(), MapError>) -> std::result::Result<(), MapError> {
     match r {
         Err(MapError::KeyNotFound) => Ok(()),

@@ -38,6 +38,8 @@ pub struct MapSet {
     pub needs: BTreeSet<(u32, u32)>,
     /// (node port, protocol) → (closest ServIP, SNAT address)
     pub exposed: BTreeMap<(u16, u8), (Ipv4Addr, Ipv4Addr)>,
+    /// Registered north-south gateways: address → port their replies go to.
+    pub gateways: BTreeMap<Ipv4Addr, u16>,
 }
 
 /// What this node contributes besides the cluster state.
@@ -73,6 +75,7 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
         m.nodes.insert(id, (n.ip, n.ewp));
         m.routes.insert((n.subnet.addr, n.subnet.prefix as u32), id);
     }
+    m.gateways = state.gateways.iter().map(|g| (g.ip, g.port)).collect();
     let ids: BTreeMap<String, u32> = state
         .services
         .iter()
@@ -233,6 +236,7 @@ pub fn read(t: &Tables) -> MapSet {
     m.restricted = t.restricted().into_iter().collect();
     m.needs = t.needs().into_iter().map(|k| (k.src, k.dst)).collect();
     m.exposed = t.exposed().into_iter().collect();
+    m.gateways = t.gateways().into_iter().collect();
     m
 }
 
@@ -287,7 +291,15 @@ pub fn apply(t: &mut Tables, have: &MapSet, want: &MapSet) -> Result<Changes> {
         t.put_exposed(port, proto, vip, snat)?;
         c.written += 1;
     }
+    for (&addr, &port) in changed(&have.gateways, &want.gateways) {
+        t.put_gateway(addr, port)?;
+        c.written += 1;
+    }
     // Removals, in reverse dependency order.
+    for addr in gone(&have.gateways, &want.gateways) {
+        t.remove_gateway(*addr)?;
+        c.removed += 1;
+    }
     for &(port, proto) in gone(&have.exposed, &want.exposed) {
         t.remove_exposed(port, proto)?;
         c.removed += 1;

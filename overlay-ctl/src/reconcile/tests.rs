@@ -187,6 +187,17 @@ fn needs_and_exposure() {
         desired(&s, &l).exposed.is_empty(),
         "no local instance: not exposed here"
     );
+    // Gateways are accepted on every node, exposing or not.
+    s.gateways.push(crate::model::GatewaySpec {
+        name: "edge".into(),
+        ip: Ipv4Addr::new(198, 51, 100, 1),
+        port: 40000,
+    });
+    let m = desired(&s, &l);
+    assert_eq!(
+        m.gateways,
+        BTreeMap::from([(Ipv4Addr::new(198, 51, 100, 1), 40000)])
+    );
 }
 
 #[test]

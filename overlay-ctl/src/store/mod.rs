@@ -16,6 +16,7 @@
 mod client;
 mod cluster;
 mod follow;
+mod gateways;
 mod ops;
 mod pool;
 mod proto;

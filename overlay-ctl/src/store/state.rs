@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::descriptor::ServiceRecord;
-use crate::model::{ClusterState, FixedIp, InstanceSpec, NodeSpec, Subnet};
+use crate::model::{ClusterState, FixedIp, GatewaySpec, InstanceSpec, NodeSpec, Subnet};
 
 /// A node as it registers itself (`nodes/<name>`, under the node's lease).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,14 +52,14 @@ pub(crate) fn is_state_key(key: &str) -> bool {
         "fixed/",
         "rtt/",
         "load/",
+        "gateways/",
     ]
     .iter()
     .any(|p| key.starts_with(p))
         || key == super::cluster::SETTINGS
 }
 
-/// Builds the dataplane's state from `nodes/`, `services/` and `instances/`
-/// entries (keys relative to the prefix); other keys are ignored, and
+/// Builds the dataplane's state from the state keys ([`is_state_key`]) (keys relative to the prefix); other keys are ignored, and
 /// entries that do not parse are skipped with a warning so that one bad
 /// record cannot take the dataplane down.
 pub(crate) fn build_state<'a>(
@@ -93,6 +93,8 @@ pub(crate) fn build_state<'a>(
                     ip,
                 });
             }
+        } else if key.starts_with("gateways/") {
+            state.gateways.extend(parse::<GatewaySpec>(key, value));
         } else if key == super::cluster::SETTINGS {
             state.settings = parse(key, value).unwrap_or_default();
         } else if let Some(node) = key.strip_prefix("rtt/") {
@@ -107,6 +109,7 @@ pub(crate) fn build_state<'a>(
     }
     state.nodes.sort_by(|a, b| a.name.cmp(&b.name));
     state.services.sort_by(|a, b| a.name.cmp(&b.name));
+    state.gateways.sort_by(|a, b| a.name.cmp(&b.name));
     state
         .instances
         .sort_by(|a, b| (&a.service, a.instance).cmp(&(&b.service, b.instance)));

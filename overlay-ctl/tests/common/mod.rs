@@ -71,6 +71,8 @@ impl Cluster {
                 uplink_ifindex: ifindex,
                 ewp: ip::port_to_wire(EWP),
                 mtu: MTU,
+                nsp: ip::port_to_wire(overlay_common::DEFAULT_NSP),
+                _pad: 0,
             };
             dp.tables.set_config(&cfg).expect("config");
             nodes.push(NodeDp {

@@ -34,6 +34,7 @@ pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
 pub const PEER_SUBNET: Ipv4Addr = Ipv4Addr::new(10, 30, 2, 0);
 pub const STRANGER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 66);
 pub const EWP: u16 = 50103;
+pub const NSP: u16 = 50104;
 /// Overlay MTU: a 1500-byte uplink minus the tunnel.
 pub const MTU: u16 = 1472;
 
@@ -99,6 +100,8 @@ pub fn node(uplink_ifindex: u32) -> Dataplane {
         uplink_ifindex,
         ewp: port(EWP),
         mtu: MTU,
+        nsp: port(NSP),
+        _pad: 0,
     })
     .unwrap();
     for (i, x) in [CLIENT, BACKEND, BACKEND2, ELSEWHERE].iter().enumerate() {

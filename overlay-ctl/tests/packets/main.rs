@@ -15,10 +15,12 @@
 //! * [`translate`]: new flows, conntrack, local delivery, encapsulation.
 //! * [`reverse`]: replies, decapsulation, ICMP errors about tracked flows.
 //! * [`unreachable`]: the ICMP errors the programs generate.
+//! * [`nodeport`], [`gateway`]: north-south, direct and tunnelled by a gateway.
 //! * [`malformed`]: truncation, options, fragments, spoofing, unknown peers.
 //! * [`cost`]: nanoseconds per packet on the two hot paths (printed only).
 
 mod cost;
+mod gateway;
 mod harness;
 mod malformed;
 mod nodeport;

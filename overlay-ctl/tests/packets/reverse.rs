@@ -162,9 +162,9 @@ fn uplink_passes_traffic_that_is_not_for_the_tunnel() {
         EtherType::IPV4,
         &udp(PEER_IP, EWP, NODE_IP, 53),
     );
-    // Tunnel-shaped, but to another port, or to another address.
+    // Tunnel-shaped, but to another port (neither EWP nor NSP), or to another address.
     let inner = tcp(REMOTE, 1, BACKEND.ip, 2);
-    let other_port = tunnel_to(PEER_IP, EWP + 1, &inner);
+    let other_port = tunnel_to(PEER_IP, EWP + 7, &inner);
     let mut other_dst = tunnel(PEER_IP, &inner);
     edit_ip(&mut other_dst[14..], |h| h.destination = [192, 0, 2, 99]);
     for frame in [arp, ipv6, ssh, dns, other_port, other_dst] {

@@ -141,5 +141,6 @@ async fn state_until(
 }
 
 mod follow;
+mod gateways;
 mod nodes;
 mod services;
