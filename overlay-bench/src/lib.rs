@@ -9,7 +9,8 @@
 //!   and same-node, kernel VXLAN, the TUN forwarder), built with
 //!   `overlay-testnet` and deleted on drop.
 //! * [`traffic`]: iperf3 TCP/UDP runs, the UDP ping-pong, CPU time.
-//! * [`tunfwd`]: the userspace TUN-to-UDP forwarder (the Oakestra design).
+//! * [`tunfwd`]: the TUN forwarder path (the Oakestra design): its /24
+//!   next-hop table on `overlay_testnet::tun`.
 //! * [`cost`] and [`rawbpf`]: per-packet cost of each program path under
 //!   `BPF_PROG_TEST_RUN`, fresh packets, minus a trivial program.
 //! * [`control`]: reconciler timings and BPF map memory.

@@ -23,11 +23,12 @@ use anyhow::{Context, bail};
 use overlay_common::maps::{Config, Endpoint, ip, policy};
 use overlay_common::{DEFAULT_EWP, ENCAP_OVERHEAD, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 use overlay_ctl::dataplane::Dataplane;
+use overlay_testnet::tun::Forwarder;
 use overlay_testnet::{Netns, NsChild, Topology, veth, wait_until};
 
 use crate::plan::PathId;
 use crate::traffic::EchoServer;
-use crate::tunfwd::Forwarder;
+use crate::tunfwd;
 
 pub const GATEWAY: &str = "169.254.1.1";
 pub const IPERF_PORT: u16 = 5201;
@@ -352,17 +353,17 @@ fn routed(kind: Underlay) -> anyhow::Result<Routed> {
             }
             Underlay::Tun => {
                 let peers = vec![(Ipv4Addr::new(10, 30, peer_subnet, 0), peer.ip())];
-                let fwd = Forwarder::start(me.ns(), me.ip(), peers)?;
+                let fwd = tunfwd::start(me.ns(), me.ip(), peers)?;
                 let ns = me.ns();
                 ns.ip([
                     "link",
                     "set",
-                    crate::tunfwd::TUN_NAME,
+                    tunfwd::TUN_NAME,
                     "mtu",
                     &VXLAN_MTU.to_string(),
                     "up",
                 ])?;
-                ns.ip(["route", "add", &subnet, "dev", crate::tunfwd::TUN_NAME])?;
+                ns.ip(["route", "add", &subnet, "dev", tunfwd::TUN_NAME])?;
                 forwarders.push(fwd);
             }
         }

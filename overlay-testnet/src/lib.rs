@@ -17,6 +17,9 @@
 //! * [`NsChild`]: a background process in a namespace, killed on drop.
 //! * [`servers`]: tiny TCP/UDP servers that say which instance answered.
 //! * [`Etcd`]: an etcd inside a namespace, for the cluster store.
+//! * [`tun`]: a TUN device in a namespace with a userspace forwarder that
+//!   carries its packets bare in UDP ([`tun::Forwarder`]), as Oakestra's
+//!   data path and a test gateway do.
 //! * [`cleanup_stale`]: deletes namespaces left behind by a test process
 //!   that was SIGKILLed before its destructors ran.
 //!
@@ -33,6 +36,7 @@ pub mod etcd;
 mod netns;
 pub mod servers;
 mod topology;
+pub mod tun;
 
 use std::io;
 use std::process::{Command, ExitStatus};
