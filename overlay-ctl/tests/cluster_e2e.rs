@@ -321,3 +321,121 @@ fn exposure_from_outside_and_needs_between_services() {
         "{bad:?}"
     );
 }
+
+/// A gateway host on the switch tunnels a client behind it to n1's NSP with a
+/// userspace TUN forwarder (the tunnel framing: bare IPv4 in UDP); the client
+/// reaches an exposed service whose only instance runs on n2, the replies
+/// come back through n1 and the gateway; removing the gateway cuts it off.
+#[test]
+fn gateway_tunnels_external_clients_to_exposed_ports() {
+    let mut c = Cluster::new("gw");
+    c.deploy_service(&access("api", &[8080], false, true, &[]));
+    let a = Netns::new("a1").unwrap();
+    let a1 = c.agents[1].deploy(API, 1, &a); // n2
+    servers::tcp(&a, 8080, "api1");
+    let gw_ip = Ipv4Addr::new(192, 0, 2, 201);
+    let gw_name = c.topo.add_host("gw", gw_ip).unwrap().name().to_string();
+    let gw = c.topo.hosts().iter().find(|h| h.name() == gw_name).unwrap();
+    let client = Netns::new("cli").unwrap();
+    let node1 = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 11), 8080));
+    let tunnel = gateway(gw, &client, gw_ip);
+    // A NIC completes the checksums instances leave to offload before a
+    // gateway's socket sees them; a veth does not, unless told to.
+    c.topo
+        .node(1)
+        .ns()
+        .run("ethtool", ["-K", "eth0", "tx", "off"])
+        .unwrap();
+
+    c.ctl_ok(&["gateway", "add", "edge", "--ip", "192.0.2.201"]);
+    assert!(c.ctl_ok(&["gateway", "ls"]).contains("edge"));
+    let registered = |on: bool| {
+        c.agents
+            .iter()
+            .all(|a| a.maps_json("gateways").to_string().contains("192.0.2.201") == on)
+    };
+    wait_until(Duration::from_secs(5), "the gateway on every node", || {
+        registered(true) && c.everywhere(a1.nsip, true)
+    })
+    .unwrap();
+
+    let (answer, peer) = servers::tcp_who(&client, node1).expect("through the gateway");
+    assert_eq!((answer.as_str(), peer), ("api1", node1));
+    let counted = |reason: &str| -> u64 {
+        let stats = c.agents[0].maps_json("stats");
+        let row = stats
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["reason"] == reason);
+        row.map_or(0, |r| r["packets"].as_u64().unwrap())
+    };
+    assert!(counted("gateway_in") >= 3, "SYN, ACK, request...");
+    let [to_node, from_node, _] = tunnel.counts();
+    assert!(to_node >= 3 && from_node >= 2, "{:?}", tunnel.counts());
+    assert!(
+        counted("gateway_out") >= 2,
+        "replies relayed from n2 to the gateway"
+    );
+    let ct = c.agents[0].maps_json("conntrack").to_string();
+    assert!(ct.contains("\"via\":\"192.0.2.201\""), "{ct}");
+    // The port must be exposed: the gateway is no way around that.
+    let closed = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 11), 22));
+    assert!(servers::tcp_who(&client, closed).is_err());
+
+    // Refusals name the reason.
+    let at_node = c.ctl(&["gateway", "add", "x", "--ip", "192.0.2.11"]);
+    let why = String::from_utf8_lossy(&at_node.stderr);
+    assert!(
+        !at_node.status.success() && why.contains("node `n1`'s address"),
+        "{why}"
+    );
+    let nope = c.ctl(&["gateway", "rm", "nope"]);
+    assert!(String::from_utf8_lossy(&nope.stderr).contains("no gateway named `nope`"));
+
+    c.ctl_ok(&["gateway", "rm", "edge"]);
+    wait_until(
+        Duration::from_secs(5),
+        "the gateway gone everywhere",
+        || registered(false),
+    )
+    .unwrap();
+    let dropped = counted("drop_unknown_gateway");
+    assert!(
+        servers::tcp_who(&client, node1).is_err(),
+        "no longer let in"
+    );
+    assert!(counted("drop_unknown_gateway") > dropped);
+}
+
+/// Makes `gw` a gateway for `client` (203.0.113.7 behind 203.0.113.1):
+/// whatever the client sends to a 192.0.2.0/24 address goes into `tun0` and
+/// to n1's NSP; what n1 sends back comes out of `tun0` toward the client.
+fn gateway(gw: &Netns, client: &Netns, gw_ip: Ipv4Addr) -> overlay_testnet::tun::Forwarder {
+    overlay_testnet::veth(client, "eth0", gw, "cli0").unwrap();
+    client
+        .ip(["addr", "add", "203.0.113.7/24", "dev", "eth0"])
+        .unwrap();
+    client.ip(["link", "set", "eth0", "up"]).unwrap();
+    client
+        .ip(["route", "add", "default", "via", "203.0.113.1"])
+        .unwrap();
+    gw.ip(["addr", "add", "203.0.113.1/24", "dev", "cli0"])
+        .unwrap();
+    gw.ip(["link", "set", "cli0", "up"]).unwrap();
+    gw.set_sysctl("net.ipv4.conf.all.forwarding", "1").unwrap();
+    // Replies from n1 arrive on tun0 although n1 is routed via eth0.
+    gw.set_sysctl("net.ipv4.conf.all.rp_filter", "0").unwrap();
+    gw.set_sysctl("net.ipv4.conf.default.rp_filter", "0")
+        .unwrap();
+    let local = std::net::SocketAddrV4::new(gw_ip, overlay_common::DEFAULT_NSP);
+    let n1 = std::net::SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 11), overlay_common::DEFAULT_NSP);
+    let fwd = overlay_testnet::tun::Forwarder::point_to_point(gw, "tun0", local, n1).unwrap();
+    // Room for the 28 bytes of tunnel framing on the 1500-byte switch.
+    gw.ip(["link", "set", "tun0", "mtu", "1472", "up"]).unwrap();
+    gw.ip(["rule", "add", "iif", "cli0", "lookup", "100"])
+        .unwrap();
+    gw.ip(["route", "add", "default", "dev", "tun0", "table", "100"])
+        .unwrap();
+    fwd
+}

@@ -26,6 +26,9 @@ use crate::maps::HOPS;
 use crate::packet::{Flow, Ipv4, ipv4_csum, read, write};
 
 const AF_INET: u8 = 2;
+/// What `bpf_skb_adjust_room` answers when asked to encapsulate a packet
+/// the kernel still marks as encapsulated.
+const EALREADY: i64 = 114;
 
 /// The frame header of an encapsulated packet, written in one go (packed:
 /// the IPv4 header starts at byte 14).
@@ -67,8 +70,18 @@ pub fn encap(ctx: &TcContext, cfg: &Config, node: &Node, f: &Flow) -> Result<i32
     let hop = cached_hop(ctx, cfg, node.ip)?;
     let flags =
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_FIXED_GSO;
-    ctx.adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags as u64)
-        .map_err(|_| Reason::DropHelper)?;
+    if let Err(e) = ctx.adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags as u64) {
+        // A packet decapsulated here that still carries the encapsulation
+        // mark of its first tunnel (kept across veths): a gateway's reply
+        // relayed on. Its inner headers have not moved since that tunnel, so
+        // the room alone restores the same framing.
+        if e != -EALREADY {
+            return Err(Reason::DropHelper);
+        }
+        let fixed = BPF_F_ADJ_ROOM_FIXED_GSO as u64;
+        ctx.adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, fixed)
+            .map_err(|_| Reason::DropHelper)?;
+    }
     let mut ip = Ipv4 {
         vihl: 0x45,
         tos: f.tos,

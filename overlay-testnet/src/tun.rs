@@ -36,6 +36,25 @@ const TO_UDP: usize = 0;
 const TO_TUN: usize = 1;
 const DROPPED: usize = 2;
 
+/// Sends the socket's datagrams with UDP checksum 0 (`SO_NO_CHECK`).
+fn no_udp_checksum(sock: &UdpSocket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket and an int option of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NO_CHECK,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `struct ifreq` as TUNSETIFF reads it: the name, then the flags in the
 /// union, padded to the union's size on 64-bit targets (the kernel copies
 /// `sizeof(struct ifreq)`, which is never more than this).
@@ -79,6 +98,18 @@ impl Forwarder {
         route: impl Fn(&[u8]) -> Option<SocketAddrV4> + Send + 'static,
         accept: impl Fn(SocketAddrV4) -> bool + Send + 'static,
     ) -> Result<Forwarder> {
+        Forwarder::launch(ns, tun, local, route, accept, false)
+    }
+
+    /// [`Forwarder::start`], optionally sending UDP without a checksum.
+    fn launch(
+        ns: &Netns,
+        tun: &str,
+        local: SocketAddrV4,
+        route: impl Fn(&[u8]) -> Option<SocketAddrV4> + Send + 'static,
+        accept: impl Fn(SocketAddrV4) -> bool + Send + 'static,
+        no_checksum: bool,
+    ) -> Result<Forwarder> {
         let req = if_req(tun)?;
         // Both are created inside `ns` and stay there; the threads below can
         // run anywhere.
@@ -88,6 +119,12 @@ impl Forwarder {
                 what: format!("binding UDP {local} for TUN device {tun}"),
                 source,
             })?;
+            if no_checksum {
+                no_udp_checksum(&sock).map_err(|source| Error::Io {
+                    what: format!("turning the UDP checksum off on {local}"),
+                    source,
+                })?;
+            }
             Ok((device, sock))
         })??;
         let io_err = |what: &str| {
@@ -118,21 +155,23 @@ impl Forwarder {
         Ok(fwd)
     }
 
-    /// A tunnel to one peer: every packet read from `tun` goes to `remote`,
-    /// and only datagrams whose source IP is `remote`'s (any port) are
-    /// written into `tun`. Otherwise as [`Forwarder::start`].
+    /// A tunnel to one peer in the overlay's framing: every packet read from
+    /// `tun` goes to `remote` with UDP checksum 0 (like the nodes' own tunnel
+    /// packets), and only datagrams whose source IP is `remote`'s (any port)
+    /// are written into `tun`. Otherwise as [`Forwarder::start`].
     pub fn point_to_point(
         ns: &Netns,
         tun: &str,
         local: SocketAddrV4,
         remote: SocketAddrV4,
     ) -> Result<Forwarder> {
-        Forwarder::start(
+        Forwarder::launch(
             ns,
             tun,
             local,
             move |_| Some(remote),
             move |from| from.ip() == remote.ip(),
+            true,
         )
     }
 
