@@ -9,18 +9,19 @@
 //! application with the CLI (a client service `web`, a three-instance server
 //! `api` spread over the nodes, a stateful `db`), sends traffic from `web-1`
 //! through every ServIP and reports which instance answered each policy,
+//! reaches the exposed `api` from outside (directly, and through a gateway),
 //! then shows `overlay-ctl maps` and `node ls`. Everything is deleted at the
 //! end, also after an error or Ctrl-C.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use overlay_testnet::{Etcd, Netns, NsChild, Topology, require_root, servers, wait_until};
+use overlay_testnet::{Etcd, Netns, NsChild, Topology, require_root, servers, tun, wait_until};
 use serde_json::Value;
 
 const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
@@ -92,10 +93,11 @@ impl Demo {
         self.ctl(&self.orchestrator, ("OVERLAY_STORE", &self.store), args)
     }
 
-    fn deploy_service(&self, name: &str, ports: &str, stateful: bool) -> anyhow::Result<Value> {
+    /// Deploys `name` with `ports` and the descriptor lines `extra`.
+    fn deploy_service(&self, name: &str, ports: &str, extra: &str) -> anyhow::Result<Value> {
         let file = self.dir.join(format!("{name}.yaml"));
         let yaml = format!(
-            "appname: demo\nappns: prod\nservicename: {name}\nservicens: v1\nports: {ports}\nstateful: {stateful}\n"
+            "appname: demo\nappns: prod\nservicename: {name}\nservicens: v1\nports: {ports}\n{extra}"
         );
         std::fs::write(&file, yaml)?;
         Ok(serde_json::from_str(&self.orchestrate(&[
@@ -165,10 +167,12 @@ fn run() -> anyhow::Result<()> {
     for node in topo.nodes() {
         agents.push(demo.agent(node.ns(), node.index)?);
     }
-    println!("demo: agents up; deploying services web, api (port 8080), db (stateful, port 5432)");
-    demo.deploy_service("web", "[]", false)?;
-    let api = demo.deploy_service("api", "[8080]", false)?;
-    demo.deploy_service("db", "[5432]", true)?;
+    println!(
+        "demo: agents up; deploying services web, api (port 8080, exposed), db (stateful, port 5432)"
+    );
+    demo.deploy_service("web", "[]", "")?;
+    let api = demo.deploy_service("api", "[8080]", "exposed: true\n")?;
+    demo.deploy_service("db", "[5432]", "stateful: true\n")?;
 
     let plan = [
         ("web", 1, 1),
@@ -275,6 +279,7 @@ fn run() -> anyhow::Result<()> {
         .unwrap_or("")
         .parse()?;
     report(web, "demo.prod.db.v1.1.fixed.local", fixed, 5432)?;
+    north_south(&demo, &mut topo)?;
 
     println!(
         "\n$ overlay-ctl node ls\n{}",
@@ -304,6 +309,49 @@ fn run() -> anyhow::Result<()> {
     }
     println!("demo: done; deleting agents, etcd, namespaces and pins");
     drop(agents);
+    Ok(())
+}
+
+/// The exposed api from outside: a host on the switch connects to n1's
+/// address; a client behind a gateway (a TUN forwarder registered with
+/// `overlay-ctl gateway add`) is tunnelled to n3's NSP.
+fn north_south(demo: &Demo, topo: &mut Topology) -> anyhow::Result<()> {
+    let n1 = Ipv4Addr::new(192, 0, 2, 11);
+    let outside = topo
+        .add_host("ext", Ipv4Addr::new(192, 0, 2, 200))?
+        .name()
+        .to_string();
+    let gw_ip = Ipv4Addr::new(192, 0, 2, 201);
+    let gw = topo.add_host("gw", gw_ip)?.name().to_string();
+    let host = |name: &str| topo.hosts().iter().find(|h| h.name() == name);
+    let (outside, gw) = (host(&outside).context("ext")?, host(&gw).context("gw")?);
+    let client = Netns::new("client")?;
+    let nsp = overlay_common::DEFAULT_NSP;
+    let n3 = Ipv4Addr::new(192, 0, 2, 13);
+    let _tunnel = tun::gateway_for(
+        gw,
+        &client,
+        SocketAddrV4::new(gw_ip, nsp),
+        SocketAddrV4::new(n3, nsp),
+    )?;
+    // A NIC completes offloaded checksums before the gateway sees them; a veth
+    // uplink does not (docs/wire-format.md, "Through a gateway").
+    topo.node(3)
+        .ns()
+        .run("ethtool", ["-K", "eth0", "tx", "off"])?;
+    demo.orchestrate(&["gateway", "add", "edge", "--ip", &gw_ip.to_string()])?;
+    let n3_api = SocketAddr::from((n3, 8080));
+    wait_until(Duration::from_secs(5), "the gateway registered", || {
+        servers::tcp_who(&client, n3_api).is_ok()
+    })?;
+    println!("\n  north-south (api is exposed; its closest instance answers)");
+    report(outside, "192.0.2.200 (on the switch) -> n1", n1, 8080)?;
+    let via = format!("{} via gateway edge -> n3", tun::GATEWAY_CLIENT);
+    report(&client, &via, n3, 8080)?;
+    println!(
+        "\n$ overlay-ctl gateway ls\n{}",
+        demo.orchestrate(&["gateway", "ls"])?
+    );
     Ok(())
 }
 

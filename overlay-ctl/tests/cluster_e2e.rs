@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use common::store_cluster::*;
@@ -338,7 +338,14 @@ fn gateway_tunnels_external_clients_to_exposed_ports() {
     let gw = c.topo.hosts().iter().find(|h| h.name() == gw_name).unwrap();
     let client = Netns::new("cli").unwrap();
     let node1 = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 11), 8080));
-    let tunnel = gateway(gw, &client, gw_ip);
+    let nsp = overlay_common::DEFAULT_NSP;
+    let tunnel = overlay_testnet::tun::gateway_for(
+        gw,
+        &client,
+        SocketAddrV4::new(gw_ip, nsp),
+        SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 11), nsp),
+    )
+    .unwrap();
     // A NIC completes the checksums instances leave to offload before a
     // gateway's socket sees them; a veth does not, unless told to.
     c.topo
@@ -406,36 +413,4 @@ fn gateway_tunnels_external_clients_to_exposed_ports() {
         "no longer let in"
     );
     assert!(counted("drop_unknown_gateway") > dropped);
-}
-
-/// Makes `gw` a gateway for `client` (203.0.113.7 behind 203.0.113.1):
-/// whatever the client sends to a 192.0.2.0/24 address goes into `tun0` and
-/// to n1's NSP; what n1 sends back comes out of `tun0` toward the client.
-fn gateway(gw: &Netns, client: &Netns, gw_ip: Ipv4Addr) -> overlay_testnet::tun::Forwarder {
-    overlay_testnet::veth(client, "eth0", gw, "cli0").unwrap();
-    client
-        .ip(["addr", "add", "203.0.113.7/24", "dev", "eth0"])
-        .unwrap();
-    client.ip(["link", "set", "eth0", "up"]).unwrap();
-    client
-        .ip(["route", "add", "default", "via", "203.0.113.1"])
-        .unwrap();
-    gw.ip(["addr", "add", "203.0.113.1/24", "dev", "cli0"])
-        .unwrap();
-    gw.ip(["link", "set", "cli0", "up"]).unwrap();
-    gw.set_sysctl("net.ipv4.conf.all.forwarding", "1").unwrap();
-    // Replies from n1 arrive on tun0 although n1 is routed via eth0.
-    gw.set_sysctl("net.ipv4.conf.all.rp_filter", "0").unwrap();
-    gw.set_sysctl("net.ipv4.conf.default.rp_filter", "0")
-        .unwrap();
-    let local = std::net::SocketAddrV4::new(gw_ip, overlay_common::DEFAULT_NSP);
-    let n1 = std::net::SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 11), overlay_common::DEFAULT_NSP);
-    let fwd = overlay_testnet::tun::Forwarder::point_to_point(gw, "tun0", local, n1).unwrap();
-    // Room for the 28 bytes of tunnel framing on the 1500-byte switch.
-    gw.ip(["link", "set", "tun0", "mtu", "1472", "up"]).unwrap();
-    gw.ip(["rule", "add", "iif", "cli0", "lookup", "100"])
-        .unwrap();
-    gw.ip(["route", "add", "default", "dev", "tun0", "table", "100"])
-        .unwrap();
-    fwd
 }

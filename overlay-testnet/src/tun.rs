@@ -200,6 +200,48 @@ impl Drop for Forwarder {
     }
 }
 
+/// The client [`gateway_for`] puts behind a gateway, and the gateway's
+/// address on the client's link (its default route).
+pub const GATEWAY_CLIENT: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 7);
+pub const GATEWAY_ON_CLIENT_LINK: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 1);
+
+/// Makes `gw` a north-south gateway for `client`: the client gets
+/// [`GATEWAY_CLIENT`]/24 on `eth0`, routed through `gw`; every packet it sends
+/// is tunnelled from `local` to `node` (a node's NSP) through `tun0`, and what
+/// comes back from `node` is routed back to it. The gateway's own traffic is
+/// not tunnelled.
+pub fn gateway_for(
+    gw: &Netns,
+    client: &Netns,
+    local: SocketAddrV4,
+    node: SocketAddrV4,
+) -> Result<Forwarder> {
+    crate::veth(client, "eth0", gw, "cli0")?;
+    let on_link = GATEWAY_ON_CLIENT_LINK.to_string();
+    client.ip([
+        "addr",
+        "add",
+        &format!("{GATEWAY_CLIENT}/24"),
+        "dev",
+        "eth0",
+    ])?;
+    client.ip(["link", "set", "eth0", "up"])?;
+    client.ip(["route", "add", "default", "via", &on_link])?;
+    gw.ip(["addr", "add", &format!("{on_link}/24"), "dev", "cli0"])?;
+    gw.ip(["link", "set", "cli0", "up"])?;
+    gw.set_sysctl("net.ipv4.conf.all.forwarding", "1")?;
+    // Replies from the node come out of tun0 although the node is routed
+    // via the gateway's own link.
+    gw.set_sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+    gw.set_sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+    let fwd = Forwarder::point_to_point(gw, "tun0", local, node)?;
+    // Room for the 28 bytes of tunnel framing on a 1500-byte link.
+    gw.ip(["link", "set", "tun0", "mtu", "1472", "up"])?;
+    gw.ip(["rule", "add", "iif", "cli0", "lookup", "100"])?;
+    gw.ip(["route", "add", "default", "dev", "tun0", "table", "100"])?;
+    Ok(fwd)
+}
+
 /// Fails unless TUN devices can be created: `/dev/net/tun` opens (the node
 /// exists and the kernel has the tun module).
 pub fn check_available() -> Result<()> {
