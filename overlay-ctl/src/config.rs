@@ -162,13 +162,7 @@ impl AgentConfig {
             key,
             why: why.into(),
         };
-        let name_ok = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 63
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        };
-        if !name_ok(&self.node_id) {
+        if !crate::model::is_plain_name(&self.node_id) {
             return Err(bad("node_id", "must be 1-63 letters, digits, '-' or '_'"));
         }
         if self.uplink.is_empty() || self.uplink.len() > 15 || self.uplink.contains('/') {

@@ -203,16 +203,18 @@ fn default_nsp() -> u16 {
     overlay_common::DEFAULT_NSP
 }
 
+/// A node or gateway name: 1-63 ASCII letters, digits, '-' or '_'.
+pub fn is_plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 impl GatewaySpec {
     /// Why the record cannot be registered, if it cannot.
     pub fn check(&self) -> Result<(), String> {
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= 63
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !name_ok {
+        if !is_plain_name(&self.name) {
             return Err(format!(
                 "gateway name `{}`: must be 1-63 letters, digits, '-' or '_'",
                 self.name

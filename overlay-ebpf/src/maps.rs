@@ -6,6 +6,7 @@
 //! preallocated LRU whose size the agent sets (`conntrack_entries`).
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
@@ -136,6 +137,21 @@ pub fn log_due(reason: Reason) -> bool {
     STATS
         .get(reason as u32)
         .is_some_and(|c| (c.packets + 1).is_power_of_two())
+}
+
+/// Logs, sparsely, that a tunnel packet from the unregistered address `src`
+/// was dropped for `reason`, and gives `reason` back.
+#[inline(always)]
+pub fn stranger<C: EbpfContext>(ctx: &C, reason: Reason, src: u32) -> Reason {
+    if log_due(reason) {
+        aya_log_ebpf::warn!(
+            ctx,
+            "tunnel packet from unregistered {:i} dropped (reason {})",
+            u32::from_be(src),
+            reason as u32
+        );
+    }
+    reason
 }
 
 #[inline(always)]

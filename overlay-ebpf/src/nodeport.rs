@@ -17,7 +17,7 @@ use overlay_common::{
 };
 
 use crate::forward::{dest_of, send, too_big};
-use crate::maps::{CONNTRACK, EXPOSED, GATEWAYS, SERVIPS, count, log_due};
+use crate::maps::{CONNTRACK, EXPOSED, GATEWAYS, SERVIPS, count, stranger};
 use crate::nat::{self, key, tracked};
 use crate::packet::{self, Flow, IP_DST, IP_OFF, IP_SRC, Ipv4, L4_OFF, read};
 use crate::tunnel;
@@ -25,23 +25,14 @@ use crate::tunnel;
 /// Tries for a free source port on the SNAT address before giving up.
 const PORT_TRIES: u32 = 4;
 
-/// Handles a packet a gateway tunnelled to the node's NSP (`outer` is its
-/// outer IPv4 header): only registered gateways, only exposed ports.
+/// Handles an unfragmented packet a gateway tunnelled to the node's NSP
+/// (`outer` is its outer IPv4 header): only registered gateways, only
+/// exposed ports.
 #[inline(always)]
 pub fn tunnelled(ctx: &TcContext, cfg: &Config, outer: &Ipv4) -> Result<(i32, Reason), Reason> {
-    if u16::from_be(outer.frag) & 0x3fff != 0 {
-        return Err(Reason::DropFragment);
-    }
     // SAFETY: presence check only.
     if unsafe { GATEWAYS.get(outer.saddr) }.is_none() {
-        if log_due(Reason::DropUnknownGateway) {
-            aya_log_ebpf::warn!(
-                ctx,
-                "north-south packet from unregistered gateway {:i} dropped",
-                u32::from_be(outer.saddr)
-            );
-        }
-        return Err(Reason::DropUnknownGateway);
+        return Err(stranger(ctx, Reason::DropUnknownGateway, outer.saddr));
     }
     tunnel::decap(ctx)?;
     let inner = packet::ipv4(ctx, IP_OFF)?.ok_or(Reason::DropMalformed)?;

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use overlay_common::{IPPROTO_UDP, PROBE_MARK, stats::Reason};
 
-use crate::maps::{ENDPOINTS, PEERS, config, count, log_due};
+use crate::maps::{ENDPOINTS, PEERS, config, count, stranger};
 use crate::nat;
 use crate::nodeport;
 use crate::packet::{self, IP_OFF, Ipv4, L4_OFF, read};
@@ -50,27 +50,21 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
     let Ok(udp) = read::<[u16; 4]>(ctx, L4_OFF) else {
         return Ok(None);
     };
-    if ip.proto == IPPROTO_UDP && udp[1] == cfg.nsp && cfg.nsp != 0 {
-        return nodeport::tunnelled(ctx, cfg, &ip).map(Some);
-    }
-    if ip.proto != IPPROTO_UDP || udp[1] != cfg.ewp {
-        // Not the tunnel: an exposed service's port, or the node's own traffic.
+    let nsp = udp[1] == cfg.nsp && cfg.nsp != 0;
+    if ip.proto != IPPROTO_UDP || (udp[1] != cfg.ewp && !nsp) {
+        // Not a tunnel: an exposed service's port, or the node's own traffic.
         return nodeport::inbound(ctx, cfg, &ip, 0);
     }
-    // From here on the packet is addressed to the tunnel: it is ours to judge.
+    // From here on the packet is addressed to a tunnel port: it is ours to judge.
     if u16::from_be(ip.frag) & 0x3fff != 0 {
         return Err(Reason::DropFragment);
     }
+    if nsp {
+        return nodeport::tunnelled(ctx, cfg, &ip).map(Some);
+    }
     // SAFETY: presence check only.
     if unsafe { PEERS.get(ip.saddr) }.is_none() {
-        if log_due(Reason::DropUnknownPeer) {
-            aya_log_ebpf::warn!(
-                ctx,
-                "tunnel packet from unregistered {:i} dropped",
-                u32::from_be(ip.saddr)
-            );
-        }
-        return Err(Reason::DropUnknownPeer);
+        return Err(stranger(ctx, Reason::DropUnknownPeer, ip.saddr));
     }
     if read::<u8>(ctx, INNER_IP)? == PROBE_MARK {
         return Ok(Some((TC_ACT_OK, Reason::Probe)));

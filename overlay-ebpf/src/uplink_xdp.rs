@@ -10,21 +10,14 @@ use aya_ebpf::{
 };
 use overlay_common::{ETH_P_IP, IPPROTO_UDP, stats::Reason};
 
-use crate::maps::{GATEWAYS, PEERS, config, count, log_due};
+use crate::maps::{GATEWAYS, PEERS, config, count, stranger};
 use crate::packet::{IP_OFF, Ipv4, L4_OFF};
 
 #[xdp(frags)]
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     match try_uplink_xdp(&ctx) {
         Some((reason, src)) => {
-            if log_due(reason) {
-                aya_log_ebpf::warn!(
-                    &ctx,
-                    "tunnel packet from unregistered {:i} dropped (reason {})",
-                    u32::from_be(src),
-                    reason as u32
-                );
-            }
+            stranger(&ctx, reason, src);
             count(reason, (ctx.data_end() - ctx.data()) as u32);
             XDP_DROP
         }

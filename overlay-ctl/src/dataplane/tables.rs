@@ -138,11 +138,7 @@ impl Tables {
 
     /// A node: where its tunnel packets go, and that its address may send them.
     pub fn put_node(&mut self, id: u32, addr: Ipv4Addr, ewp: u16) -> Result<()> {
-        let node = Node {
-            ip: ip::to_wire(addr),
-            port: ip::port_to_wire(ewp),
-            _pad: 0,
-        };
+        let node = tunnel_end(addr, ewp);
         self.nodes
             .insert(id, node, 0)
             .map_err(map_err(names::NODES))?;
@@ -399,6 +395,15 @@ impl Tables {
 
     pub fn conntrack(&self) -> Vec<(CtKey, CtEntry)> {
         read_all(&self.conntrack)
+    }
+}
+
+/// A tunnel endpoint (a node, or a gateway) as the maps hold it.
+fn tunnel_end(addr: Ipv4Addr, port: u16) -> Node {
+    Node {
+        ip: ip::to_wire(addr),
+        port: ip::port_to_wire(port),
+        _pad: 0,
     }
 }
 

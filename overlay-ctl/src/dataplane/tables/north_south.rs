@@ -3,9 +3,9 @@
 
 use std::net::Ipv4Addr;
 
-use overlay_common::maps::{ExposeKey, Exposed, Node, ip, names};
+use overlay_common::maps::{ExposeKey, Exposed, ip, names};
 
-use super::{Result, Tables, ignore_missing, map_err};
+use super::{Result, Tables, ignore_missing, map_err, tunnel_end};
 
 fn expose_key(port: u16, proto: u8) -> ExposeKey {
     ExposeKey {
@@ -57,11 +57,7 @@ impl Tables {
     /// A gateway at `addr` may tunnel external clients' packets to the NSP;
     /// their replies go back to `addr:port`.
     pub fn put_gateway(&mut self, addr: Ipv4Addr, port: u16) -> Result<()> {
-        let gw = Node {
-            ip: ip::to_wire(addr),
-            port: ip::port_to_wire(port),
-            _pad: 0,
-        };
+        let gw = tunnel_end(addr, port);
         self.gateways
             .insert(gw.ip, gw, 0)
             .map_err(map_err(names::GATEWAYS))
