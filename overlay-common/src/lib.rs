@@ -1,7 +1,9 @@
 //! Everything the eBPF programs and the agent must agree on.
 //!
 //! * [`maps`]: the `#[repr(C)]` keys and values of every BPF map, with explicit
-//!   padding and compile-time size checks, plus the map names.
+//!   padding and compile-time size checks.
+//! * [`registry`]: every BPF map declared once (name, kind, types, capacity,
+//!   pinning, layout version) and the limits user input must respect to fit.
 //! * [`stats`]: the per-CPU counter slots (one per verdict or drop reason).
 //! * [`flow`]: the flow hash and the slot choice, used by the programs for new
 //!   flows and by the agent and tests to predict them.
@@ -16,7 +18,11 @@
 pub mod flow;
 pub mod maps;
 pub mod names;
+pub mod registry;
 pub mod stats;
+
+#[cfg(test)]
+extern crate std;
 
 /// Default East-West UDP port (the one Oakestra's NetManager uses too).
 pub const DEFAULT_EWP: u16 = 50103;

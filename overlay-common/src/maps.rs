@@ -4,49 +4,9 @@
 //! `SERVIPS[dst]` → `SVC_PORTS[service, port, proto]` → `SLOTS[servip, hash % count]`
 //! → `BACKENDS[id]` → (`ENDPOINTS[nsip]` if the backend is local, else `NODES[node]`).
 //! Established flows hit `CONNTRACK` first and skip the rest.
-
-/// Pinned map names (the agent pins them under its per-node directory).
-pub mod names {
-    pub const CONFIG: &str = "CONFIG";
-    pub const STATS: &str = "STATS";
-    pub const SERVIPS: &str = "SERVIPS";
-    pub const SVC_PORTS: &str = "SVC_PORTS";
-    pub const SLOTS: &str = "SLOTS";
-    pub const BACKENDS: &str = "BACKENDS";
-    pub const ENDPOINTS: &str = "ENDPOINTS";
-    pub const NODES: &str = "NODES";
-    pub const PEERS: &str = "PEERS";
-    pub const ROUTES: &str = "ROUTES";
-    pub const CONNTRACK: &str = "CONNTRACK";
-    pub const RESTRICTED: &str = "RESTRICTED";
-    pub const NEEDS: &str = "NEEDS";
-    pub const DENIED: &str = "DENIED";
-    pub const EXPOSED: &str = "EXPOSED";
-    pub const TURNS: &str = "TURNS";
-    pub const GATEWAYS: &str = "GATEWAYS";
-    pub const ALL: [&str; 17] = [
-        CONFIG, STATS, SERVIPS, SVC_PORTS, SLOTS, BACKENDS, ENDPOINTS, NODES, PEERS, ROUTES,
-        CONNTRACK, RESTRICTED, NEEDS, DENIED, EXPOSED, TURNS, GATEWAYS,
-    ];
-}
-
-/// Capacities. Sized for thousands of services per cluster; the LRU
-/// conntrack evicts the oldest flows when full.
-pub mod capacity {
-    pub const SERVIPS: u32 = 65_536;
-    pub const SVC_PORTS: u32 = 65_536;
-    /// Not preallocated: room for large weighted tables costs nothing until used.
-    pub const SLOTS: u32 = 1 << 20;
-    pub const BACKENDS: u32 = 65_536;
-    pub const ENDPOINTS: u32 = 4_096;
-    pub const NODES: u32 = 1_024;
-    pub const ROUTES: u32 = 1_024;
-    pub const CONNTRACK: u32 = 262_144;
-    pub const RESTRICTED: u32 = 65_536;
-    pub const NEEDS: u32 = 262_144;
-    pub const EXPOSED: u32 = 4_096;
-    pub const GATEWAYS: u32 = 256;
-}
+//!
+//! The maps themselves (names, kinds, capacities, layout versions) are
+//! declared once, in [`crate::registry`].
 
 /// `RESTRICTED` key meaning "services without `needs` may open no flows"
 /// (the cluster's default-deny setting); service ids start at 1.
@@ -257,6 +217,43 @@ pub struct NeedKey {
     pub dst: u32,
 }
 
+/// `LAYOUT` key: a map's name, NUL-padded (as the kernel limits names to 15 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Layout {
+    pub name: [u8; 16],
+}
+
+impl Layout {
+    /// The key of the map called `name` (cut at 15 bytes).
+    pub fn of(name: &str) -> Layout {
+        let mut key = Layout::default();
+        let n = name.len().min(15);
+        key.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+        key
+    }
+
+    /// The map name this key stands for.
+    pub fn as_str(&self) -> &str {
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(16);
+        core::str::from_utf8(&self.name[..end]).unwrap_or("?")
+    }
+}
+
+/// A node's next hop as the FIB last gave it (`HOPS`, per CPU: no torn MACs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedHop {
+    pub ifindex: u32,
+    /// Conntrack tick of the lookup: entries older than a tick are redone.
+    pub tick: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+}
+
+/// Per-CPU scratch space for building packets off the stack (`SCRATCH`).
+pub type Scratch = [u64; 12];
+
 /// One `STATS` slot (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -279,6 +276,8 @@ const _: () = {
     assert!(core::mem::size_of::<NeedKey>() == 8);
     assert!(core::mem::size_of::<ExposeKey>() == 4);
     assert!(core::mem::size_of::<Exposed>() == 8);
+    assert!(core::mem::size_of::<Layout>() == 16);
+    assert!(core::mem::size_of::<CachedHop>() == 20);
 };
 
 #[cfg(feature = "user")]
@@ -298,6 +297,7 @@ mod pod {
     unsafe impl aya::Pod for NeedKey {}
     unsafe impl aya::Pod for ExposeKey {}
     unsafe impl aya::Pod for Exposed {}
+    unsafe impl aya::Pod for Layout {}
 }
 
 /// Conversions between `core::net` types and the wire-order integers in maps.

@@ -1,91 +1,44 @@
-//! Map definitions (layouts in `overlay_common::maps`) and the counter helper.
+//! The maps, expanded from their one declaration in
+//! `overlay_common::registry`, and the helpers the programs use them through.
 //!
-//! The maps the agent writes are not preallocated (`BPF_F_NO_PREALLOC`, as
-//! Cilium's load-balancer maps): their memory follows what is deployed, and
-//! the capacities are only ceilings. `CONNTRACK`, written per new flow, is a
-//! preallocated LRU whose size the agent sets (`conntrack_entries`).
+//! The maps the agent writes are not preallocated: their memory follows what
+//! is deployed, and the capacities are only ceilings. `CONNTRACK`, written per
+//! new flow, is a preallocated LRU whose size the agent sets.
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use overlay_common::{
-    maps::{
-        Backend, Config, Counter, CtEntry, CtKey, DEFAULT_DENY, Endpoint, ExposeKey, Exposed,
-        NeedKey, Node, PortKey, ServIp, SlotKey, capacity,
-    },
-    stats::{REASONS, Reason},
+    maps::{Config, DEFAULT_DENY, NeedKey},
+    stats::Reason,
 };
 
-#[map(name = "CONFIG")]
-pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+pub use overlay_common::maps::{CachedHop, Scratch};
 
-#[map(name = "STATS")]
-pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASONS, 0);
+/// The map type of a registry entry, as aya-ebpf spells it.
+macro_rules! bpf_type {
+    (Array, $k:ty, $v:ty) => { Array<$v> };
+    (PerCpuArray, $k:ty, $v:ty) => { PerCpuArray<$v> };
+    ($kind:ident, $k:ty, $v:ty) => { $kind<$k, $v> };
+}
 
-#[map(name = "SERVIPS")]
-pub static SERVIPS: HashMap<u32, ServIp> =
-    HashMap::with_max_entries(capacity::SERVIPS, BPF_F_NO_PREALLOC);
+/// One `#[map]` static per registry entry, named as the map.
+macro_rules! bpf_maps {
+    ($( $(#[$doc:meta])* $name:ident $field:ident :
+        $kind:ident < $key:ty, $val:ty >, $cap:expr, $flags:expr, $ver:literal; )*) => {
+        $(
+            $(#[$doc])*
+            #[map]
+            pub static $name: bpf_type!($kind, $key, $val) =
+                <bpf_type!($kind, $key, $val)>::with_max_entries($cap, $flags);
+        )*
+    };
+}
 
-#[map(name = "SVC_PORTS")]
-pub static SVC_PORTS: HashMap<PortKey, u32> =
-    HashMap::with_max_entries(capacity::SVC_PORTS, BPF_F_NO_PREALLOC);
-
-#[map(name = "SLOTS")]
-pub static SLOTS: HashMap<SlotKey, u32> =
-    HashMap::with_max_entries(capacity::SLOTS, BPF_F_NO_PREALLOC);
-
-#[map(name = "BACKENDS")]
-pub static BACKENDS: HashMap<u32, Backend> =
-    HashMap::with_max_entries(capacity::BACKENDS, BPF_F_NO_PREALLOC);
-
-#[map(name = "ENDPOINTS")]
-pub static ENDPOINTS: HashMap<u32, Endpoint> =
-    HashMap::with_max_entries(capacity::ENDPOINTS, BPF_F_NO_PREALLOC);
-
-#[map(name = "NODES")]
-pub static NODES: HashMap<u32, Node> =
-    HashMap::with_max_entries(capacity::NODES, BPF_F_NO_PREALLOC);
-
-/// Registered node addresses (value: node id): the only accepted tunnel sources.
-#[map(name = "PEERS")]
-pub static PEERS: HashMap<u32, u32> = HashMap::with_max_entries(capacity::NODES, BPF_F_NO_PREALLOC);
-
-/// Node subnets (value: node id), for traffic to a remote NamespaceIP.
-#[map(name = "ROUTES")]
-pub static ROUTES: LpmTrie<u32, u32> =
-    LpmTrie::with_max_entries(capacity::ROUTES, BPF_F_NO_PREALLOC);
-
-#[map(name = "CONNTRACK")]
-pub static CONNTRACK: LruHashMap<CtKey, CtEntry> =
-    LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
-
-/// Services whose new flows are limited to their `needs` (key `DEFAULT_DENY`:
-/// services without `needs` may open none).
-#[map(name = "RESTRICTED")]
-pub static RESTRICTED: HashMap<u32, u32> =
-    HashMap::with_max_entries(capacity::RESTRICTED, BPF_F_NO_PREALLOC);
-
-#[map(name = "NEEDS")]
-pub static NEEDS: HashMap<NeedKey, u32> =
-    HashMap::with_max_entries(capacity::NEEDS, BPF_F_NO_PREALLOC);
-
-/// Ports of the node's address that lead to exposed services.
-#[map(name = "EXPOSED")]
-pub static EXPOSED: HashMap<ExposeKey, Exposed> =
-    HashMap::with_max_entries(capacity::EXPOSED, BPF_F_NO_PREALLOC);
-
-/// `GATEWAYS[ip]`: registered north-south gateways (see `gateway`).
-#[map(name = "GATEWAYS")]
-pub static GATEWAYS: HashMap<u32, Node> =
-    HashMap::with_max_entries(capacity::GATEWAYS, BPF_F_NO_PREALLOC);
-
-/// New flows denied, per sending service (per CPU).
-#[map(name = "DENIED")]
-pub static DENIED: PerCpuHashMap<u32, u64> =
-    PerCpuHashMap::with_max_entries(capacity::RESTRICTED, BPF_F_NO_PREALLOC);
+overlay_common::for_each_map!(bpf_maps);
+overlay_common::for_each_private_map!(bpf_maps);
 
 /// Whether service `src` may open a new flow to service `dst`.
 #[inline(always)]
@@ -110,12 +63,6 @@ pub fn count_denied(src: u32) {
         }
     }
 }
-
-/// Per-CPU scratch space for building packets off the stack.
-pub type Scratch = [u64; 12];
-
-#[map(name = "SCRATCH")]
-pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Counts one packet of `len` bytes under `reason`.
 #[inline(always)]
@@ -158,32 +105,6 @@ pub fn stranger<C: EbpfContext>(ctx: &C, reason: Reason, src: u32) -> Reason {
 pub fn config() -> Option<&'static Config> {
     CONFIG.get(0).filter(|c| c.node_id != 0)
 }
-
-/// A node's next hop as the FIB last gave it, per CPU (no torn MACs).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct CachedHop {
-    pub ifindex: u32,
-    /// Conntrack tick of the lookup: entries older than a tick are redone.
-    pub tick: u32,
-    pub dmac: [u8; 6],
-    pub smac: [u8; 6],
-}
-
-/// `HOPS[node ip]`: cached FIB results for tunnel destinations, so that an
-/// established flow's packets skip `bpf_fib_lookup` (about a quarter of the
-/// encapsulation path). Not pinned: a cache that a restart may drop. A
-/// changed neighbour or route is seen within two ticks (~2 s).
-#[map(name = "HOPS")]
-pub static HOPS: PerCpuHashMap<u32, CachedHop> =
-    PerCpuHashMap::with_max_entries(capacity::NODES, BPF_F_NO_PREALLOC);
-
-/// `TURNS[servip]`: per-CPU round-robin counters of roundrobin ServIPs.
-/// Per CPU, so that no two CPUs ever race for a turn; each CPU goes round
-/// the table on its own, which keeps the total even within one turn per CPU.
-#[map(name = "TURNS")]
-pub static TURNS: PerCpuHashMap<u32, u32> =
-    PerCpuHashMap::with_max_entries(capacity::SERVIPS, BPF_F_NO_PREALLOC);
 
 /// The next round-robin turn of `servip` (wire order) on this CPU.
 #[inline(always)]

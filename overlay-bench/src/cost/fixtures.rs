@@ -5,7 +5,8 @@ use std::net::Ipv4Addr;
 use anyhow::bail;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo};
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
-use overlay_common::maps::{Config, CtEntry, CtKey, Endpoint, ip, names, policy};
+use overlay_common::maps::{Config, CtEntry, CtKey, Endpoint, ip, policy};
+use overlay_common::registry::def;
 use overlay_common::{DEFAULT_EWP, IPPROTO_TCP};
 use overlay_ctl::dataplane::{Dataplane, programs};
 use overlay_testnet::Netns;
@@ -176,7 +177,7 @@ pub(super) fn conntrack_map(
     let info = dp.classifier(programs::FROM_INSTANCE)?.info()?;
     for id in info.map_ids()?.unwrap_or_default() {
         let m = MapInfo::from_id(id)?;
-        if m.name_as_str() == Some(names::CONNTRACK) {
+        if m.name_as_str() == Some(def::CONNTRACK.name) {
             let map = Map::from_map_data(MapData::from_id(id)?)?;
             return Ok(BpfHashMap::try_from(map)?);
         }

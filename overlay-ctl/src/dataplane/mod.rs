@@ -1,6 +1,7 @@
 //! The eBPF dataplane: the embedded object, loading, attaching and pinning.
 
 mod batch;
+pub mod layout;
 mod links;
 mod tables;
 
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, xdp::XdpMode};
 use aya::{Ebpf, EbpfLoader};
-use overlay_common::maps::names;
+use overlay_common::registry::{self, def};
 
 pub use tables::{Tables, tick_now};
 
@@ -60,6 +61,14 @@ pub enum Error {
         want: u32,
     },
     #[error(
+        "pinned map {path} has layout version {have}, this agent knows only up to {want}: the \
+         pins are from a newer release; downgrading is not supported (run the newer agent, or \
+         `overlay-ctl agent --teardown`, which breaks open connections through this node)"
+    )]
+    Downgrade { path: PathBuf, have: u32, want: u32 },
+    #[error("pinned map {path} has layout version {from}, and no conversion to {to} exists")]
+    NoConversion { path: PathBuf, from: u32, to: u32 },
+    #[error(
         "cannot open pinned map {path}: {source} (is an agent running with this pin directory?)"
     )]
     Pinned {
@@ -90,59 +99,9 @@ pub struct Sizes {
 impl Default for Sizes {
     fn default() -> Self {
         Sizes {
-            conntrack: overlay_common::maps::capacity::CONNTRACK,
+            conntrack: overlay_common::registry::capacity::CONNTRACK,
         }
     }
-}
-
-/// Refuses pins whose layout differs from this object's maps (left by an
-/// older or newer agent, or sized differently): adopting them would make the
-/// verifier reject the programs, or worse, let them misread the maps.
-fn check_pins(paths: &[(&str, PathBuf)], sizes: Sizes) -> Result<()> {
-    if !paths.iter().any(|(_, p)| p.exists()) {
-        return Ok(());
-    }
-    let obj = aya_obj::Object::parse(OBJECT).map_err(|e| Error::Pin {
-        path: PathBuf::from("overlay-ebpf.o"),
-        why: e.to_string(),
-    })?;
-    for (name, path) in paths.iter().filter(|(_, p)| p.exists()) {
-        let Some(want) = obj.maps.get(*name) else {
-            continue;
-        };
-        let info = aya::maps::MapData::from_pin(path)
-            .and_then(|m| m.info())
-            .map_err(|source| Error::Pinned {
-                path: path.clone(),
-                source,
-            })?;
-        let sizes = [
-            (
-                "type",
-                info.map_type().map_or(u32::MAX, |t| t as u32),
-                want.map_type(),
-            ),
-            ("key size", info.key_size(), want.key_size()),
-            ("value size", info.value_size(), want.value_size()),
-            (
-                "capacity",
-                info.max_entries(),
-                match *name {
-                    names::CONNTRACK => sizes.conntrack,
-                    _ => want.max_entries(),
-                },
-            ),
-        ];
-        if let Some((what, have, want)) = sizes.into_iter().find(|(_, h, w)| h != w) {
-            return Err(Error::Incompatible {
-                path: path.clone(),
-                what,
-                have,
-                want,
-            });
-        }
-    }
-    Ok(())
 }
 
 impl Dataplane {
@@ -155,16 +114,31 @@ impl Dataplane {
     /// [`Dataplane::load`] with the node's map sizes.
     pub fn load_sized(pin_dir: Option<&Path>, sizes: Sizes) -> Result<Self> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(names::CONNTRACK, sizes.conntrack);
-        let paths: Vec<(&str, PathBuf)> = pin_dir
-            .map(|d| names::ALL.iter().map(|n| (*n, d.join(n))).collect())
-            .unwrap_or_default();
-        check_pins(&paths, sizes)?;
-        for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
+        loader.map_max_entries(def::CONNTRACK.name, sizes.conntrack);
+        let replaced = match pin_dir {
+            Some(dir) => layout::replaced(dir, sizes)?,
+            None => Vec::new(),
+        };
+        for d in registry::PINNED {
+            let path = pin_dir.map(|dir| dir.join(d.name));
+            match path {
+                // A replaced map is created anew and pinned once it exists.
+                Some(_) if replaced.iter().any(|r| r.def.name == d.name) => {}
+                Some(path) => {
+                    loader.map_pin_path(d.name, path);
+                }
+                None => {}
+            }
         }
         let mut ebpf = loader.load(OBJECT)?;
-        let tables = Tables::take(&mut ebpf)?;
+        for r in &replaced {
+            r.repin(&ebpf)?;
+        }
+        let mut tables = Tables::take(&mut ebpf)?;
+        for r in replaced {
+            r.migrate(&mut tables)?;
+        }
+        tables.record_layout()?;
         if let Some(dir) = pin_dir {
             let links = dir.join("links");
             std::fs::create_dir_all(&links).map_err(|e| Error::Pin {
@@ -271,5 +245,36 @@ impl Dataplane {
             }
         }
         self.attach_tc(programs::UPLINK, ifname)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use overlay_common::registry::{self, Shape};
+
+    /// The compiled object holds exactly the registry's maps, each as
+    /// declared: a map added on one side only fails here.
+    #[test]
+    fn the_object_holds_exactly_the_registry_maps() {
+        let obj = aya_obj::Object::parse(super::OBJECT).expect("the embedded object parses");
+        let found: Vec<(&str, Shape)> = obj
+            .maps
+            .iter()
+            .map(|(name, m)| {
+                let shape = Shape {
+                    map_type: m.map_type(),
+                    key_size: m.key_size(),
+                    value_size: m.value_size(),
+                    max_entries: m.max_entries(),
+                    flags: m.map_flags(),
+                };
+                (name.as_str(), shape)
+            })
+            .collect();
+        assert_eq!(
+            registry::check_object(&found),
+            Ok(()),
+            "object maps: {found:?}"
+        );
     }
 }

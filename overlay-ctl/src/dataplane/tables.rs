@@ -12,9 +12,10 @@ use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use overlay_common::maps::{
-    Backend, Config, Counter, CtEntry, CtKey, Endpoint, ExposeKey, Exposed, NeedKey, Node, PortKey,
-    ServIp, SlotKey, ct, ip, names,
+    Backend, Config, Counter, CtEntry, CtKey, Endpoint, Layout, NeedKey, Node, PortKey, ServIp,
+    SlotKey, ct, ip,
 };
+use overlay_common::registry::{self, MapDef, MapKind, def};
 use overlay_common::stats::{REASONS, Reason};
 
 mod north_south;
@@ -22,93 +23,102 @@ mod north_south;
 use super::batch::read_all;
 use super::{Error, Result};
 
-/// Every map of one dataplane.
-pub struct Tables {
-    config: Array<MapData, Config>,
-    stats: PerCpuArray<MapData, Counter>,
-    servips: HashMap<MapData, u32, ServIp>,
-    ports: HashMap<MapData, PortKey, u32>,
-    slots: HashMap<MapData, SlotKey, u32>,
-    backends: HashMap<MapData, u32, Backend>,
-    endpoints: HashMap<MapData, u32, Endpoint>,
-    nodes: HashMap<MapData, u32, Node>,
-    peers: HashMap<MapData, u32, u32>,
-    routes: LpmTrie<MapData, u32, u32>,
-    conntrack: HashMap<MapData, CtKey, CtEntry>,
-    restricted: HashMap<MapData, u32, u32>,
-    needs: HashMap<MapData, NeedKey, u32>,
-    denied: PerCpuHashMap<MapData, u32, u64>,
-    exposed: HashMap<MapData, ExposeKey, Exposed>,
-    turns: PerCpuHashMap<MapData, u32, u32>,
-    gateways: HashMap<MapData, u32, Node>,
+/// The map type of a registry entry, as aya spells it in userspace.
+macro_rules! user_type {
+    (Array, $k:ty, $v:ty) => { Array<MapData, $v> };
+    (PerCpuArray, $k:ty, $v:ty) => { PerCpuArray<MapData, $v> };
+    // aya reads and writes an LRU hash through its `HashMap` handle.
+    (LruHashMap, $k:ty, $v:ty) => { HashMap<MapData, $k, $v> };
+    ($kind:ident, $k:ty, $v:ty) => { $kind<MapData, $k, $v> };
 }
 
-fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Option<Map>) -> Result<T> {
-    let map = map.ok_or(Error::Missing(name))?;
-    T::try_from(map).map_err(|source| Error::Map { name, source })
-}
-
-fn map_err(name: &'static str) -> impl Fn(MapError) -> Error {
-    move |source| Error::Map { name, source }
-}
-
+/// `Tables`: one typed handle per pinned map of the registry.
 macro_rules! tables {
-    ($get:expr) => {{
-        #[allow(unused_mut)] // only the loaded-object variant needs it
-        let mut get = $get;
-        Tables {
-            config: typed(names::CONFIG, get(names::CONFIG)?)?,
-            stats: typed(names::STATS, get(names::STATS)?)?,
-            servips: typed(names::SERVIPS, get(names::SERVIPS)?)?,
-            ports: typed(names::SVC_PORTS, get(names::SVC_PORTS)?)?,
-            slots: typed(names::SLOTS, get(names::SLOTS)?)?,
-            backends: typed(names::BACKENDS, get(names::BACKENDS)?)?,
-            endpoints: typed(names::ENDPOINTS, get(names::ENDPOINTS)?)?,
-            nodes: typed(names::NODES, get(names::NODES)?)?,
-            peers: typed(names::PEERS, get(names::PEERS)?)?,
-            routes: typed(names::ROUTES, get(names::ROUTES)?)?,
-            conntrack: typed(names::CONNTRACK, get(names::CONNTRACK)?)?,
-            restricted: typed(names::RESTRICTED, get(names::RESTRICTED)?)?,
-            needs: typed(names::NEEDS, get(names::NEEDS)?)?,
-            denied: typed(names::DENIED, get(names::DENIED)?)?,
-            exposed: typed(names::EXPOSED, get(names::EXPOSED)?)?,
-            turns: typed(names::TURNS, get(names::TURNS)?)?,
-            gateways: typed(names::GATEWAYS, get(names::GATEWAYS)?)?,
+    ($( $(#[$doc:meta])* $name:ident $field:ident :
+        $kind:ident < $key:ty, $val:ty >, $cap:expr, $flags:expr, $ver:literal; )*) => {
+        /// Every pinned map of one dataplane.
+        pub struct Tables {
+            $( $(#[$doc])* $field: user_type!($kind, $key, $val), )*
         }
-    }};
+
+        impl Tables {
+            /// Builds the handles from `get`, which gives the map of a declaration.
+            fn build(
+                mut get: impl FnMut(&'static MapDef) -> Result<Option<Map>>,
+            ) -> Result<Self> {
+                Ok(Tables { $( $field: typed(&def::$name, get(&def::$name)?)?, )* })
+            }
+        }
+    };
+}
+
+overlay_common::for_each_map!(tables);
+
+fn typed<T: TryFrom<Map, Error = MapError>>(d: &'static MapDef, map: Option<Map>) -> Result<T> {
+    let map = map.ok_or(Error::Missing(d.name))?;
+    T::try_from(map).map_err(map_err(d))
+}
+
+fn map_err(d: &'static MapDef) -> impl Fn(MapError) -> Error {
+    move |source| Error::Map {
+        name: d.name,
+        source,
+    }
+}
+
+/// A pinned map's data as the `Map` of its kind.
+fn wrap(d: &MapDef, data: MapData) -> Map {
+    match d.kind {
+        MapKind::Array => Map::Array(data),
+        MapKind::PerCpuArray => Map::PerCpuArray(data),
+        MapKind::HashMap => Map::HashMap(data),
+        MapKind::PerCpuHashMap => Map::PerCpuHashMap(data),
+        MapKind::LruHashMap => Map::LruHashMap(data),
+        MapKind::LpmTrie => Map::LpmTrie(data),
+    }
 }
 
 impl Tables {
     /// Takes the maps out of a loaded object (its programs keep using them).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        Ok(tables!(|name: &'static str| -> Result<Option<Map>> {
-            Ok(ebpf.take_map(name))
-        }))
+        Self::build(|d| Ok(ebpf.take_map(d.name)))
     }
 
     /// Opens the maps pinned in `dir` (by an agent, possibly no longer running).
     pub fn open_pinned(dir: &Path) -> Result<Self> {
-        Ok(tables!(|name: &'static str| -> Result<Option<Map>> {
-            let path = dir.join(name);
+        Self::build(|d| {
+            let path = dir.join(d.name);
             let data = MapData::from_pin(&path).map_err(|source| Error::Pinned { path, source })?;
-            let map = match name {
-                names::CONFIG => Map::Array(data),
-                names::STATS => Map::PerCpuArray(data),
-                names::ROUTES => Map::LpmTrie(data),
-                names::CONNTRACK => Map::LruHashMap(data),
-                names::DENIED | names::TURNS => Map::PerCpuHashMap(data),
-                _ => Map::HashMap(data),
-            };
-            Ok(Some(map))
-        }))
+            Ok(Some(wrap(d, data)))
+        })
+    }
+
+    /// Records the registry's layout versions in `LAYOUT`: the maps just
+    /// loaded, adopted or migrated are now of this layout.
+    pub fn record_layout(&mut self) -> Result<()> {
+        for d in registry::PINNED {
+            self.layout
+                .insert(Layout::of(d.name), d.version, 0)
+                .map_err(map_err(&def::LAYOUT))?;
+        }
+        Ok(())
+    }
+
+    /// The layout version recorded for each pinned map.
+    pub fn layout(&self) -> std::collections::BTreeMap<String, u32> {
+        self.layout
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| (k.as_str().to_string(), v))
+            .collect()
     }
 
     pub fn config(&self) -> Result<Config> {
-        self.config.get(&0, 0).map_err(map_err(names::CONFIG))
+        self.config.get(&0, 0).map_err(map_err(&def::CONFIG))
     }
 
     pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
-        self.config.set(0, cfg, 0).map_err(map_err(names::CONFIG))
+        self.config.set(0, cfg, 0).map_err(map_err(&def::CONFIG))
     }
 
     /// Per-reason counters summed over CPUs.
@@ -116,7 +126,7 @@ impl Tables {
         (0..REASONS)
             .filter_map(|i| Reason::from_index(i).map(|r| (i, r)))
             .map(|(i, reason)| {
-                let per_cpu = self.stats.get(&i, 0).map_err(map_err(names::STATS))?;
+                let per_cpu = self.stats.get(&i, 0).map_err(map_err(&def::STATS))?;
                 let total = per_cpu.iter().fold(Counter::default(), |acc, c| Counter {
                     packets: acc.packets + c.packets,
                     bytes: acc.bytes + c.bytes,
@@ -141,17 +151,17 @@ impl Tables {
         let node = tunnel_end(addr, ewp);
         self.nodes
             .insert(id, node, 0)
-            .map_err(map_err(names::NODES))?;
+            .map_err(map_err(&def::NODES))?;
         self.peers
             .insert(node.ip, id, 0)
-            .map_err(map_err(names::PEERS))
+            .map_err(map_err(&def::PEERS))
     }
 
     pub fn remove_node(&mut self, id: u32) -> Result<()> {
         if let Ok(node) = self.nodes.get(&id, 0) {
-            ignore_missing(self.peers.remove(&node.ip)).map_err(map_err(names::PEERS))?;
+            ignore_missing(self.peers.remove(&node.ip)).map_err(map_err(&def::PEERS))?;
         }
-        ignore_missing(self.nodes.remove(&id)).map_err(map_err(names::NODES))
+        ignore_missing(self.nodes.remove(&id)).map_err(map_err(&def::NODES))
     }
 
     /// A node's instance subnet.
@@ -159,22 +169,22 @@ impl Tables {
         let key = Key::new(prefix, ip::to_wire(subnet));
         self.routes
             .insert(&key, node, 0)
-            .map_err(map_err(names::ROUTES))
+            .map_err(map_err(&def::ROUTES))
     }
 
     pub fn remove_route(&mut self, subnet: Ipv4Addr, prefix: u32) -> Result<()> {
         let key = Key::new(prefix, ip::to_wire(subnet));
-        ignore_missing(self.routes.remove(&key)).map_err(map_err(names::ROUTES))
+        ignore_missing(self.routes.remove(&key)).map_err(map_err(&def::ROUTES))
     }
 
     pub fn put_endpoint(&mut self, nsip: Ipv4Addr, ep: &Endpoint) -> Result<()> {
         self.endpoints
             .insert(ip::to_wire(nsip), ep, 0)
-            .map_err(map_err(names::ENDPOINTS))
+            .map_err(map_err(&def::ENDPOINTS))
     }
 
     pub fn remove_endpoint(&mut self, nsip: Ipv4Addr) -> Result<()> {
-        ignore_missing(self.endpoints.remove(&ip::to_wire(nsip))).map_err(map_err(names::ENDPOINTS))
+        ignore_missing(self.endpoints.remove(&ip::to_wire(nsip))).map_err(map_err(&def::ENDPOINTS))
     }
 
     pub fn put_backend(&mut self, id: u32, nsip: Ipv4Addr, node: u32) -> Result<()> {
@@ -184,11 +194,11 @@ impl Tables {
         };
         self.backends
             .insert(id, b, 0)
-            .map_err(map_err(names::BACKENDS))
+            .map_err(map_err(&def::BACKENDS))
     }
 
     pub fn remove_backend(&mut self, id: u32) -> Result<()> {
-        ignore_missing(self.backends.remove(&id)).map_err(map_err(names::BACKENDS))
+        ignore_missing(self.backends.remove(&id)).map_err(map_err(&def::BACKENDS))
     }
 
     /// The ports (and protocols) a service forwards; port 0 with ICMP is echo.
@@ -201,7 +211,7 @@ impl Tables {
         };
         self.ports
             .insert(key, 1, 0)
-            .map_err(map_err(names::SVC_PORTS))
+            .map_err(map_err(&def::SVC_PORTS))
     }
 
     pub fn remove_port(&mut self, service: u32, port: u16, proto: u8) -> Result<()> {
@@ -211,7 +221,7 @@ impl Tables {
             proto,
             _pad: 0,
         };
-        ignore_missing(self.ports.remove(&key)).map_err(map_err(names::SVC_PORTS))
+        ignore_missing(self.ports.remove(&key)).map_err(map_err(&def::SVC_PORTS))
     }
 
     /// Publishes a ServIP with its slot table (backend ids, repeated for
@@ -232,7 +242,7 @@ impl Tables {
         for (i, id) in slots.iter().enumerate() {
             self.slots
                 .insert(SlotKey::new(vip, table, i as u32), id, 0)
-                .map_err(map_err(names::SLOTS))?;
+                .map_err(map_err(&def::SLOTS))?;
         }
         let sv = ServIp {
             service,
@@ -242,7 +252,7 @@ impl Tables {
         };
         self.servips
             .insert(vip, sv, 0)
-            .map_err(map_err(names::SERVIPS))?;
+            .map_err(map_err(&def::SERVIPS))?;
         match old {
             Some(o) => self.remove_slots(vip, o.table, o.count),
             None => Ok(()),
@@ -254,15 +264,15 @@ impl Tables {
         let Ok(sv) = self.servips.get(&vip, 0) else {
             return Ok(());
         };
-        ignore_missing(self.servips.remove(&vip)).map_err(map_err(names::SERVIPS))?;
-        ignore_missing(self.turns.remove(&vip)).map_err(map_err(names::TURNS))?;
+        ignore_missing(self.servips.remove(&vip)).map_err(map_err(&def::SERVIPS))?;
+        ignore_missing(self.turns.remove(&vip)).map_err(map_err(&def::TURNS))?;
         self.remove_slots(vip, sv.table, sv.count)
     }
 
     fn remove_slots(&mut self, vip: u32, table: u8, count: u16) -> Result<()> {
         for i in 0..count as u32 {
             ignore_missing(self.slots.remove(&SlotKey::new(vip, table, i)))
-                .map_err(map_err(names::SLOTS))?;
+                .map_err(map_err(&def::SLOTS))?;
         }
         Ok(())
     }
@@ -344,11 +354,11 @@ impl Tables {
     pub fn put_restricted(&mut self, service: u32) -> Result<()> {
         self.restricted
             .insert(service, 1, 0)
-            .map_err(map_err(names::RESTRICTED))
+            .map_err(map_err(&def::RESTRICTED))
     }
 
     pub fn remove_restricted(&mut self, service: u32) -> Result<()> {
-        ignore_missing(self.restricted.remove(&service)).map_err(map_err(names::RESTRICTED))
+        ignore_missing(self.restricted.remove(&service)).map_err(map_err(&def::RESTRICTED))
     }
 
     pub fn restricted(&self) -> Vec<u32> {
@@ -359,11 +369,11 @@ impl Tables {
     pub fn put_need(&mut self, src: u32, dst: u32) -> Result<()> {
         self.needs
             .insert(NeedKey { src, dst }, 1, 0)
-            .map_err(map_err(names::NEEDS))
+            .map_err(map_err(&def::NEEDS))
     }
 
     pub fn remove_need(&mut self, src: u32, dst: u32) -> Result<()> {
-        ignore_missing(self.needs.remove(&NeedKey { src, dst })).map_err(map_err(names::NEEDS))
+        ignore_missing(self.needs.remove(&NeedKey { src, dst })).map_err(map_err(&def::NEEDS))
     }
 
     pub fn needs(&self) -> Vec<NeedKey> {

@@ -3,7 +3,8 @@
 
 use std::net::Ipv4Addr;
 
-use overlay_common::maps::{ExposeKey, Exposed, ip, names};
+use overlay_common::maps::{ExposeKey, Exposed, ip};
+use overlay_common::registry::def;
 
 use super::{Result, Tables, ignore_missing, map_err, tunnel_end};
 
@@ -32,12 +33,12 @@ impl Tables {
         };
         self.exposed
             .insert(expose_key(port, proto), val, 0)
-            .map_err(map_err(names::EXPOSED))
+            .map_err(map_err(&def::EXPOSED))
     }
 
     pub fn remove_exposed(&mut self, port: u16, proto: u8) -> Result<()> {
         ignore_missing(self.exposed.remove(&expose_key(port, proto)))
-            .map_err(map_err(names::EXPOSED))
+            .map_err(map_err(&def::EXPOSED))
     }
 
     /// (port, protocol) → (ServIP, SNAT address).
@@ -60,11 +61,11 @@ impl Tables {
         let gw = tunnel_end(addr, port);
         self.gateways
             .insert(gw.ip, gw, 0)
-            .map_err(map_err(names::GATEWAYS))
+            .map_err(map_err(&def::GATEWAYS))
     }
 
     pub fn remove_gateway(&mut self, addr: Ipv4Addr) -> Result<()> {
-        ignore_missing(self.gateways.remove(&ip::to_wire(addr))).map_err(map_err(names::GATEWAYS))
+        ignore_missing(self.gateways.remove(&ip::to_wire(addr))).map_err(map_err(&def::GATEWAYS))
     }
 
     /// Gateway address → the port its replies go to.
