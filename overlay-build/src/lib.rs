@@ -5,7 +5,7 @@
 //! developer built. Before building, [`ensure_toolchain`] secures what a fresh
 //! machine lacks: the nightly toolchain's `rust-src` and a `bpf-linker` whose
 //! LLVM major version equals nightly rustc's, built against rustc's own
-//! libLLVM (SPEC section 2). Every failure is one sentence saying what to do.
+//! libLLVM. Every failure is one sentence saying what to do.
 
 mod toolchain;
 
