@@ -14,7 +14,7 @@ const GAP: f64 = 6.0;
 const PANEL_TOP: f64 = 30.0;
 const PANEL_BOTTOM: f64 = 26.0;
 
-/// The goal for (b)/(a) of each metric, drawn as a dashed line.
+/// The target for (b)/(a) of each metric, drawn as a dashed line.
 fn goal(m: RatioMetric) -> f64 {
     match m {
         RatioMetric::Tcp => 0.90,

@@ -29,7 +29,7 @@ impl PathId {
         PathId::Tun,
     ];
 
-    /// The letter the issue uses for the path.
+    /// The letter that names the path in the report and `docs/benchmark.md`.
     pub fn letter(self) -> char {
         match self {
             PathId::Plain => 'a',

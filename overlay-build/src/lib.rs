@@ -5,14 +5,21 @@
 //! developer built. Before building, [`ensure_toolchain`] secures what a fresh
 //! machine lacks: the nightly toolchain's `rust-src` and a `bpf-linker` whose
 //! LLVM major version equals nightly rustc's, built against rustc's own
-//! libLLVM (SPEC section 2). Every failure is one sentence saying what to do.
+//! libLLVM. Every failure is one sentence saying what to do.
+//!
+//! Whatever it installs is announced through the caller's `log` (the build
+//! script turns each line into a cargo warning), always starting with
+//! [`INSTALLING`]. A packager can skip all of it by passing a prebuilt object
+//! ([`prebuilt_object`], the variable [`OBJECT_ENV`]).
 
+mod prebuilt;
 mod toolchain;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub use toolchain::{Toolchain, ensure_toolchain};
+pub use prebuilt::{OBJECT_ENV, check_object, prebuilt_object};
+pub use toolchain::{INSTALLING, Toolchain, ensure_toolchain};
 
 /// The eBPF target triple (little-endian hosts only).
 pub const TARGET: &str = "bpfel-unknown-none";
@@ -123,7 +130,9 @@ fn ensure_nightly_clippy(tc: &Toolchain, log: &mut dyn FnMut(&str)) -> Result<()
     if output(tc.nightly_cargo().args(["clippy", "--version"])).is_some() {
         return Ok(());
     }
-    log("installing clippy for the nightly toolchain");
+    log(&format!(
+        "{INSTALLING}clippy for the nightly toolchain (rustup component add clippy --toolchain nightly)"
+    ));
     run(
         Command::new("rustup").args(["component", "add", "clippy", "--toolchain", "nightly"]),
         "could not add clippy: run `rustup component add clippy --toolchain nightly`",

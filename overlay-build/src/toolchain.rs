@@ -11,6 +11,10 @@ use crate::{Error, Result, output, run};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const SUPPORTED_LLVM: [u32; 3] = [21, 22, 23];
 
+/// How every message about installing something begins, so that a cargo
+/// warning says at once that the build is changing the machine's toolchain.
+pub const INSTALLING: &str = "installing the eBPF toolchain: ";
+
 /// What the eBPF build needs to know about the machine's toolchains.
 pub struct Toolchain {
     pub llvm_major: u32,
@@ -105,7 +109,9 @@ fn ensure_rust_src(sysroot: &Path, log: &mut dyn FnMut(&str)) -> Result<()> {
     if core.is_file() {
         return Ok(());
     }
-    log("installing rust-src for the nightly toolchain");
+    log(&format!(
+        "{INSTALLING}rust-src for the nightly toolchain (rustup component add rust-src --toolchain nightly)"
+    ));
     run(
         clean(Command::new("rustup")).args([
             "component",
@@ -142,15 +148,20 @@ fn ensure_bpf_linker(
     log: &mut dyn FnMut(&str),
 ) -> Result<()> {
     let linker = tc.cargo_bin.join("bpf-linker");
-    match linker_llvm(&linker) {
+    let why = match linker_llvm(&linker) {
         Some(Some(m)) if m == tc.llvm_major => return Ok(()),
         Some(None) => return Ok(()), // static LLVM: cannot tell, trust the user's build
-        Some(Some(m)) => log(&format!(
-            "bpf-linker uses LLVM {m} but nightly rustc uses LLVM {}: rebuilding it",
+        Some(Some(m)) => format!(
+            "{} uses LLVM {m}, nightly rustc LLVM {}",
+            linker.display(),
             tc.llvm_major
-        )),
-        None => log("bpf-linker is missing or cannot run: building it (about two minutes)"),
-    }
+        ),
+        None => format!("{} is missing or cannot run", linker.display()),
+    };
+    log(&format!(
+        "{INSTALLING}{why}; building bpf-linker {BPF_LINKER_VERSION} against nightly rustc's libLLVM {} with `cargo install` (about two minutes, once)",
+        tc.llvm_major
+    ));
     if !SUPPORTED_LLVM.contains(&tc.llvm_major) {
         return Err(Error(format!(
             "nightly rustc uses LLVM {}, which bpf-linker {BPF_LINKER_VERSION} does not support: install a nightly with LLVM {:?}",

@@ -1,4 +1,4 @@
-//! The service name scheme (SPEC section 5), parsed and printed without
+//! The service name scheme (`docs/names.md`), parsed and printed without
 //! allocating:
 //!
 //! ```text

@@ -1,7 +1,13 @@
 //! Counter slots of the per-CPU `STATS` array: one per verdict and drop reason.
 //!
-//! Every packet a program handles is counted in exactly one slot, so the sum of
-//! all slots is the number of packets seen.
+//! Every packet a program judges is counted once under its verdict (the
+//! value its hook returns with), with its length. Three slots count events
+//! besides that verdict, with 0 bytes: `new_flow`, `exposed_in` and
+//! `gateway_in`; leave them out and the packets of the other slots add up to
+//! the packets judged. Not judged, and not counted: uplink traffic for
+//! neither a tunnel port nor an exposed port (the node's own), and what the
+//! XDP program passes (the uplink's TC program judges it next; XDP counts
+//! only what it drops).
 
 macro_rules! reasons {
     ($($(#[$doc:meta])* $name:ident = $label:literal,)*) => {

@@ -1,4 +1,4 @@
-//! The agent's configuration file (`agent.toml`, SPEC section 7).
+//! The agent's configuration file (`agent.toml`; every key: `docs/configuration.md`).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -39,7 +39,7 @@ pub struct AgentConfig {
     pub nsp: u16,
     /// NAT-mapped address other nodes must use.
     pub public: Option<SocketAddrV4>,
-    /// etcd endpoints, comma-separated (cluster issue); absent: `state_file`.
+    /// etcd endpoints, comma-separated; absent: `state_file` and `subnet`.
     pub store: Option<String>,
     /// Desired state of the cluster (nodes, services, remote instances) as a
     /// JSON file, for clusters without a store.

@@ -1,5 +1,5 @@
-//! The deployment descriptor (SPEC section 6) and the service record the
-//! store keeps for it.
+//! The deployment descriptor (every field: `docs/descriptor.md`) and the
+//! service record the store keeps for it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -42,8 +42,9 @@ fn syntax(path: String, why: String) -> DescriptorError {
     }
 }
 
-/// A DNS-style label of the naming scheme: 1-63 of `a-z 0-9 -`, not starting
-/// or ending with `-`, and not a word the scheme reserves for instance/policy.
+/// A DNS-style label of the naming scheme: 1-63 ASCII letters, digits and
+/// `-`, not starting or ending with `-` (case is kept; names compare
+/// case-insensitively).
 pub fn check_label(label: &str) -> Result<(), String> {
     if label.is_empty() || label.len() > 63 {
         return Err("must be 1-63 characters".into());
@@ -176,7 +177,7 @@ mod tests {
         "exposed":false,"needs":["shop.prod.db.v1","shop.prod.web.v1.any.closest.local"],"ports":[8080],"statefull":false}"#;
 
     #[test]
-    fn accepts_the_seed_fields() {
+    fn accepts_every_field() {
         let d = Descriptor::parse(GOOD).unwrap();
         assert_eq!(d.name(), "shop.prod.cart.v1");
         assert_eq!(needed_service(&d.needs[1]).unwrap(), "shop.prod.web.v1");

@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 /// Commands the tests and the demo run, and the Debian package that brings
-/// each. Later issues append here (e.g. etcd, dig).
+/// each; a test that needs another command adds it here.
 pub const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),

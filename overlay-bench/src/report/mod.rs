@@ -1,5 +1,5 @@
 //! The results of a run: what was measured (kept per round, for the JSON),
-//! the targets of issue 9 judged on them ([`targets()`]), and the markdown
+//! the targets (`docs/benchmark.md`) judged on them ([`targets()`]), and the markdown
 //! table ([`markdown()`]).
 
 mod markdown;

@@ -1,4 +1,4 @@
-//! The ratios between paths and the targets of issue 9 judged on a report.
+//! The ratios between paths and the targets (`docs/benchmark.md`) judged on a report.
 
 use serde::{Deserialize, Serialize};
 
@@ -92,7 +92,7 @@ impl Status {
     }
 }
 
-/// One target of issue 9 and how the run did.
+/// One target and how the run did.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Target {
     pub name: String,
@@ -118,7 +118,7 @@ fn target(name: &str, value: Option<f64>, goal: Goal, unit: &str) -> Target {
     }
 }
 
-/// The targets of issue 9, judged on `r`.
+/// The targets, judged on `r`.
 pub fn targets(r: &Report) -> Vec<Target> {
     use PathId::*;
     use RatioMetric as M;

@@ -1,5 +1,7 @@
-//! Where the desired cluster state comes from. Today: a JSON file, re-read
-//! when it changes; the cluster issue adds etcd behind the same channel.
+//! The desired cluster state of an agent without a store: the JSON file
+//! `state_file`, re-read when its modification time changes. With `store`
+//! set, the state comes from etcd instead (`cluster::follow`), through the
+//! same kind of watch channel.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -23,7 +25,7 @@ fn read(path: &PathBuf) -> Result<ClusterState> {
 pub fn spawn(cfg: &AgentConfig) -> Result<watch::Receiver<ClusterState>> {
     let Some(path) = cfg.state_file.clone() else {
         return Err(AgentError::State(
-            "no state_file configured (etcd arrives with the cluster issue)".into(),
+            "neither store nor state_file configured".into(),
         ));
     };
     let (tx, rx) = watch::channel(read(&path)?);

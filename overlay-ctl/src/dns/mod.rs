@@ -1,5 +1,5 @@
 //! The name service: `app.appns.svc.svcns.instance.policy.local` names
-//! (SPEC section 5, `docs/names.md`) answered from the live cluster state.
+//! (scheme and answers: `docs/names.md`) answered from the live cluster state.
 //!
 //! * [`resolve`]: one name to an [`Answer`], the rule every front end shares
 //!   (unicast DNS, mDNS, `overlay-ctl resolve`).

@@ -1,5 +1,5 @@
-//! The cluster store: etcd (v3 API) as the cluster's source of truth
-//! (SPEC section 8). Key schema: `docs/store.md`.
+//! The cluster store: etcd (v3 API) as the cluster's source of truth.
+//! Key schema: `docs/store.md`.
 //!
 //! * [`Store`]: a connection plus the key prefix; reads ([`Store::nodes`],
 //!   [`Store::snapshot`], ...), the orchestrator's allocations
@@ -43,12 +43,12 @@ pub use state::NodeRecord;
 
 /// Every key lives under this prefix unless [`Store::with_prefix`] says otherwise.
 pub const DEFAULT_PREFIX: &str = "/overlay/v1/";
-/// ServIPs and fixed instance IPs come from here (SPEC section 3).
+/// ServIPs and fixed instance IPs come from here (`docs/addresses.md`).
 pub const DEFAULT_SERVICE_POOL: Subnet = Subnet {
     addr: Ipv4Addr::new(172, 30, 0, 0),
     prefix: 16,
 };
-/// Node subnetworks come from here (SPEC section 3).
+/// Node subnetworks come from here (`docs/addresses.md`).
 pub const DEFAULT_SUBNET_POOL: Subnet = Subnet {
     addr: Ipv4Addr::new(10, 30, 0, 0),
     prefix: 16,

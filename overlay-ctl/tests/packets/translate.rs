@@ -264,8 +264,9 @@ fn remote_backend_without_neighbour_entry_is_handed_to_redirect_neigh() {
         .unwrap();
 }
 
-/// SPEC 4 and `overlay_common::flow`: the outer source port comes from the
-/// same hash that chose the slot, i.e. of the flow as the client sent it.
+/// `docs/wire-format.md` and `overlay_common::flow`: the outer source port
+/// comes from the same hash that chose the slot, i.e. of the flow as the
+/// client sent it.
 #[test]
 fn encap_source_port_is_hash_of_client_flow() {
     let up = uplink(true);

@@ -1,7 +1,7 @@
 //! The cluster store against a real etcd that runs inside a test network
-//! namespace (SPEC section 9). Every store client runs on a current-thread
-//! runtime on a thread that joined the namespace, so each socket is opened
-//! inside it; the etcd client port (127.0.0.1:2379 of the namespace) is not
+//! namespace, as every networked test does. Every store client runs on a
+//! current-thread runtime on a thread that joined the namespace, so each
+//! socket is opened inside it; the etcd client port (127.0.0.1:2379 of the namespace) is not
 //! reachable from anywhere else.
 
 use std::collections::{BTreeMap, BTreeSet};
