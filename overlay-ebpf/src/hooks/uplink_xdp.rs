@@ -1,6 +1,7 @@
 //! XDP on the uplink: drops tunnel packets from unregistered sources (EWP:
 //! not a node, NSP: not a gateway) before the kernel allocates an skb for
-//! them (logged sparsely: see `log_due`).
+//! them (logged sparsely: see `maps::log_due`). The TC program applies the
+//! same checks (`tunnel::port`, `tunnel::check_sender`) when XDP is absent.
 //! Everything else passes to TC.
 
 use aya_ebpf::{
@@ -8,10 +9,12 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use overlay_common::{ETH_P_IP, IPPROTO_UDP, stats::Reason};
+use overlay_common::stats::Reason;
 
-use crate::maps::{GATEWAYS, PEERS, config, count, stranger};
-use crate::packet::{IP_OFF, Ipv4, L4_OFF};
+use crate::layout::{L4_OFF, Udp};
+use crate::maps::{config, count, stranger};
+use crate::packet::{self, read};
+use crate::tunnel;
 
 #[xdp(frags)]
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
@@ -25,32 +28,20 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
-#[inline(always)]
-fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
-    if ctx.data() + off + core::mem::size_of::<T>() > ctx.data_end() {
-        return None;
-    }
-    // SAFETY: bounds checked just above.
-    Some(unsafe { core::ptr::read_unaligned((ctx.data() + off) as *const T) })
-}
-
 /// The drop reason (and source) of an unwanted tunnel packet, `None` to pass it on.
+#[inline(always)]
 fn try_uplink_xdp(ctx: &XdpContext) -> Option<(Reason, u32)> {
     let cfg = config()?;
-    if read::<u16>(ctx, 12)? != ETH_P_IP.to_be() {
+    // `to_node` checks the header's version and length.
+    let Ok(Some(ip)) = packet::ipv4_unchecked(ctx) else {
+        return None;
+    };
+    if !tunnel::to_node(cfg, &ip) {
         return None;
     }
-    let ip: Ipv4 = read(ctx, IP_OFF)?;
-    if ip.proto != IPPROTO_UDP || ip.daddr != cfg.node_ip || ip.vihl != 0x45 {
-        return None;
-    }
-    let udp: [u16; 4] = read(ctx, L4_OFF)?;
-    // SAFETY: presence checks only.
-    if udp[1] == cfg.ewp && unsafe { PEERS.get(ip.saddr) }.is_none() {
-        return Some((Reason::DropUnknownPeer, ip.saddr));
-    }
-    if udp[1] == cfg.nsp && cfg.nsp != 0 && unsafe { GATEWAYS.get(ip.saddr) }.is_none() {
-        return Some((Reason::DropUnknownGateway, ip.saddr));
-    }
-    None
+    let udp: Udp = read(ctx, L4_OFF).ok()?;
+    let port = tunnel::port(cfg, &ip, &udp)?;
+    tunnel::check_sender(port, ip.saddr)
+        .err()
+        .map(|reason| (reason, ip.saddr))
 }
