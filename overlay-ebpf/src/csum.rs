@@ -1,6 +1,6 @@
 //! Internet checksums (RFC 1071) computed in the program, without helpers.
 
-use crate::layout::Ipv4;
+use crate::layout::{IPV4_WORDS, Ipv4};
 
 /// Folds a one's complement sum into the 16-bit checksum field value.
 #[inline(always)]
@@ -39,7 +39,7 @@ pub fn csum_replace4(check: u16, old: u32, new: u32) -> u16 {
 
 /// The header as 16-bit words, the unit checksums are summed in.
 #[inline(always)]
-pub fn ipv4_words(ip: Ipv4) -> [u16; 10] {
+pub fn ipv4_words(ip: Ipv4) -> [u16; IPV4_WORDS] {
     // SAFETY: `Ipv4` is 20 bytes of plain data without padding.
     unsafe { core::mem::transmute(ip) }
 }

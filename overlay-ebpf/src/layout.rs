@@ -131,15 +131,18 @@ impl L4Head {
 /// TCP header length without options, and where its checksum sits.
 pub const TCP_HLEN: usize = 20;
 pub const TCP_CHECK: usize = 16;
+/// The IPv4 header in 16-bit words, the unit checksums are summed in.
+pub const IPV4_WORDS: usize = IPV4_HLEN / 2;
 pub const UDP_HLEN: usize = size_of::<Udp>();
 pub const UDP_CHECK: usize = offset_of!(Udp, check);
 pub const ICMP_HLEN: usize = size_of::<Icmp>();
 pub const IPV4_HLEN: usize = size_of::<Ipv4>();
 
-/// Outer headers.
-pub const ETH_ADDRS: usize = offset_of!(Eth, dst);
-pub const ETH_PROTO: usize = offset_of!(Eth, proto);
-pub const IP_OFF: usize = size_of::<Eth>();
+/// Outer headers; the frame starts with the Ethernet header.
+pub const ETH_OFF: usize = 0;
+pub const ETH_ADDRS: usize = ETH_OFF + offset_of!(Eth, dst);
+pub const ETH_PROTO: usize = ETH_OFF + offset_of!(Eth, proto);
+pub const IP_OFF: usize = ETH_OFF + size_of::<Eth>();
 pub const IP_CSUM: usize = IP_OFF + offset_of!(Ipv4, check);
 pub const IP_SRC: usize = IP_OFF + offset_of!(Ipv4, saddr);
 pub const IP_DST: usize = IP_OFF + offset_of!(Ipv4, daddr);

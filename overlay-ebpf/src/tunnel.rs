@@ -21,7 +21,9 @@ use overlay_common::{
 };
 
 use crate::csum::ipv4_csum;
-use crate::layout::{DEFAULT_TTL, ETH_ADDRS, Eth, IP_DF, Ipv4, Macs, UDP_HLEN, Udp, VIHL_PLAIN};
+use crate::layout::{
+    DEFAULT_TTL, ETH_ADDRS, ETH_OFF, Eth, IP_DF, IP_OFF, Ipv4, Macs, UDP_HLEN, Udp, VIHL_PLAIN,
+};
 use crate::maps::{GATEWAYS, PEERS};
 use crate::nexthop::{self, NextHop};
 use crate::packet::{Flow, read, write};
@@ -40,7 +42,7 @@ struct Outer {
     udp: Udp,
 }
 
-const _: () = assert!(core::mem::size_of::<Outer>() == 14 + ENCAP_OVERHEAD as usize);
+const _: () = assert!(size_of::<Outer>() == IP_OFF + ENCAP_OVERHEAD as usize);
 
 /// The two tunnel ports of a node.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -124,7 +126,7 @@ pub fn encap(ctx: &TcContext, cfg: &Config, node: &Node, f: &Flow) -> Result<i32
         src,
         proto: ETH_P_IP.to_be(),
     };
-    write(ctx, ETH_ADDRS, &Outer { eth, ip, udp })?;
+    write(ctx, ETH_OFF, &Outer { eth, ip, udp })?;
     Ok(nexthop::redirect(hop))
 }
 

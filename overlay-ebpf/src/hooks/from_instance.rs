@@ -26,6 +26,9 @@ use crate::nat::{self, Reversed};
 use crate::nodeport;
 use crate::packet::{self, Flow, L4};
 
+/// Prefix length of a single address in `ROUTES`.
+const HOST_PREFIX: u32 = 32;
+
 #[classifier]
 pub fn from_instance(ctx: TcContext) -> i32 {
     match try_from_instance(&ctx) {
@@ -124,6 +127,6 @@ fn lookup_dest(addr: u32) -> Option<Dest> {
         return Some(Dest::Local(*ep));
     }
     ROUTES
-        .get(Key::new(32, addr))
+        .get(Key::new(HOST_PREFIX, addr))
         .map(|node| Dest::Remote(*node))
 }

@@ -56,7 +56,9 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
     if ip.is_fragment() {
         return Err(Reason::DropFragment);
     }
-    tunnel::check_sender(port, ip.saddr).map_err(|r| stranger(ctx, r, ip.saddr))?;
+    if let Err(reason) = tunnel::check_sender(port, ip.saddr) {
+        return Err(stranger(ctx, reason, ip.saddr));
+    }
     match port {
         Port::Nsp => nodeport::decap_from_gateway(ctx, cfg, &ip).map(Some),
         Port::Ewp => from_peer(ctx, cfg).map(Some),
