@@ -13,7 +13,7 @@ use overlay_common::{ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, stats::Reason};
 use crate::csum::{fold, ipv4_csum, ipv4_words, sum_words};
 use crate::layout::{
     DEFAULT_TTL, ETH_ADDRS, Eth, ICMP_DEST_UNREACH, ICMP_HLEN, IP_OFF, IPV4_HLEN, IPV4_WORDS, Icmp,
-    Ipv4, L4Head, Macs, TCP_CHECK, VIHL_PLAIN,
+    Ipv4, L4Head, Macs, TCP_HDR_CHECK, VIHL_PLAIN,
 };
 use crate::maps::{SCRATCH, Scratch};
 use crate::packet::read;
@@ -26,7 +26,7 @@ pub const CODE_ADMIN_PROHIBITED: u8 = 13;
 /// The quote in 16-bit words: the IPv4 header and 8 bytes of L4 header, or
 /// for TCP up to the end of its checksum field.
 const QUOTE_WORDS: usize = (IPV4_HLEN + size_of::<L4Head>()) / 2;
-const QUOTE_WORDS_TCP: usize = (IPV4_HLEN + TCP_CHECK + size_of::<u16>()) / 2;
+const QUOTE_WORDS_TCP: usize = (IPV4_HLEN + TCP_HDR_CHECK + size_of::<u16>()) / 2;
 
 /// Precedence "internetwork control", which Linux gives its ICMP errors too.
 const TOS_INTERNETWORK_CONTROL: u8 = 0xc0;

@@ -128,17 +128,20 @@ impl L4Head {
     }
 }
 
-/// TCP header length without options, and where its checksum sits.
+/// Header lengths (IPv4 and TCP without options).
+pub const IPV4_HLEN: usize = size_of::<Ipv4>();
 pub const TCP_HLEN: usize = 20;
-pub const TCP_CHECK: usize = 16;
+pub const UDP_HLEN: usize = size_of::<Udp>();
+pub const ICMP_HLEN: usize = size_of::<Icmp>();
 /// The IPv4 header in 16-bit words, the unit checksums are summed in.
 pub const IPV4_WORDS: usize = IPV4_HLEN / 2;
-pub const UDP_HLEN: usize = size_of::<Udp>();
-pub const UDP_CHECK: usize = offset_of!(Udp, check);
-pub const ICMP_HLEN: usize = size_of::<Icmp>();
-pub const IPV4_HLEN: usize = size_of::<Ipv4>();
 
-/// Outer headers; the frame starts with the Ethernet header.
+/// Where the checksum sits inside a TCP and a UDP header.
+pub const TCP_HDR_CHECK: usize = 16;
+pub const UDP_HDR_CHECK: usize = offset_of!(Udp, check);
+
+/// Offsets from the start of the frame, outer headers first.
+/// The frame starts with the Ethernet header.
 pub const ETH_OFF: usize = 0;
 pub const ETH_ADDRS: usize = ETH_OFF + offset_of!(Eth, dst);
 pub const ETH_PROTO: usize = ETH_OFF + offset_of!(Eth, proto);
@@ -149,8 +152,8 @@ pub const IP_DST: usize = IP_OFF + offset_of!(Ipv4, daddr);
 pub const L4_OFF: usize = IP_OFF + IPV4_HLEN;
 pub const L4_SPORT: usize = L4_OFF + offset_of!(Ports, sport);
 pub const L4_DPORT: usize = L4_OFF + offset_of!(Ports, dport);
-pub const TCP_CSUM: usize = L4_OFF + TCP_CHECK;
-pub const UDP_CSUM: usize = L4_OFF + UDP_CHECK;
+pub const TCP_CSUM: usize = L4_OFF + TCP_HDR_CHECK;
+pub const UDP_CSUM: usize = L4_OFF + UDP_HDR_CHECK;
 pub const ICMP_CSUM: usize = L4_OFF + offset_of!(Icmp, check);
 
 /// A tunnel packet's inner IPv4 header and its L4 header, before decapsulation.
@@ -170,7 +173,7 @@ pub const PULL: u32 = (INNER_L4 + ICMP_HLEN + IPV4_HLEN + size_of::<L4Head>()) a
 
 const _: () = {
     assert!(IP_OFF == ETH_HLEN && IPV4_HLEN == 20 && UDP_HLEN == 8 && ICMP_HLEN == 8);
-    assert!(size_of::<L4Head>() == 8 && TCP_CHECK + 2 <= TCP_HLEN);
+    assert!(size_of::<L4Head>() == 8 && TCP_HDR_CHECK + 2 <= TCP_HLEN);
     assert!(IPV4_HLEN + UDP_HLEN == ENCAP_OVERHEAD as usize);
     assert!(PULL == 14 + 28 + 20 + 28 + 8);
 };

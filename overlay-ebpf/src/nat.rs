@@ -157,6 +157,7 @@ pub fn pick_backend(
     let id = unsafe { SLOTS.get(slot) }
         .copied()
         .ok_or(Reason::DropNoRoute)?;
+    // SAFETY: value copied out at once.
     unsafe { BACKENDS.get(id) }
         .copied()
         .ok_or(Reason::DropNoRoute)

@@ -6,8 +6,8 @@ use overlay_common::{ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, stats::Re
 
 use crate::layout::{
     ETH_PROTO, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_ECHO_REPLY, ICMP_HLEN, ICMP_PARAMETERPROB,
-    ICMP_TIME_EXCEEDED, IP_OFF, IPV4_HLEN, Icmp, Ipv4, PULL, Ports, TCP_CHECK, TCP_HLEN, UDP_CHECK,
-    UDP_HLEN,
+    ICMP_TIME_EXCEEDED, IP_OFF, IPV4_HLEN, Icmp, Ipv4, PULL, Ports, TCP_HDR_CHECK, TCP_HLEN,
+    UDP_HDR_CHECK, UDP_HLEN,
 };
 
 /// A program context whose packet bytes are directly accessible.
@@ -186,9 +186,9 @@ fn l4_ports(ctx: &TcContext, proto: u8, l4_off: usize) -> Result<(L4, u16, u16),
             let ports: Ports = read(ctx, l4_off)?;
             // The checksum field must be present too.
             let (kind, check) = if proto == IPPROTO_TCP {
-                (L4::Tcp, TCP_CHECK)
+                (L4::Tcp, TCP_HDR_CHECK)
             } else {
-                (L4::Udp, UDP_CHECK)
+                (L4::Udp, UDP_HDR_CHECK)
             };
             let _: u16 = read(ctx, l4_off + check)?;
             (kind, ports.sport, ports.dport)

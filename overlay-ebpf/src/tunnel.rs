@@ -79,15 +79,13 @@ pub fn port(cfg: &Config, ip: &Ipv4, udp: &Udp) -> Option<Port> {
 /// EWP, a registered gateway to the NSP; else the drop reason.
 #[inline(always)]
 pub fn check_sender(port: Port, src: u32) -> Result<(), Reason> {
-    // SAFETY: presence checks only.
-    let (known, reason) = match port {
-        Port::Ewp => (unsafe { PEERS.get(src) }.is_some(), Reason::DropUnknownPeer),
-        Port::Nsp => (
-            unsafe { GATEWAYS.get(src) }.is_some(),
-            Reason::DropUnknownGateway,
-        ),
-    };
-    if known { Ok(()) } else { Err(reason) }
+    match port {
+        // SAFETY: presence check only.
+        Port::Ewp if unsafe { PEERS.get(src) }.is_none() => Err(Reason::DropUnknownPeer),
+        // SAFETY: presence check only.
+        Port::Nsp if unsafe { GATEWAYS.get(src) }.is_none() => Err(Reason::DropUnknownGateway),
+        _ => Ok(()),
+    }
 }
 
 /// Encapsulates `f` toward `node` and sends it out of the uplink.

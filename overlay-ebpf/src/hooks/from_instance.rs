@@ -64,6 +64,7 @@ fn try_from_instance(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let Some(ep) = ep.filter(|ep| ep.ifindex == ifindex) else {
         return Err(Reason::DropSpoofed);
     };
+    // SAFETY: value copied out at once.
     if let Some(sv) = unsafe { SERVIPS.get(ip.daddr) }.copied() {
         let f = packet::flow(ctx, &ip, L4_OFF)?;
         return to_servip(ctx, cfg, f, &sv, ep.service);
