@@ -1,5 +1,5 @@
-//! Delivery inside the overlay: into a local instance, or through the tunnel
-//! to the node that runs the destination.
+//! Forwarding inside the overlay: into a local instance, or through the
+//! tunnel to the node that runs the destination.
 
 use aya_ebpf::programs::TcContext;
 use overlay_common::{
@@ -7,9 +7,10 @@ use overlay_common::{
     stats::Reason,
 };
 
+use crate::deliver;
 use crate::icmp;
 use crate::maps::{ENDPOINTS, NODES};
-use crate::packet::Flow;
+use crate::packet::{self, Flow};
 use crate::tunnel;
 
 /// Where a packet is headed inside the overlay.
@@ -18,8 +19,10 @@ pub enum Dest {
     Remote(u32),
 }
 
+/// The destination of NamespaceIP `nsip` on node `node`: this node's
+/// instance, or the other node.
 #[inline(always)]
-pub fn dest_of(nsip: u32, node: u32, cfg: &Config) -> Result<Dest, Reason> {
+pub fn resolve(nsip: u32, node: u32, cfg: &Config) -> Result<Dest, Reason> {
     if node != cfg.node_id {
         return Ok(Dest::Remote(node));
     }
@@ -40,20 +43,21 @@ pub fn too_big(
     f: &Flow,
     dest: &Dest,
 ) -> Result<Option<(i32, Reason)>, Reason> {
-    if matches!(dest, Dest::Local(_)) || f.len <= cfg.mtu || tunnel::is_gso(ctx) {
+    if matches!(dest, Dest::Local(_)) || f.len <= cfg.mtu || packet::is_gso(ctx) {
         return Ok(None);
     }
     if !f.df {
         return Err(Reason::DropTooBig);
     }
-    let action = icmp::unreachable(ctx, f.proto, icmp::CODE_FRAG_NEEDED, cfg.mtu)?;
+    let action = icmp::reply_unreachable(ctx, f.proto, icmp::CODE_FRAG_NEEDED, cfg.mtu)?;
     Ok(Some((action, Reason::DropTooBig)))
 }
 
+/// Sends `f` to `dest`: delivered locally, or encapsulated toward its node.
 #[inline(always)]
 pub fn send(ctx: &TcContext, cfg: &Config, f: &Flow, dest: Dest) -> Result<(i32, Reason), Reason> {
     match dest {
-        Dest::Local(ep) => Ok((tunnel::to_endpoint(ctx, &ep)?, Reason::DeliverLocal)),
+        Dest::Local(ep) => Ok((deliver::to_instance(ctx, &ep)?, Reason::DeliverLocal)),
         // Never tunnel to ourselves: an address of our own subnet with no instance.
         Dest::Remote(id) if id == cfg.node_id => Err(Reason::DropNoEndpoint),
         Dest::Remote(id) => {

@@ -8,25 +8,36 @@ use aya_ebpf::{
     helpers::generated::{bpf_redirect, bpf_skb_change_tail, bpf_skb_store_bytes},
     programs::TcContext,
 };
-use overlay_common::{ETH_P_IP, IPPROTO_ICMP, stats::Reason};
+use overlay_common::{ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, stats::Reason};
 
+use crate::csum::{fold, ipv4_csum, ipv4_words, sum_words};
+use crate::layout::{
+    DEFAULT_TTL, ETH_ADDRS, Eth, ICMP_DEST_UNREACH, ICMP_HLEN, IP_OFF, IPV4_HLEN, IPV4_WORDS, Icmp,
+    Ipv4, L4Head, Macs, TCP_HDR_CHECK, VIHL_PLAIN,
+};
 use crate::maps::{SCRATCH, Scratch};
-use crate::packet::{IP_OFF, Ipv4, fold, ipv4_csum, read, sum_words};
+use crate::packet::read;
 
 pub const CODE_HOST_UNREACH: u8 = 1;
 pub const CODE_PORT_UNREACH: u8 = 3;
 pub const CODE_FRAG_NEEDED: u8 = 4;
 pub const CODE_ADMIN_PROHIBITED: u8 = 13;
 
+/// The quote in 16-bit words: the IPv4 header and 8 bytes of L4 header, or
+/// for TCP up to the end of its checksum field.
+const QUOTE_WORDS: usize = (IPV4_HLEN + size_of::<L4Head>()) / 2;
+const QUOTE_WORDS_TCP: usize = (IPV4_HLEN + TCP_HDR_CHECK + size_of::<u16>()) / 2;
+
+/// Precedence "internetwork control", which Linux gives its ICMP errors too.
+const TOS_INTERNETWORK_CONTROL: u8 = 0xc0;
+
 /// The reply frame. Every field is 2-byte aligned, so the IPv4 header lands
 /// right after the 14-byte Ethernet header with no padding.
 #[repr(C)]
 struct Reply<const W: usize> {
-    dst: [u8; 6],
-    src: [u8; 6],
-    proto: u16,
-    ip: [u16; 10],
-    icmp: [u16; 4],
+    eth: Eth,
+    ip: [u16; IPV4_WORDS],
+    icmp: Icmp,
     quote: [u16; W],
 }
 
@@ -38,49 +49,60 @@ struct Reply<const W: usize> {
 /// kernel will not trim a CHECKSUM_PARTIAL packet in front of its checksum
 /// field, which sits at byte 16 of the TCP header.
 #[inline(always)]
-pub fn unreachable(ctx: &TcContext, proto: u8, code: u8, mtu: u16) -> Result<i32, Reason> {
-    if proto == overlay_common::IPPROTO_TCP {
-        reply::<19>(ctx, code, mtu)
+pub fn reply_unreachable(ctx: &TcContext, proto: u8, code: u8, mtu: u16) -> Result<i32, Reason> {
+    if proto == IPPROTO_TCP {
+        turn_around::<QUOTE_WORDS_TCP>(ctx, code, mtu)
     } else {
-        reply::<14>(ctx, code, mtu)
+        turn_around::<QUOTE_WORDS>(ctx, code, mtu)
     }
 }
 
 // A function of its own: its frame only exists on this rare path, and the
 // reply is assembled in a per-CPU scratch buffer, not on the 512-byte stack.
 #[inline(never)]
-fn reply<const W: usize>(ctx: &TcContext, code: u8, mtu: u16) -> Result<i32, Reason> {
-    const { assert!(core::mem::size_of::<Reply<W>>() <= core::mem::size_of::<Scratch>()) };
-    let len = 14 + 20 + 8 + 2 * W;
+fn turn_around<const W: usize>(ctx: &TcContext, code: u8, mtu: u16) -> Result<i32, Reason> {
+    const { assert!(size_of::<Reply<W>>() <= size_of::<Scratch>()) };
+    let len = size_of::<Reply<W>>();
     let r = SCRATCH.get_ptr_mut(0).ok_or(Reason::DropHelper)? as *mut Reply<W>;
     let orig: Ipv4 = read(ctx, IP_OFF)?;
-    let macs: [u8; 12] = read(ctx, 0)?;
+    let [dst, src]: Macs = read(ctx, ETH_ADDRS)?;
     // SAFETY: `r` points at this CPU's scratch buffer, large enough (checked above).
     let r = unsafe { &mut *r };
     let quote: [u16; W] = read(ctx, IP_OFF)?;
     r.quote = quote;
-    r.dst.copy_from_slice(&macs[6..]);
-    r.src.copy_from_slice(&macs[..6]);
-    r.proto = ETH_P_IP.to_be();
+    // Back where it came from: the addresses swap.
+    r.eth = Eth {
+        dst: src,
+        src: dst,
+        proto: ETH_P_IP.to_be(),
+    };
     let mut ip = Ipv4 {
-        vihl: 0x45,
-        tos: 0xc0,
-        tot_len: ((len - 14) as u16).to_be(),
+        vihl: VIHL_PLAIN,
+        tos: TOS_INTERNETWORK_CONTROL,
+        tot_len: ((len - IP_OFF) as u16).to_be(),
         id: 0,
         frag: 0,
-        ttl: 64,
+        ttl: DEFAULT_TTL,
         proto: IPPROTO_ICMP,
         check: 0,
         saddr: orig.daddr,
         daddr: orig.saddr,
     };
     ip.check = ipv4_csum(&ip);
-    // SAFETY: `Ipv4` is 20 bytes of plain data.
-    r.ip = unsafe { core::mem::transmute::<Ipv4, [u16; 10]>(ip) };
-    r.icmp = [u16::from_be_bytes([3, code]).to_be(), 0, 0, mtu.to_be()];
-    r.icmp[1] = fold(sum_words(&r.icmp) + sum_words(&r.quote));
+    r.ip = ipv4_words(ip);
+    let mut icmp = Icmp {
+        kind: ICMP_DEST_UNREACH,
+        code,
+        check: 0,
+        id: 0,
+        mtu: mtu.to_be(),
+    };
+    icmp.check = fold(sum_words(&icmp_words(icmp)) + sum_words(&r.quote));
+    r.icmp = icmp;
     let h = |_| Reason::DropHelper;
-    ctx.adjust_room(28, BPF_ADJ_ROOM_MAC, 0).map_err(h)?;
+    // Room for the new IPv4 and ICMP headers in front of the quote.
+    let room = (IPV4_HLEN + ICMP_HLEN) as i32;
+    ctx.adjust_room(room, BPF_ADJ_ROOM_MAC, 0).map_err(h)?;
     // SAFETY: helper calls on the program's own context; `r` holds `len` bytes.
     unsafe {
         if bpf_skb_change_tail(ctx.skb.skb, len as u32, 0) != 0
@@ -96,4 +118,11 @@ fn reply<const W: usize>(ctx: &TcContext, code: u8, mtu: u16) -> Result<i32, Rea
         }
         Ok(bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32)
     }
+}
+
+/// The header as 16-bit words, the unit checksums are summed in.
+#[inline(always)]
+fn icmp_words(icmp: Icmp) -> [u16; 4] {
+    // SAFETY: `Icmp` is 8 bytes of plain data without padding.
+    unsafe { core::mem::transmute(icmp) }
 }

@@ -16,8 +16,17 @@ use overlay_common::{
     stats::Reason,
 };
 
+use crate::csum::csum_replace4;
+use crate::layout::{
+    ICMP_CSUM, IP_CSUM, IP_DST, IP_SRC, Ipv4, L4_DPORT, L4Head, QUOTE, QUOTE_CSUM, QUOTE_DST,
+    QUOTE_L4, QUOTE_SRC, TCP_CSUM, UDP_CSUM,
+};
 use crate::maps::{BACKENDS, CONNTRACK, SLOTS, SVC_PORTS, count};
-use crate::packet::{Flow, IP_CSUM, IP_DST, IP_SRC, Ipv4, L4, L4_OFF, read};
+use crate::packet::{Flow, L4, read, write};
+
+/// The low bits of `bpf_l4_csum_replace`'s flags: the size of the changed field.
+const FIELD_U16: u32 = 2;
+const FIELD_U32: u32 = 4;
 
 /// Where a translated packet goes: a NamespaceIP on a node.
 pub struct Target {
@@ -25,8 +34,9 @@ pub struct Target {
     pub node: u32,
 }
 
+/// The conntrack key of a 5-tuple.
 #[inline(always)]
-pub fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
+pub fn ct_key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
     CtKey {
         saddr,
         daddr,
@@ -37,8 +47,9 @@ pub fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
     }
 }
 
+/// The conntrack entry under `k`, if it is of direction `dir`.
 #[inline(always)]
-pub fn tracked(k: &CtKey, dir: u8) -> Option<CtEntry> {
+pub fn lookup_ct(k: &CtKey, dir: u8) -> Option<CtEntry> {
     // SAFETY: the value is copied out at once; LRU entries may be evicted later.
     unsafe { CONNTRACK.get(k) }
         .copied()
@@ -48,9 +59,14 @@ pub fn tracked(k: &CtKey, dir: u8) -> Option<CtEntry> {
 /// The backend of a flow to a ServIP: the tracked one, or a new choice from
 /// the slot table (then both conntrack entries are written).
 #[inline(always)]
-pub fn backend(f: &Flow, sv: &ServIp, src_service: u32, local_node: u32) -> Result<Target, Reason> {
-    let fwd = key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
-    if let Some(e) = touch(&fwd, ct::FORWARD) {
+pub fn choose_backend(
+    f: &Flow,
+    sv: &ServIp,
+    src_service: u32,
+    local_node: u32,
+) -> Result<Target, Reason> {
+    let fwd = ct_key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
+    if let Some(e) = refresh_ct(&fwd, ct::FORWARD) {
         return Ok(Target {
             nsip: e.addr,
             node: e.node,
@@ -82,7 +98,7 @@ pub fn backend(f: &Flow, sv: &ServIp, src_service: u32, local_node: u32) -> Resu
         policy::ROUNDROBIN => crate::maps::next_turn(f.daddr),
         _ => 0,
     };
-    let b = pick(f.daddr, sv, f.hash, turn)?;
+    let b = pick_backend(f.daddr, sv, f.hash, turn)?;
     let seen = crate::maps::tick();
     let entry = |addr, node, dir| CtEntry {
         addr,
@@ -93,7 +109,7 @@ pub fn backend(f: &Flow, sv: &ServIp, src_service: u32, local_node: u32) -> Resu
         port: 0,
         seen,
     };
-    let rev = key(b.nsip, f.saddr, f.dport, f.sport, f.proto);
+    let rev = ct_key(b.nsip, f.saddr, f.dport, f.sport, f.proto);
     // Reverse first: a reply must never arrive before its translation exists.
     CONNTRACK
         .insert(rev, entry(f.daddr, local_node, ct::REVERSE), 0)
@@ -111,7 +127,7 @@ pub fn backend(f: &Flow, sv: &ServIp, src_service: u32, local_node: u32) -> Resu
 /// The entry of an established flow in direction `dir`, with its `seen`
 /// refreshed once per tick (that is how the agent counts active flows).
 #[inline(always)]
-pub fn touch(k: &CtKey, dir: u8) -> Option<CtEntry> {
+pub fn refresh_ct(k: &CtKey, dir: u8) -> Option<CtEntry> {
     let e = CONNTRACK.get_ptr_mut(k)?;
     // SAFETY: valid for this run; a racing eviction at worst loses one refresh.
     unsafe {
@@ -129,7 +145,7 @@ pub fn touch(k: &CtKey, dir: u8) -> Option<CtEntry> {
 /// The backend in the slot of `servip`'s live table that the policy picks
 /// for a new flow (by `hash`, or by round-robin `turn`).
 #[inline(always)]
-pub fn pick(
+pub fn pick_backend(
     servip: u32,
     sv: &ServIp,
     hash: u32,
@@ -141,12 +157,13 @@ pub fn pick(
     let id = unsafe { SLOTS.get(slot) }
         .copied()
         .ok_or(Reason::DropNoRoute)?;
+    // SAFETY: value copied out at once.
     unsafe { BACKENDS.get(id) }
         .copied()
         .ok_or(Reason::DropNoRoute)
 }
 
-/// What [`reverse`] did to a packet.
+/// What [`reverse_nat`] did to a packet.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Reversed {
     /// Not a tracked reply (or an east-west one, now carrying its ServIP):
@@ -160,29 +177,29 @@ pub enum Reversed {
 
 /// Restores the ServIP as source of a reply (backend → client), if tracked.
 #[inline(always)]
-pub fn reverse(ctx: &TcContext, f: &mut Flow, node_ip: u32) -> Result<Reversed, Reason> {
+pub fn reverse_nat(ctx: &TcContext, f: &mut Flow, node_ip: u32) -> Result<Reversed, Reason> {
     if f.l4 == L4::IcmpError {
-        if let Some(e) = icmp_error(ctx, f, ct::REVERSE)? {
+        if let Some(e) = translate_icmp_error(ctx, f, ct::REVERSE)? {
             f.saddr = e.addr;
         }
         return Ok(Reversed::Overlay);
     }
     // SAFETY: the value is copied out at once.
     let Some(e) =
-        (unsafe { CONNTRACK.get(key(f.saddr, f.daddr, f.sport, f.dport, f.proto)) }).copied()
+        (unsafe { CONNTRACK.get(ct_key(f.saddr, f.daddr, f.sport, f.dport, f.proto)) }).copied()
     else {
         return Ok(Reversed::Overlay);
     };
     match e.dir {
         ct::REVERSE => {
-            rewrite(ctx, f.l4, IP_SRC, f.saddr, e.addr)?;
+            rewrite_addr(ctx, f.l4, IP_SRC, f.saddr, e.addr)?;
             f.saddr = e.addr;
             Ok(Reversed::Overlay)
         }
         ct::NS_REVERSE => {
-            rewrite(ctx, f.l4, IP_SRC, f.saddr, node_ip)?;
-            rewrite(ctx, f.l4, IP_DST, f.daddr, e.addr)?;
-            rewrite_port(ctx, f.l4, 2, f.dport, e.port)?;
+            rewrite_addr(ctx, f.l4, IP_SRC, f.saddr, node_ip)?;
+            rewrite_addr(ctx, f.l4, IP_DST, f.daddr, e.addr)?;
+            rewrite_port(ctx, f.l4, L4_DPORT, f.dport, e.port)?;
             f.saddr = node_ip;
             f.daddr = e.addr;
             f.dport = e.port;
@@ -192,20 +209,20 @@ pub fn reverse(ctx: &TcContext, f: &mut Flow, node_ip: u32) -> Result<Reversed, 
     }
 }
 
-/// Rewrites the TCP/UDP port at `at` (0: source, 2: destination) with its checksum.
+/// Rewrites the TCP/UDP port at `off` (`L4_SPORT` or `L4_DPORT`) with its checksum.
 #[inline(always)]
-pub fn rewrite_port(ctx: &TcContext, l4: L4, at: usize, old: u16, new: u16) -> Result<(), Reason> {
+pub fn rewrite_port(ctx: &TcContext, l4: L4, off: usize, old: u16, new: u16) -> Result<(), Reason> {
     if old == new {
         return Ok(());
     }
     let (csum_off, flags) = match l4 {
-        L4::Tcp => (L4_OFF + 16, 0),
-        L4::Udp => (L4_OFF + 6, BPF_F_MARK_MANGLED_0),
+        L4::Tcp => (TCP_CSUM, 0),
+        L4::Udp => (UDP_CSUM, BPF_F_MARK_MANGLED_0),
         _ => return Ok(()),
     };
     let h = |_| Reason::DropHelper;
-    crate::packet::write(ctx, L4_OFF + at, &new)?;
-    ctx.l4_csum_replace(csum_off, old as u64, new as u64, (flags | 2) as u64)
+    write(ctx, off, &new)?;
+    ctx.l4_csum_replace(csum_off, old as u64, new as u64, (flags | FIELD_U16) as u64)
         .map_err(h)
 }
 
@@ -213,60 +230,61 @@ pub fn rewrite_port(ctx: &TcContext, l4: L4, at: usize, old: u16, new: u16) -> R
 /// checksum and, for TCP and UDP, the pseudo-header part of the L4 checksum
 /// (the kernel helpers keep CHECKSUM_PARTIAL packets consistent).
 #[inline(always)]
-pub fn rewrite(ctx: &TcContext, l4: L4, off: usize, old: u32, new: u32) -> Result<(), Reason> {
+pub fn rewrite_addr(ctx: &TcContext, l4: L4, off: usize, old: u32, new: u32) -> Result<(), Reason> {
     let h = |_| Reason::DropHelper;
-    crate::packet::write(ctx, off, &new)?;
+    write(ctx, off, &new)?;
     // The IP checksum is never offloaded: updated here, without a helper call.
     let check: u16 = read(ctx, IP_CSUM)?;
-    crate::packet::write(ctx, IP_CSUM, &crate::packet::csum_replace4(check, old, new))?;
+    write(ctx, IP_CSUM, &csum_replace4(check, old, new))?;
     let (csum_off, flags) = match l4 {
-        L4::Tcp => (L4_OFF + 16, BPF_F_PSEUDO_HDR),
-        L4::Udp => (L4_OFF + 6, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0),
+        L4::Tcp => (TCP_CSUM, BPF_F_PSEUDO_HDR),
+        L4::Udp => (UDP_CSUM, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0),
         _ => return Ok(()),
     };
-    ctx.l4_csum_replace(csum_off, old as u64, new as u64, (flags | 4) as u64)
+    ctx.l4_csum_replace(csum_off, old as u64, new as u64, (flags | FIELD_U32) as u64)
         .map_err(h)
 }
-
-/// Offset of the packet an ICMP error quotes.
-const QUOTE: usize = L4_OFF + 8;
-const ICMP_CSUM: usize = L4_OFF + 2;
 
 /// Translates an ICMP error that quotes a tracked flow: the quoted address
 /// (and the outer one, when the error comes from / goes to that same address)
 /// gets the entry's address. `dir` is the kind of entry to look for.
 #[inline(always)]
-pub fn icmp_error(ctx: &TcContext, f: &Flow, dir: u8) -> Result<Option<CtEntry>, Reason> {
+pub fn translate_icmp_error(ctx: &TcContext, f: &Flow, dir: u8) -> Result<Option<CtEntry>, Reason> {
     let q: Ipv4 = read(ctx, QUOTE)?;
-    if q.vihl != 0x45 {
+    if !q.is_plain() {
         return Ok(None);
     }
-    let ports: [u16; 4] = read(ctx, QUOTE + 20)?;
+    let l4: L4Head = read(ctx, QUOTE_L4)?;
     let (qs, qd) = if q.proto == IPPROTO_ICMP {
-        (ports[2], ports[2])
+        (l4.echo_id(), l4.echo_id())
     } else {
-        (ports[0], ports[1])
+        l4.ports()
     };
     // The quoted packet went the other way: swap it into this direction's key.
-    let Some(e) = tracked(&key(q.daddr, q.saddr, qd, qs, q.proto), dir) else {
+    let Some(e) = lookup_ct(&ct_key(q.daddr, q.saddr, qd, qs, q.proto), dir) else {
         return Ok(None);
     };
     let (field, old, outer, outer_old) = if dir == ct::REVERSE {
-        (QUOTE + 16, q.daddr, crate::packet::IP_SRC, f.saddr)
+        (QUOTE_DST, q.daddr, IP_SRC, f.saddr)
     } else {
-        (QUOTE + 12, q.saddr, crate::packet::IP_DST, f.daddr)
+        (QUOTE_SRC, q.saddr, IP_DST, f.daddr)
     };
     let h = |_| Reason::DropHelper;
-    crate::packet::write(ctx, field, &e.addr)?;
-    let new_check = crate::packet::csum_replace4(q.check, old, e.addr);
-    crate::packet::write(ctx, QUOTE + 10, &new_check)?;
+    write(ctx, field, &e.addr)?;
+    let new_check = csum_replace4(q.check, old, e.addr);
+    write(ctx, QUOTE_CSUM, &new_check)?;
     // The ICMP checksum covers the quote: both changed fields enter it.
-    ctx.l4_csum_replace(ICMP_CSUM, old as u64, e.addr as u64, 4)
+    ctx.l4_csum_replace(ICMP_CSUM, old as u64, e.addr as u64, FIELD_U32 as u64)
         .map_err(h)?;
-    ctx.l4_csum_replace(ICMP_CSUM, q.check as u64, new_check as u64, 2)
-        .map_err(h)?;
+    ctx.l4_csum_replace(
+        ICMP_CSUM,
+        q.check as u64,
+        new_check as u64,
+        FIELD_U16 as u64,
+    )
+    .map_err(h)?;
     if outer_old == old {
-        rewrite(ctx, L4::IcmpError, outer, old, e.addr)?;
+        rewrite_addr(ctx, L4::IcmpError, outer, old, e.addr)?;
     }
     Ok(Some(e))
 }

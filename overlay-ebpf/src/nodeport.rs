@@ -16,44 +16,45 @@ use overlay_common::{
     stats::Reason,
 };
 
-use crate::forward::{dest_of, send, too_big};
-use crate::maps::{CONNTRACK, EXPOSED, GATEWAYS, SERVIPS, count, stranger};
-use crate::nat::{self, key, tracked};
-use crate::packet::{self, Flow, IP_DST, IP_OFF, IP_SRC, Ipv4, L4_OFF, read};
+use crate::forward::{self, send, too_big};
+use crate::layout::{IP_DST, IP_SRC, Ipv4, L4_OFF, L4_SPORT, Ports};
+use crate::maps::{CONNTRACK, EXPOSED, GATEWAYS, SERVIPS, count};
+use crate::nat::{self, ct_key, lookup_ct};
+use crate::nexthop;
+use crate::packet::{self, Flow, read};
 use crate::tunnel;
 
 /// Tries for a free source port on the SNAT address before giving up.
 const PORT_TRIES: u32 = 4;
 
-/// Handles an unfragmented packet a gateway tunnelled to the node's NSP
-/// (`outer` is its outer IPv4 header): only registered gateways, only
-/// exposed ports.
+/// Handles an unfragmented packet a registered gateway tunnelled to the
+/// node's NSP (`outer` is its outer IPv4 header): only exposed ports.
 #[inline(always)]
-pub fn tunnelled(ctx: &TcContext, cfg: &Config, outer: &Ipv4) -> Result<(i32, Reason), Reason> {
-    // SAFETY: presence check only.
-    if unsafe { GATEWAYS.get(outer.saddr) }.is_none() {
-        return Err(stranger(ctx, Reason::DropUnknownGateway, outer.saddr));
-    }
+pub fn decap_from_gateway(
+    ctx: &TcContext,
+    cfg: &Config,
+    outer: &Ipv4,
+) -> Result<(i32, Reason), Reason> {
     tunnel::decap(ctx)?;
-    let inner = packet::ipv4(ctx, IP_OFF)?.ok_or(Reason::DropMalformed)?;
+    let inner = packet::ipv4(ctx)?.ok_or(Reason::DropMalformed)?;
     if inner.daddr != cfg.node_ip {
         return Err(Reason::DropPort);
     }
     count(Reason::GatewayIn, 0);
-    inbound(ctx, cfg, &inner, outer.saddr)?.ok_or(Reason::DropPort)
+    forward_in(ctx, cfg, &inner, outer.saddr)?.ok_or(Reason::DropPort)
 }
 
 /// Sends a backend's reply, already translated back, to its external client:
 /// routed out of the node, or tunnelled to the gateway `via` (0: none).
 #[inline(always)]
-pub fn outbound(
+pub fn reply_out(
     ctx: &TcContext,
     cfg: &Config,
     f: &Flow,
     via: u32,
 ) -> Result<(i32, Reason), Reason> {
     if via == 0 {
-        return Ok((tunnel::route_out(ctx, cfg, f.daddr)?, Reason::ExposedOut));
+        return Ok((nexthop::route_out(ctx, cfg, f.daddr)?, Reason::ExposedOut));
     }
     // SAFETY: value copied out at once.
     let gw = unsafe { GATEWAYS.get(via) }
@@ -65,7 +66,7 @@ pub fn outbound(
 /// Handles a packet to the node's address: `None` when its port is not
 /// exposed. `via` is the gateway that tunnelled it (0: none).
 #[inline(always)]
-pub fn inbound(
+pub fn forward_in(
     ctx: &TcContext,
     cfg: &Config,
     ip: &Ipv4,
@@ -74,11 +75,11 @@ pub fn inbound(
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         return Ok(None);
     }
-    let Ok(ports) = read::<[u16; 2]>(ctx, L4_OFF) else {
+    let Ok(ports) = read::<Ports, _>(ctx, L4_OFF) else {
         return Ok(None);
     };
     let k = ExposeKey {
-        port: ports[1],
+        port: ports.dport,
         proto: ip.proto,
         _pad: 0,
     };
@@ -87,25 +88,25 @@ pub fn inbound(
         return Ok(None);
     };
     let f = packet::flow(ctx, ip, L4_OFF)?;
-    let fwd = key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
-    let (backend, node, sport) = match nat::touch(&fwd, ct::NS_FORWARD) {
+    let fwd = ct_key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
+    let (backend, node, sport) = match nat::refresh_ct(&fwd, ct::NS_FORWARD) {
         Some(e) => (e.addr, e.node, e.port),
-        None => new_flow(&f, &exp, &fwd, via)?,
+        None => open_flow(&f, &exp, &fwd, via)?,
     };
-    let dest = dest_of(backend, node, cfg)?;
+    let dest = forward::resolve(backend, node, cfg)?;
     if let Some(answered) = too_big(ctx, cfg, &f, &dest)? {
         return Ok(Some(answered));
     }
-    nat::rewrite(ctx, f.l4, IP_DST, f.daddr, backend)?;
-    nat::rewrite(ctx, f.l4, IP_SRC, f.saddr, exp.snat)?;
-    nat::rewrite_port(ctx, f.l4, 0, f.sport, sport)?;
+    nat::rewrite_addr(ctx, f.l4, IP_DST, f.daddr, backend)?;
+    nat::rewrite_addr(ctx, f.l4, IP_SRC, f.saddr, exp.snat)?;
+    nat::rewrite_port(ctx, f.l4, L4_SPORT, f.sport, sport)?;
     count(Reason::ExposedIn, 0);
     send(ctx, cfg, &f, dest).map(Some)
 }
 
 /// Chooses a backend and a source port, and writes both conntrack entries.
 #[inline(always)]
-fn new_flow(f: &Flow, exp: &Exposed, fwd: &CtKey, via: u32) -> Result<(u32, u32, u16), Reason> {
+fn open_flow(f: &Flow, exp: &Exposed, fwd: &CtKey, via: u32) -> Result<(u32, u32, u16), Reason> {
     // SAFETY: value copied out at once.
     let sv = unsafe { SERVIPS.get(exp.servip) }
         .copied()
@@ -113,15 +114,16 @@ fn new_flow(f: &Flow, exp: &Exposed, fwd: &CtKey, via: u32) -> Result<(u32, u32,
     if sv.count == 0 {
         return Err(Reason::DropNoBackend);
     }
-    let b = nat::pick(exp.servip, &sv, f.hash, 0)?;
+    let b = nat::pick_backend(exp.servip, &sv, f.hash, 0)?;
     // Keep the client's port unless another client already holds it toward
     // this backend; then try ports derived from the flow hash.
     let mut port = f.sport;
     let mut free = false;
     let mut i = 0;
     while i < PORT_TRIES {
-        let rev = key(b.nsip, exp.snat, f.dport, port, f.proto);
-        free = tracked(&rev, ct::NS_REVERSE).is_none_or(|e| e.addr == f.saddr && e.port == f.sport);
+        let rev = ct_key(b.nsip, exp.snat, f.dport, port, f.proto);
+        free =
+            lookup_ct(&rev, ct::NS_REVERSE).is_none_or(|e| e.addr == f.saddr && e.port == f.sport);
         if free {
             break;
         }
@@ -140,7 +142,7 @@ fn new_flow(f: &Flow, exp: &Exposed, fwd: &CtKey, via: u32) -> Result<(u32, u32,
         port,
         seen: crate::maps::tick(),
     };
-    let rev = key(b.nsip, exp.snat, f.dport, port, f.proto);
+    let rev = ct_key(b.nsip, exp.snat, f.dport, port, f.proto);
     CONNTRACK
         .insert(rev, entry(f.saddr, f.sport, via, ct::NS_REVERSE), 0)
         .map_err(|_| Reason::DropHelper)?;

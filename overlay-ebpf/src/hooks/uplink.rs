@@ -10,17 +10,15 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use overlay_common::{IPPROTO_UDP, PROBE_MARK, stats::Reason};
+use overlay_common::{PROBE_MARK, maps::Config, stats::Reason};
 
-use crate::maps::{ENDPOINTS, PEERS, config, count, stranger};
-use crate::nat;
+use crate::deliver;
+use crate::layout::{INNER_IP, INNER_L4, Ipv4, L4_OFF, Udp};
+use crate::maps::{ENDPOINTS, config, count, stranger};
+use crate::nat::{self, Reversed};
 use crate::nodeport;
-use crate::packet::{self, IP_OFF, Ipv4, L4_OFF, read};
-use crate::tunnel;
-
-/// The inner IPv4 header and its L4 header, before decapsulation.
-const INNER_IP: usize = L4_OFF + 8;
-const INNER_L4: usize = INNER_IP + 20;
+use crate::packet::{self, read};
+use crate::tunnel::{self, Port};
 
 #[classifier]
 pub fn uplink(ctx: TcContext) -> i32 {
@@ -41,46 +39,51 @@ pub fn uplink(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
     packet::pull(ctx);
-    let (Some(cfg), Ok(Some(ip))) = (config(), packet::ipv4(ctx, IP_OFF)) else {
+    let (Some(cfg), Ok(Some(ip))) = (config(), packet::ipv4(ctx)) else {
         return Ok(None);
     };
-    if ip.daddr != cfg.node_ip || ip.vihl != 0x45 {
+    if !tunnel::to_node(cfg, &ip) {
         return Ok(None);
     }
-    let Ok(udp) = read::<[u16; 4]>(ctx, L4_OFF) else {
+    let Ok(udp) = read::<Udp, _>(ctx, L4_OFF) else {
         return Ok(None);
     };
-    let nsp = udp[1] == cfg.nsp && cfg.nsp != 0;
-    if ip.proto != IPPROTO_UDP || (udp[1] != cfg.ewp && !nsp) {
+    let Some(port) = tunnel::port(cfg, &ip, &udp) else {
         // Not a tunnel: an exposed service's port, or the node's own traffic.
-        return nodeport::inbound(ctx, cfg, &ip, 0);
-    }
+        return nodeport::forward_in(ctx, cfg, &ip, 0);
+    };
     // From here on the packet is addressed to a tunnel port: it is ours to judge.
-    if u16::from_be(ip.frag) & 0x3fff != 0 {
+    if ip.is_fragment() {
         return Err(Reason::DropFragment);
     }
-    if nsp {
-        return nodeport::tunnelled(ctx, cfg, &ip).map(Some);
+    if let Err(reason) = tunnel::check_sender(port, ip.saddr) {
+        return Err(stranger(ctx, reason, ip.saddr));
     }
-    // SAFETY: presence check only.
-    if unsafe { PEERS.get(ip.saddr) }.is_none() {
-        return Err(stranger(ctx, Reason::DropUnknownPeer, ip.saddr));
+    match port {
+        Port::Nsp => nodeport::decap_from_gateway(ctx, cfg, &ip).map(Some),
+        Port::Ewp => from_peer(ctx, cfg).map(Some),
     }
-    if read::<u8>(ctx, INNER_IP)? == PROBE_MARK {
-        return Ok(Some((TC_ACT_OK, Reason::Probe)));
+}
+
+/// A tunnel packet from a registered node: an RTT probe passes up to the
+/// agent; anything else is decapsulated and goes to its destination.
+#[inline(always)]
+fn from_peer(ctx: &TcContext, cfg: &Config) -> Result<(i32, Reason), Reason> {
+    if read::<u8, _>(ctx, INNER_IP)? == PROBE_MARK {
+        return Ok((TC_ACT_OK, Reason::Probe));
     }
     let inner: Ipv4 = read(ctx, INNER_IP)?;
-    if inner.vihl >> 4 != 4 || inner.vihl & 0xf < 5 {
+    if !inner.is_v4() {
         return Err(Reason::DropMalformed);
     }
     let mut f = packet::flow(ctx, &inner, INNER_L4)?;
     tunnel::decap(ctx)?;
-    if let nat::Reversed::External { via } = nat::reverse(ctx, &mut f, cfg.node_ip)? {
-        return nodeport::outbound(ctx, cfg, &f, via).map(Some);
+    if let Reversed::External { via } = nat::reverse_nat(ctx, &mut f, cfg.node_ip)? {
+        return nodeport::reply_out(ctx, cfg, &f, via);
     }
     // SAFETY: value copied out at once.
     let ep = unsafe { ENDPOINTS.get(f.daddr) }
         .copied()
         .ok_or(Reason::DropNoEndpoint)?;
-    Ok(Some((tunnel::to_endpoint(ctx, &ep)?, Reason::Decap)))
+    Ok((deliver::to_instance(ctx, &ep)?, Reason::Decap))
 }

@@ -18,12 +18,16 @@ use overlay_common::{
     stats::Reason,
 };
 
-use crate::forward::{Dest, dest_of, send, too_big};
+use crate::forward::{self, Dest, send, too_big};
 use crate::icmp;
+use crate::layout::{IP_DST, L4_OFF};
 use crate::maps::{ENDPOINTS, ROUTES, SERVIPS, config, count, log_due};
-use crate::nat;
+use crate::nat::{self, Reversed};
 use crate::nodeport;
-use crate::packet::{self, Flow, IP_DST, IP_OFF, L4, L4_OFF};
+use crate::packet::{self, Flow, L4};
+
+/// Prefix length of a single address in `ROUTES`.
+const HOST_PREFIX: u32 = 32;
 
 #[classifier]
 pub fn from_instance(ctx: TcContext) -> i32 {
@@ -47,7 +51,7 @@ pub fn from_instance(ctx: TcContext) -> i32 {
 fn try_from_instance(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let pass = Ok((TC_ACT_OK, Reason::Pass));
     packet::pull(ctx);
-    let Some(ip) = packet::ipv4(ctx, IP_OFF)? else {
+    let Some(ip) = packet::ipv4(ctx)? else {
         return pass;
     };
     let Some(cfg) = config() else {
@@ -60,23 +64,26 @@ fn try_from_instance(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let Some(ep) = ep.filter(|ep| ep.ifindex == ifindex) else {
         return Err(Reason::DropSpoofed);
     };
+    // SAFETY: value copied out at once.
     if let Some(sv) = unsafe { SERVIPS.get(ip.daddr) }.copied() {
         let f = packet::flow(ctx, &ip, L4_OFF)?;
         return to_servip(ctx, cfg, f, &sv, ep.service);
     }
-    let Some(dest) = route(ip.daddr) else {
+    let Some(dest) = lookup_dest(ip.daddr) else {
         return pass;
     };
     let mut f = packet::flow(ctx, &ip, L4_OFF)?;
     if let Some(answered) = too_big(ctx, cfg, &f, &dest)? {
         return Ok(answered);
     }
-    if let nat::Reversed::External { via } = nat::reverse(ctx, &mut f, cfg.node_ip)? {
-        return nodeport::outbound(ctx, cfg, &f, via);
+    if let Reversed::External { via } = nat::reverse_nat(ctx, &mut f, cfg.node_ip)? {
+        return nodeport::reply_out(ctx, cfg, &f, via);
     }
     send(ctx, cfg, &f, dest)
 }
 
+/// Translates a packet to a ServIP (or an ICMP error about a flow to one)
+/// to its backend and sends it there; refusals are answered with ICMP.
 #[inline(always)]
 fn to_servip(
     ctx: &TcContext,
@@ -86,11 +93,11 @@ fn to_servip(
     src_service: u32,
 ) -> Result<(i32, Reason), Reason> {
     if f.l4 == L4::IcmpError {
-        let e = nat::icmp_error(ctx, &f, ct::FORWARD)?.ok_or(Reason::DropPort)?;
+        let e = nat::translate_icmp_error(ctx, &f, ct::FORWARD)?.ok_or(Reason::DropPort)?;
         f.daddr = e.addr;
-        return send(ctx, cfg, &f, dest_of(e.addr, e.node, cfg)?);
+        return send(ctx, cfg, &f, forward::resolve(e.addr, e.node, cfg)?);
     }
-    let t = match nat::backend(&f, sv, src_service, cfg.node_id) {
+    let t = match nat::choose_backend(&f, sv, src_service, cfg.node_id) {
         Ok(t) => t,
         Err(r) => {
             // Refusals the client should hear about at once.
@@ -100,27 +107,27 @@ fn to_servip(
                 Reason::DropDenied => icmp::CODE_ADMIN_PROHIBITED,
                 _ => return Err(r),
             };
-            return Ok((icmp::unreachable(ctx, f.proto, code, 0)?, r));
+            return Ok((icmp::reply_unreachable(ctx, f.proto, code, 0)?, r));
         }
     };
-    let dest = dest_of(t.nsip, t.node, cfg)?;
+    let dest = forward::resolve(t.nsip, t.node, cfg)?;
     // Before the rewrite: the error must come from, and quote, the ServIP.
     if let Some(answered) = too_big(ctx, cfg, &f, &dest)? {
         return Ok(answered);
     }
-    nat::rewrite(ctx, f.l4, IP_DST, f.daddr, t.nsip)?;
+    nat::rewrite_addr(ctx, f.l4, IP_DST, f.daddr, t.nsip)?;
     f.daddr = t.nsip;
     send(ctx, cfg, &f, dest)
 }
 
 /// A local instance, or the node whose subnet holds `addr`.
 #[inline(always)]
-fn route(addr: u32) -> Option<Dest> {
+fn lookup_dest(addr: u32) -> Option<Dest> {
     // SAFETY: values copied out at once.
     if let Some(ep) = unsafe { ENDPOINTS.get(addr) } {
         return Some(Dest::Local(*ep));
     }
     ROUTES
-        .get(Key::new(32, addr))
+        .get(Key::new(HOST_PREFIX, addr))
         .map(|node| Dest::Remote(*node))
 }

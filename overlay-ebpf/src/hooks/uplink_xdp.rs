@@ -1,0 +1,47 @@
+//! XDP on the uplink: drops tunnel packets from unregistered sources (EWP:
+//! not a node, NSP: not a gateway) before the kernel allocates an skb for
+//! them (logged sparsely: see `maps::log_due`). The TC program applies the
+//! same checks (`tunnel::port`, `tunnel::check_sender`) when XDP is absent.
+//! Everything else passes to TC.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    macros::xdp,
+    programs::XdpContext,
+};
+use overlay_common::stats::Reason;
+
+use crate::layout::{L4_OFF, Udp};
+use crate::maps::{config, count, stranger};
+use crate::packet::{self, read};
+use crate::tunnel;
+
+#[xdp(frags)]
+pub fn uplink_xdp(ctx: XdpContext) -> u32 {
+    match try_uplink_xdp(&ctx) {
+        Some((reason, src)) => {
+            stranger(&ctx, reason, src);
+            count(reason, (ctx.data_end() - ctx.data()) as u32);
+            XDP_DROP
+        }
+        None => XDP_PASS,
+    }
+}
+
+/// The drop reason (and source) of an unwanted tunnel packet, `None` to pass it on.
+#[inline(always)]
+fn try_uplink_xdp(ctx: &XdpContext) -> Option<(Reason, u32)> {
+    let cfg = config()?;
+    // `to_node` checks the header's version and length.
+    let Ok(Some(ip)) = packet::ipv4_unchecked(ctx) else {
+        return None;
+    };
+    if !tunnel::to_node(cfg, &ip) {
+        return None;
+    }
+    let udp: Udp = read(ctx, L4_OFF).ok()?;
+    let port = tunnel::port(cfg, &ip, &udp)?;
+    tunnel::check_sender(port, ip.saddr)
+        .err()
+        .map(|reason| (reason, ip.saddr))
+}
