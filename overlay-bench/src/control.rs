@@ -166,7 +166,7 @@ pub fn converge(services: usize) -> anyhow::Result<Converge> {
                     };
                     let want = reconcile::desired(state, &local);
                     let have = reconcile::read(&dp.tables);
-                    let c = reconcile::apply(&mut dp.tables, &have, &want)?;
+                    let c = apply(&mut dp.tables, &have, &want)?;
                     Ok((ms(t), c.written))
                 })
             })
@@ -220,14 +220,14 @@ pub fn resync(services: usize, nodes: usize) -> anyhow::Result<(Resync, Dataplan
     let want = reconcile::desired(&state, &local);
     let desired_ms = ms(t);
     let t = Instant::now();
-    let c = reconcile::apply(&mut dp.tables, &have, &want)?;
+    let c = apply(&mut dp.tables, &have, &want)?;
     let apply_ms = ms(t);
     let total_ms = ms(start);
 
     let t = Instant::now();
     let have: MapSet = reconcile::read(&dp.tables);
     let want = reconcile::desired(&state, &local);
-    let again = reconcile::apply(&mut dp.tables, &have, &want)?;
+    let again = apply(&mut dp.tables, &have, &want)?;
     let noop_ms = ms(t);
     Ok((
         Resync {
@@ -289,6 +289,17 @@ pub fn memlock(fdinfo: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("memlock:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// [`reconcile::apply`], where a single entry that fails spoils the measurement.
+fn apply(
+    t: &mut overlay_ctl::dataplane::Tables,
+    have: &MapSet,
+    want: &MapSet,
+) -> anyhow::Result<reconcile::Changes> {
+    let (c, _) = reconcile::apply(t, have, want);
+    anyhow::ensure!(c.failed.is_empty(), "entries not applied: {:?}", c.failed);
+    Ok(c)
 }
 
 #[cfg(test)]

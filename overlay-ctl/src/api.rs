@@ -64,6 +64,12 @@ async fn status(State(c): State<Ctx>) -> Json<Value> {
     Json(json!({
         "node": a.node.name, "ip": a.node.ip, "ewp": a.node.ewp, "subnet": a.node.subnet,
         "mtu": a.node.mtu, "instances": a.instances.len(), "services": a.cluster.services.len(),
+        // Map entries the last reconciliation could not apply, and how many
+        // failures started since the agent did.
+        "reconcile": {
+            "failing": a.failures.outstanding(),
+            "failures_total": a.failures.total,
+        },
     }))
 }
 

@@ -88,6 +88,18 @@ impl Descriptor {
         ] {
             check_label(value).map_err(|why| field(name, why))?;
         }
+        use overlay_common::registry::limits;
+        let too_many = |what: &str, n: usize, max: usize| {
+            format!("{n} {what}, more than the {max} a service may have")
+        };
+        if self.ports.len() > limits::PORTS_PER_SERVICE {
+            let why = too_many("ports", self.ports.len(), limits::PORTS_PER_SERVICE);
+            return Err(field("ports", why));
+        }
+        if self.needs.len() > limits::NEEDS_PER_SERVICE {
+            let why = too_many("needs", self.needs.len(), limits::NEEDS_PER_SERVICE);
+            return Err(field("needs", why));
+        }
         let mut seen = BTreeSet::new();
         for &p in &self.ports {
             if p == 0 {
@@ -185,6 +197,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
+        let list: Vec<String> = (1..=257).map(|p| p.to_string()).collect();
+        let many_ports = format!("\"ports\":[{}]", list.join(","));
         let cases = [
             ("\"appname\":\"shop\"", "\"appname\":\"sh op\"", "appname"),
             ("\"appns\":\"prod\"", "\"appns\":\"\"", "appns"),
@@ -197,6 +211,7 @@ mod tests {
             ("\"ports\":[8080]", "\"ports\":[0]", "ports"),
             ("\"ports\":[8080]", "\"ports\":[70000]", "ports"),
             ("\"needs\":[", "\"needs\":[\"nope\",", "needs"),
+            ("\"ports\":[8080]", &many_ports, "257 ports"),
             ("\"exposed\":false", "\"exposed\":\"yes\"", "exposed"),
             ("\"statefull\":false", "\"statefull\":1", "statefull"),
         ];

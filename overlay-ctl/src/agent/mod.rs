@@ -120,6 +120,8 @@ pub struct Agent {
     /// This node's RTTs and loads as the policies use them.
     pub metrics: metrics::Metrics,
     applied: MapSet,
+    /// Map entries the reconciler could not apply (the agent's status shows them).
+    pub failures: reconcile::Failures,
 }
 
 pub type Shared = Arc<Mutex<Agent>>;
@@ -182,8 +184,9 @@ impl Agent {
         };
         let state = self.merged_state();
         let want = reconcile::desired(&state, &local);
-        let changes = reconcile::apply(&mut self.dp.tables, &self.applied, &want)?;
-        self.applied = want;
+        let (changes, now) = reconcile::apply(&mut self.dp.tables, &self.applied, &want);
+        self.applied = now;
+        self.failures.update(&changes.failed);
         if changes != reconcile::Changes::default() {
             self.write_names(&state);
         }
@@ -274,6 +277,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         synced,
         metrics: metrics::Metrics::default(),
         applied,
+        failures: Default::default(),
     };
     instances::restore(&mut agent).await?;
     agent.reconcile()?;

@@ -2,9 +2,8 @@
 //!
 //! [`desired`] computes the complete map contents a node should have;
 //! [`read`] reads what the maps hold now (a restarted agent starts from
-//! there: a full resync); [`apply`] writes only the difference, additions in
-//! dependency order and removals after, so no packet ever meets a ServIP whose
-//! slots, backends, ports or node are not there yet.
+//! there: a full resync); [`apply`] writes only the difference, table by
+//! table in dependency order, and carries on past an entry that fails.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -13,8 +12,12 @@ use overlay_common::maps::{Config, Endpoint, ip, policy};
 use overlay_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::balance::{self, Candidate, Params};
-use crate::dataplane::{Result, Tables};
+use crate::dataplane::Tables;
+
+mod apply;
+
 use crate::model::{ClusterState, FixedIp, InstanceSpec, Policy};
+pub use apply::{Changes, Failure, Failures, apply};
 
 /// The full contents of one node's maps (the parts the agent owns).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -40,6 +43,9 @@ pub struct MapSet {
     pub exposed: BTreeMap<(u16, u8), (Ipv4Addr, Ipv4Addr)>,
     /// Registered north-south gateways: address → port their replies go to.
     pub gateways: BTreeMap<Ipv4Addr, u16>,
+    /// Services of the desired state left out for breaking a limit (not map
+    /// contents: reported with every pass, as failures).
+    pub refused: Vec<Failure>,
 }
 
 /// What this node contributes besides the cluster state.
@@ -111,6 +117,14 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
             .push(f);
     }
     for svc in &state.services {
+        if let Some(why) = over_limit(svc) {
+            m.refused.push(Failure {
+                table: "services",
+                key: svc.name.clone(),
+                error: why,
+            });
+            continue;
+        }
         let key = svc.name.to_ascii_lowercase();
         let live: &[(&InstanceSpec, u32)] = by_service.get(&key).map_or(&[], Vec::as_slice);
         for (inst, node) in live {
@@ -150,6 +164,17 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
         );
     }
     m
+}
+
+/// Why `svc` cannot fit the maps, if it cannot (a record the store holds
+/// may never have passed the descriptor's checks).
+fn over_limit(svc: &crate::model::ServiceSpec) -> Option<String> {
+    use overlay_common::registry::limits;
+    let over = |what: &str, n: usize, max: usize| {
+        (n > max).then(|| format!("{n} {what}, more than the {max} a service may have"))
+    };
+    over("ports", svc.ports.len(), limits::PORTS_PER_SERVICE)
+        .or_else(|| over("needs", svc.needs.len(), limits::NEEDS_PER_SERVICE))
 }
 
 /// `needs` and exposure of one service.
@@ -238,121 +263,6 @@ pub fn read(t: &Tables) -> MapSet {
     m.exposed = t.exposed().into_iter().collect();
     m.gateways = t.gateways().into_iter().collect();
     m
-}
-
-/// Counts of entries written and removed by one [`apply`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Changes {
-    pub written: usize,
-    pub removed: usize,
-}
-
-/// Moves the maps from `have` to `want`, touching only what differs.
-pub fn apply(t: &mut Tables, have: &MapSet, want: &MapSet) -> Result<Changes> {
-    let mut c = Changes::default();
-    if let Some(cfg) = want.config.filter(|w| have.config.as_ref() != Some(w)) {
-        t.set_config(&cfg)?;
-        c.written += 1;
-    }
-    for (&id, &(addr, ewp)) in changed(&have.nodes, &want.nodes) {
-        t.put_node(id, addr, ewp)?;
-        c.written += 1;
-    }
-    for (&(net, prefix), &node) in changed(&have.routes, &want.routes) {
-        t.put_route(net, prefix, node)?;
-        c.written += 1;
-    }
-    for (&id, &(nsip, node)) in changed(&have.backends, &want.backends) {
-        t.put_backend(id, nsip, node)?;
-        c.written += 1;
-    }
-    for &(svc, port, proto) in want.ports.difference(&have.ports) {
-        t.put_port(svc, port, proto)?;
-        c.written += 1;
-    }
-    for (&nsip, ep) in changed(&have.endpoints, &want.endpoints) {
-        t.put_endpoint(nsip, ep)?;
-        c.written += 1;
-    }
-    for (&vip, (svc, pol, slots)) in changed(&have.servips, &want.servips) {
-        t.put_servip(vip, *svc, *pol, slots)?;
-        c.written += 1;
-    }
-    // Allowances before the restriction that needs them.
-    for &(src, dst) in want.needs.difference(&have.needs) {
-        t.put_need(src, dst)?;
-        c.written += 1;
-    }
-    for &svc in want.restricted.difference(&have.restricted) {
-        t.put_restricted(svc)?;
-        c.written += 1;
-    }
-    for (&(port, proto), &(vip, snat)) in changed(&have.exposed, &want.exposed) {
-        t.put_exposed(port, proto, vip, snat)?;
-        c.written += 1;
-    }
-    for (&addr, &port) in changed(&have.gateways, &want.gateways) {
-        t.put_gateway(addr, port)?;
-        c.written += 1;
-    }
-    // Removals, in reverse dependency order.
-    for addr in gone(&have.gateways, &want.gateways) {
-        t.remove_gateway(*addr)?;
-        c.removed += 1;
-    }
-    for &(port, proto) in gone(&have.exposed, &want.exposed) {
-        t.remove_exposed(port, proto)?;
-        c.removed += 1;
-    }
-    for &svc in have.restricted.difference(&want.restricted) {
-        t.remove_restricted(svc)?;
-        c.removed += 1;
-    }
-    for &(src, dst) in have.needs.difference(&want.needs) {
-        t.remove_need(src, dst)?;
-        c.removed += 1;
-    }
-    for vip in gone(&have.servips, &want.servips) {
-        t.remove_servip(*vip)?;
-        c.removed += 1;
-    }
-    for nsip in gone(&have.endpoints, &want.endpoints) {
-        t.remove_endpoint(*nsip)?;
-        c.removed += 1;
-    }
-    for &(svc, port, proto) in have.ports.difference(&want.ports) {
-        t.remove_port(svc, port, proto)?;
-        c.removed += 1;
-    }
-    for id in gone(&have.backends, &want.backends) {
-        t.remove_backend(*id)?;
-        c.removed += 1;
-    }
-    for (net, prefix) in gone(&have.routes, &want.routes) {
-        t.remove_route(*net, *prefix)?;
-        c.removed += 1;
-    }
-    for id in gone(&have.nodes, &want.nodes) {
-        t.remove_node(*id)?;
-        c.removed += 1;
-    }
-    Ok(c)
-}
-
-/// Entries of `want` that `have` lacks or holds with another value.
-fn changed<'a, K: Ord, V: PartialEq>(
-    have: &'a BTreeMap<K, V>,
-    want: &'a BTreeMap<K, V>,
-) -> impl Iterator<Item = (&'a K, &'a V)> {
-    want.iter().filter(move |(k, v)| have.get(k) != Some(v))
-}
-
-/// Keys of `have` that `want` no longer has.
-fn gone<'a, K: Ord, V>(
-    have: &'a BTreeMap<K, V>,
-    want: &'a BTreeMap<K, V>,
-) -> impl Iterator<Item = &'a K> {
-    have.keys().filter(move |k| !want.contains_key(k))
 }
 
 #[cfg(test)]

@@ -200,13 +200,127 @@ fn needs_and_exposure() {
     );
 }
 
+/// A map set with one node, `backends` on it and one ServIP per
+/// (service, slots) pair, 172.30.0.1 onwards.
+fn maps_with(backends: &[u32], servips: &[(u32, Vec<u32>)]) -> MapSet {
+    let mut m = MapSet::default();
+    m.nodes.insert(1, (Ipv4Addr::new(192, 0, 2, 1), 50103));
+    for &id in backends {
+        m.backends.insert(id, (Ipv4Addr::from(id), 1));
+    }
+    for (i, (svc, slots)) in servips.iter().enumerate() {
+        m.ports.insert((*svc, 80, IPPROTO_TCP));
+        let vip = Ipv4Addr::new(172, 30, 0, 1 + i as u8);
+        m.servips.insert(vip, (*svc, 1, slots.clone()));
+    }
+    m
+}
+
+fn tables() -> crate::dataplane::Dataplane {
+    crate::dataplane::Dataplane::load(None).expect("the dataplane loads (as root)")
+}
+
+const VIP1: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 1);
+const VIP2: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
+
+/// One entry that cannot be written (a slot table larger than a ServIP may
+/// have) fails alone, with what depends on it; the rest is applied, and
+/// what `apply` says the maps hold is what they hold.
 #[test]
-fn difference_helpers() {
-    let have: BTreeMap<u32, u32> = [(1, 1), (2, 2)].into();
-    let want: BTreeMap<u32, u32> = [(2, 3), (4, 4)].into();
-    assert_eq!(
-        changed(&have, &want).map(|(k, _)| *k).collect::<Vec<_>>(),
-        vec![2, 4]
+fn a_failing_entry_fails_alone() {
+    let mut dp = tables();
+    let mut want = maps_with(&[10, 11], &[(1, vec![10]), (2, vec![11; 70_000])]);
+    want.exposed
+        .insert((80, IPPROTO_TCP), (VIP2, Ipv4Addr::new(10, 30, 1, 1)));
+    want.exposed
+        .insert((81, IPPROTO_TCP), (VIP1, Ipv4Addr::new(10, 30, 1, 1)));
+    let (c, now) = apply(&mut dp.tables, &MapSet::default(), &want);
+    let failed: Vec<(&str, &str)> = c.failed.iter().map(|f| (f.table, f.key.as_str())).collect();
+    assert_eq!(failed, [("servips", "172.30.0.2"), ("exposed", "(80, 6)")]);
+    assert!(
+        c.failed[1].error.contains("ServIp(172.30.0.2)"),
+        "{:?}",
+        c.failed
     );
-    assert_eq!(gone(&have, &want).copied().collect::<Vec<_>>(), vec![1]);
+    let held = read(&dp.tables);
+    assert_eq!(held, now);
+    assert!(held.servips.contains_key(&VIP1) && !held.servips.contains_key(&VIP2));
+    assert_eq!(held.exposed.len(), 1);
+}
+
+/// A ServIP whose new table cannot be written keeps its old one, and the
+/// old table's backend stays although the desired state dropped it: no
+/// packet meets a slot without its backend.
+#[test]
+fn a_failed_update_keeps_what_the_old_entry_needs() {
+    let mut dp = tables();
+    let first = maps_with(&[10, 11], &[(1, vec![10]), (2, vec![11])]);
+    let (c, have) = apply(&mut dp.tables, &MapSet::default(), &first);
+    assert!(c.failed.is_empty(), "{:?}", c.failed);
+    let want = maps_with(&[10, 12], &[(1, vec![10]), (2, vec![12; 70_000])]);
+    let (c, now) = apply(&mut dp.tables, &have, &want);
+    let tables: Vec<&str> = c.failed.iter().map(|f| f.table).collect();
+    assert_eq!(tables, ["servips", "backends"], "{:?}", c.failed);
+    let held = read(&dp.tables);
+    assert_eq!(held, now);
+    assert_eq!(held.servips[&VIP2].2, vec![11], "the old table is live");
+    assert!(held.backends.contains_key(&11) && held.backends.contains_key(&12));
+}
+
+/// A full map refuses the entries past its capacity; every other change of
+/// the pass, removals included, is still made.
+#[test]
+fn a_full_map_stops_nothing_else() {
+    let mut dp = tables();
+    let first = maps_with(&[10], &[(1, vec![10])]);
+    let (_, have) = apply(&mut dp.tables, &MapSet::default(), &first);
+    let mut want = maps_with(&[], &[]);
+    let cap = overlay_common::registry::capacity::GATEWAYS;
+    for i in 0..cap + 20 {
+        want.gateways.insert(Ipv4Addr::from(0xc633_0000 + i), 40000);
+    }
+    let (c, now) = apply(&mut dp.tables, &have, &want);
+    assert_eq!(c.failed.len(), 20, "{:?}", &c.failed[..1]);
+    assert!(c.failed.iter().all(|f| f.table == "gateways"));
+    assert_eq!(c.removed, 3, "the ServIP, its port and its backend");
+    assert_eq!(read(&dp.tables), now);
+}
+
+/// A record over a limit (here 300 ports) is left out alone, reported.
+#[test]
+fn a_service_over_a_limit_is_refused_alone() {
+    let mut s = state();
+    let mut big = s.services[0].clone();
+    big.name = "a.b.big.d".into();
+    big.id = 8;
+    big.ports = (1..=300).collect();
+    s.services.push(big);
+    let eps = BTreeMap::new();
+    let m = desired(&s, &local(&eps));
+    assert_eq!(m.refused.len(), 1);
+    assert_eq!(m.refused[0].key, "a.b.big.d");
+    assert!(
+        m.refused[0].error.contains("300 ports"),
+        "{}",
+        m.refused[0].error
+    );
+    assert!(m.servips.values().all(|(svc, _, _)| *svc == 7));
+}
+
+/// The failure log: a failure counts once while it lasts.
+#[test]
+fn failures_are_counted_once_while_they_last() {
+    let f = Failure {
+        table: "gateways",
+        key: "1.2.3.4".into(),
+        error: "full".into(),
+    };
+    let mut all = Failures::default();
+    all.update(std::slice::from_ref(&f));
+    all.update(std::slice::from_ref(&f));
+    assert_eq!((all.total, all.outstanding().len()), (1, 1));
+    all.update(&[]);
+    assert_eq!((all.total, all.outstanding().len()), (1, 0));
+    all.update(&[f]);
+    assert_eq!(all.total, 2);
 }
