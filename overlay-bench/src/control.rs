@@ -50,11 +50,11 @@ pub fn cluster(services: usize, nodes: usize) -> ClusterState {
     let mut insts = Vec::with_capacity(services * INSTANCES);
     for s in 0..services {
         let name = format!("app{s}.bench.svc{s}.bench");
-        let servips = Policy::ALL
+        let servips = Policy::SERVIPS
             .iter()
             .enumerate()
             .map(|(k, &p)| {
-                let n = (s * Policy::ALL.len() + k + 1) as u32;
+                let n = (s * Policy::SERVIPS.len() + k + 1) as u32;
                 (
                     p,
                     Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 30, 0, 0)) + n),

@@ -56,12 +56,7 @@ impl Which {
 
 /// The name `policy` of the `i`th bench service, and its ServIP.
 pub fn name(i: usize, policy: Policy) -> String {
-    let p = match policy {
-        Policy::Closest => "closest",
-        Policy::Roundrobin => "roundrobin",
-        Policy::Fastest => "fastest",
-    };
-    format!("app{i}.bench.svc{i}.dns.any.{p}.local")
+    format!("app{i}.bench.svc{i}.dns.any.{}.local", policy.as_str())
 }
 
 pub fn servip(i: usize, policy: Policy) -> Ipv4Addr {
@@ -74,7 +69,7 @@ pub fn state(services: usize) -> anyhow::Result<ClusterState> {
     let mut out = Vec::new();
     for i in 0..services {
         let servips: BTreeMap<Policy, Ipv4Addr> =
-            Policy::ALL.iter().map(|&p| (p, servip(i, p))).collect();
+            Policy::SERVIPS.iter().map(|&p| (p, servip(i, p))).collect();
         let spec: ServiceSpec = serde_json::from_value(serde_json::json!({
             "name": format!("app{i}.bench.svc{i}.dns"),
             "id": i + 1,
@@ -93,7 +88,7 @@ pub fn state(services: usize) -> anyhow::Result<ClusterState> {
 pub fn files(services: usize) -> (String, String) {
     let (mut hosts, mut queries) = (String::new(), String::new());
     for i in 0..services {
-        for p in Policy::ALL {
+        for p in Policy::SERVIPS {
             hosts += &format!("{} {}\n", servip(i, p), name(i, p));
             queries += &format!("{} A\n", name(i, p));
         }
@@ -170,7 +165,7 @@ impl DnsBed {
     }
 
     pub fn names(&self) -> usize {
-        self.services * Policy::ALL.len()
+        self.services * Policy::SERVIPS.len()
     }
 
     /// Starts `which` on 10.53.0.1:53, runs dnsperf for `secs`, stops it.

@@ -20,7 +20,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use overlay_common::maps::{Config, Endpoint, ip, policy};
+use overlay_common::maps::{Config, Endpoint, ip};
+use overlay_common::policy::Policy;
 use overlay_common::{DEFAULT_EWP, ENCAP_OVERHEAD, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 use overlay_ctl::dataplane::Dataplane;
 use overlay_testnet::tun::Forwarder;
@@ -454,7 +455,7 @@ fn overlay() -> anyhow::Result<Overlay> {
             }
             dp.tables.put_backend(id, backend, node)?;
             dp.tables
-                .put_servip(vip, service, policy::ROUNDROBIN, &[id])?;
+                .put_servip(vip, service, Policy::Roundrobin, &[id])?;
         }
     }
     let remote = serve(remote)?;

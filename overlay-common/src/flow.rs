@@ -39,7 +39,7 @@ pub fn pick_slot(hash: u32, count: u32) -> u32 {
 pub fn choose_slot(policy: u8, hash: u32, turn: u32, count: u32) -> u32 {
     if count == 0 {
         0
-    } else if policy == crate::maps::policy::ROUNDROBIN {
+    } else if policy == crate::policy::Policy::Roundrobin.code() {
         turn % count
     } else {
         pick_slot(hash, count)
@@ -83,12 +83,12 @@ mod tests {
 
     #[test]
     fn round_robin_takes_turns() {
-        use crate::maps::policy;
+        use crate::policy::Policy;
         let picks: [u32; 7] =
-            core::array::from_fn(|t| choose_slot(policy::ROUNDROBIN, 99, t as u32, 3));
+            core::array::from_fn(|t| choose_slot(Policy::Roundrobin.code(), 99, t as u32, 3));
         assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0]);
-        assert_eq!(choose_slot(policy::ROUNDROBIN, 99, 5, 0), 0);
-        assert_eq!(choose_slot(policy::FASTEST, 0x8000_0000, 5, 4), 2);
+        assert_eq!(choose_slot(Policy::Roundrobin.code(), 99, 5, 0), 0);
+        assert_eq!(choose_slot(Policy::Fastest.code(), 0x8000_0000, 5, 4), 2);
     }
 
     #[test]

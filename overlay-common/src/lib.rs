@@ -2,6 +2,7 @@
 //!
 //! * [`maps`]: the `#[repr(C)]` keys and values of every BPF map, with explicit
 //!   padding and compile-time size checks.
+//! * [`policy`]: the balancing policies, for names, maps and model alike.
 //! * [`registry`]: every BPF map declared once (name, kind, types, capacity,
 //!   pinning, layout version) and the limits user input must respect to fit.
 //! * [`stats`]: the per-CPU counter slots (one per verdict or drop reason).
@@ -18,6 +19,7 @@
 pub mod flow;
 pub mod maps;
 pub mod names;
+pub mod policy;
 pub mod registry;
 pub mod stats;
 

@@ -12,14 +12,6 @@
 /// (the cluster's default-deny setting); service ids start at 1.
 pub const DEFAULT_DENY: u32 = 0;
 
-/// Balancing policy a ServIP names.
-pub mod policy {
-    pub const CLOSEST: u8 = 1;
-    pub const ROUNDROBIN: u8 = 2;
-    pub const FASTEST: u8 = 3;
-    pub const FIXED: u8 = 4;
-}
-
 /// The node-wide settings, index 0 of the `CONFIG` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,6 +37,7 @@ pub struct ServIp {
     pub service: u32,
     /// Number of valid slots in `SLOTS` for this ServIP; 0 means no backend.
     pub count: u16,
+    /// `Policy::code` of the ServIP's policy.
     pub policy: u8,
     /// Which of the two slot tables is live (see [`SlotKey::new`]): the agent
     /// writes a new table into the other one and flips this in one update.
@@ -145,16 +138,19 @@ pub struct CtKey {
 
 /// Direction of a conntrack entry.
 pub mod ct {
-    /// Client → ServIP: `addr` is the chosen backend's NamespaceIP.
+    /// Client → ServIP: `nat_addr` is the chosen backend's NamespaceIP (the
+    /// new destination), `via` the backend's node id.
     pub const FORWARD: u8 = 1;
-    /// Backend → client: `addr` is the ServIP to restore as source.
+    /// Backend → client: `nat_addr` is the ServIP to restore as source.
     pub const REVERSE: u8 = 2;
-    /// External client → exposed port of this node: `addr` is the backend,
-    /// `port` the source port used toward it (from the node's SNAT address).
+    /// External client → exposed port of this node: `nat_addr` is the
+    /// backend, `nat_port` the source port used toward it (from the node's
+    /// SNAT address), `via` the backend's node id.
     pub const NS_FORWARD: u8 = 3;
-    /// Backend → node's SNAT address: `addr`/`port` are the external client's;
-    /// `node` is the gateway the client's packets were tunnelled from (its
-    /// address, a `GATEWAYS` key), 0 when the client reached the node directly.
+    /// Backend → node's SNAT address: `nat_addr`/`nat_port` are the external
+    /// client's (the new destination); `via` is the gateway the client's
+    /// packets were tunnelled from (its address, a `GATEWAYS` key), 0 when
+    /// the client reached the node directly.
     pub const NS_REVERSE: u8 = 4;
 
     /// A conntrack timestamp: the monotonic clock (`bpf_ktime_get_coarse_ns`,
@@ -174,14 +170,17 @@ pub mod ct {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
-    pub addr: u32,
-    /// Forward entries: the backend's node id (`NS_REVERSE`: see `ct`).
-    pub node: u32,
+    /// The address the translation writes (per direction: see [`ct`]).
+    pub nat_addr: u32,
+    /// Where the flow goes through: the backend's node id (forward
+    /// directions) or the gateway's address (`NS_REVERSE`).
+    pub via: u32,
     pub service: u32,
+    /// One of the [`ct`] directions.
     pub dir: u8,
     pub _pad: u8,
-    /// North-south entries: a port, network order (see `ct`).
-    pub port: u16,
+    /// North-south entries: the port the translation writes, network order.
+    pub nat_port: u16,
     /// Last tick ([`ct::tick`]) a packet used this entry (creation only, for
     /// reverse entries): the agent counts recently used forward entries as
     /// each backend's active flows.

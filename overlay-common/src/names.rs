@@ -40,41 +40,7 @@ pub enum Instance {
     Number(u32),
 }
 
-/// The policy label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Policy {
-    Closest,
-    Roundrobin,
-    Fastest,
-    /// One instance's fixed IP; needs an instance number.
-    Fixed,
-}
-
-impl Policy {
-    pub const ALL: [Policy; 4] = [
-        Policy::Closest,
-        Policy::Roundrobin,
-        Policy::Fastest,
-        Policy::Fixed,
-    ];
-
-    /// The label, lower case.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Policy::Closest => "closest",
-            Policy::Roundrobin => "roundrobin",
-            Policy::Fastest => "fastest",
-            Policy::Fixed => "fixed",
-        }
-    }
-
-    /// Reads a policy label, any case.
-    pub fn from_label(label: &str) -> Option<Policy> {
-        Policy::ALL
-            .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(label))
-    }
-}
+pub use crate::policy::Policy;
 
 /// The label positions of a name, for error messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -2,7 +2,7 @@
 //!
 //! Every packet a program judges is counted once under its verdict (the
 //! value its hook returns with), with its length. Three slots count events
-//! besides that verdict, with 0 bytes: `new_flow`, `exposed_in` and
+//! besides that verdict, with 0 bytes: `new_flow`, `north_south_in` and
 //! `gateway_in`; leave them out and the packets of the other slots add up to
 //! the packets judged. Not judged, and not counted: uplink traffic for
 //! neither a tunnel port nor an exposed port (the node's own), and what the
@@ -38,11 +38,11 @@ reasons! {
     Decap = "decap",
     /// North-south: a packet to an exposed port translated toward its backend
     /// (counted besides its delivery verdict).
-    ExposedIn = "exposed_in",
+    NorthSouthIn = "north_south_in",
     /// North-south: a backend's reply translated and sent to the external client.
-    ExposedOut = "exposed_out",
+    NorthSouthOut = "north_south_out",
     /// North-south through a gateway: a packet tunnelled by a registered
-    /// gateway to the node's NSP, decapsulated (then counted as `exposed_in`).
+    /// gateway to the node's NSP, decapsulated (then counted as `north_south_in`).
     GatewayIn = "gateway_in",
     /// North-south through a gateway: a backend's reply tunnelled back to the
     /// gateway its flow came from.

@@ -28,15 +28,8 @@ fn mac(m: &[u8; 6]) -> String {
         .join(":")
 }
 
-fn policy(p: u8) -> &'static str {
-    use overlay_common::maps::policy::*;
-    match p {
-        CLOSEST => "closest",
-        ROUNDROBIN => "roundrobin",
-        FASTEST => "fastest",
-        FIXED => "fixed",
-        _ => "?",
-    }
+fn policy(code: u8) -> &'static str {
+    overlay_common::policy::Policy::from_code(code).map_or("?", |p| p.as_str())
 }
 
 fn direction(d: u8) -> &'static str {
@@ -106,9 +99,9 @@ pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
                         "dst": format!("{}:{}", ip::from_wire(k.daddr), ip::port_from_wire(k.dport)),
                         "proto": proto(k.proto),
                         "dir": direction(e.dir),
-                        "nat": ip::from_wire(e.addr), "service": e.service,
-                        "node": (!via).then_some(e.node),
-                        "via": (via && e.node != 0).then(|| ip::from_wire(e.node)),
+                        "nat": ip::from_wire(e.nat_addr), "service": e.service,
+                        "node": (!via).then_some(e.via),
+                        "via": (via && e.via != 0).then(|| ip::from_wire(e.via)),
                         // Seconds since a packet last used the flow (kept on forward entries).
                         "idle_s": matches!(e.dir, ct::FORWARD | ct::NS_FORWARD)
                             .then(|| now.wrapping_sub(e.seen) as u64 * ct::TICK_NS / 1_000_000_000),

@@ -87,27 +87,7 @@ impl<'de> Deserialize<'de> for Subnet {
     }
 }
 
-/// Balancing policies a ServIP can name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Policy {
-    Closest,
-    Roundrobin,
-    Fastest,
-}
-
-impl Policy {
-    pub const ALL: [Policy; 3] = [Policy::Closest, Policy::Roundrobin, Policy::Fastest];
-
-    pub fn code(self) -> u8 {
-        use overlay_common::maps::policy;
-        match self {
-            Policy::Closest => policy::CLOSEST,
-            Policy::Roundrobin => policy::ROUNDROBIN,
-            Policy::Fastest => policy::FASTEST,
-        }
-    }
-}
+pub use overlay_common::policy::Policy;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -19,7 +19,7 @@ const ROUNDROBIN: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 2);
 const PORT: u16 = 8080;
 
 fn service(name: &str, id: u32, base: u8, ports: Vec<u16>) -> ServiceSpec {
-    let servips = Policy::ALL
+    let servips = Policy::SERVIPS
         .iter()
         .zip(0..)
         .map(|(p, i)| (*p, Ipv4Addr::new(172, 30, base, 1 + i)))

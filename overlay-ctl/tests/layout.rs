@@ -29,7 +29,9 @@ fn map_id(dir: &Path, name: &str) -> u32 {
 /// A dataplane pinned in `dir` with one ServIP written.
 fn first_load(dir: &Path) {
     let mut dp = Dataplane::load(Some(dir)).expect("first load");
-    dp.tables.put_servip(VIP, 7, 1, &[]).expect("ServIP");
+    dp.tables
+        .put_servip(VIP, 7, overlay_common::policy::Policy::Closest, &[])
+        .expect("ServIP");
     let recorded = dp.tables.layout();
     assert_eq!(recorded.get(def::SERVIPS.name), Some(&def::SERVIPS.version));
     assert_eq!(recorded.len(), overlay_common::registry::PINNED.len());

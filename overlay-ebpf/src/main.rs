@@ -11,7 +11,7 @@
 //! - `deliver`: local delivery into an instance;
 //! - `forward`: local or tunnelled, with the overlay MTU check;
 //! - `nat`: conntrack, backend choice and address translation;
-//! - `nodeport`: exposed services (north-south);
+//! - `north_south`: exposed services (north-south);
 //! - `icmp`: ICMP errors answered to instances;
 //! - `maps`: the maps and the counters.
 #![no_std]
@@ -26,7 +26,7 @@ mod layout;
 mod maps;
 mod nat;
 mod nexthop;
-mod nodeport;
+mod north_south;
 mod packet;
 mod tunnel;
 

@@ -12,7 +12,8 @@ use aya_ebpf::{
 use overlay_common::{
     IPPROTO_ICMP,
     flow::choose_slot,
-    maps::{CtEntry, CtKey, PortKey, ServIp, SlotKey, ct, policy},
+    maps::{CtEntry, CtKey, PortKey, ServIp, SlotKey, ct},
+    policy::Policy,
     stats::Reason,
 };
 
@@ -68,8 +69,8 @@ pub fn choose_backend(
     let fwd = ct_key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
     if let Some(e) = refresh_ct(&fwd, ct::FORWARD) {
         return Ok(Target {
-            nsip: e.addr,
-            node: e.node,
+            nsip: e.nat_addr,
+            node: e.via,
         });
     }
     let port = match f.l4 {
@@ -94,19 +95,20 @@ pub fn choose_backend(
     if sv.count == 0 {
         return Err(Reason::DropNoBackend);
     }
-    let turn = match sv.policy {
-        policy::ROUNDROBIN => crate::maps::next_turn(f.daddr),
-        _ => 0,
+    let turn = if sv.policy == Policy::Roundrobin.code() {
+        crate::maps::next_turn(f.daddr)
+    } else {
+        0
     };
     let b = pick_backend(f.daddr, sv, f.hash, turn)?;
     let seen = crate::maps::tick();
     let entry = |addr, node, dir| CtEntry {
-        addr,
-        node,
+        nat_addr: addr,
+        via: node,
         service: sv.service,
         dir,
         _pad: 0,
-        port: 0,
+        nat_port: 0,
         seen,
     };
     let rev = ct_key(b.nsip, f.saddr, f.dport, f.sport, f.proto);
@@ -180,7 +182,7 @@ pub enum Reversed {
 pub fn reverse_nat(ctx: &TcContext, f: &mut Flow, node_ip: u32) -> Result<Reversed, Reason> {
     if f.l4 == L4::IcmpError {
         if let Some(e) = translate_icmp_error(ctx, f, ct::REVERSE)? {
-            f.saddr = e.addr;
+            f.saddr = e.nat_addr;
         }
         return Ok(Reversed::Overlay);
     }
@@ -192,18 +194,18 @@ pub fn reverse_nat(ctx: &TcContext, f: &mut Flow, node_ip: u32) -> Result<Revers
     };
     match e.dir {
         ct::REVERSE => {
-            rewrite_addr(ctx, f.l4, IP_SRC, f.saddr, e.addr)?;
-            f.saddr = e.addr;
+            rewrite_addr(ctx, f.l4, IP_SRC, f.saddr, e.nat_addr)?;
+            f.saddr = e.nat_addr;
             Ok(Reversed::Overlay)
         }
         ct::NS_REVERSE => {
             rewrite_addr(ctx, f.l4, IP_SRC, f.saddr, node_ip)?;
-            rewrite_addr(ctx, f.l4, IP_DST, f.daddr, e.addr)?;
-            rewrite_port(ctx, f.l4, L4_DPORT, f.dport, e.port)?;
+            rewrite_addr(ctx, f.l4, IP_DST, f.daddr, e.nat_addr)?;
+            rewrite_port(ctx, f.l4, L4_DPORT, f.dport, e.nat_port)?;
             f.saddr = node_ip;
-            f.daddr = e.addr;
-            f.dport = e.port;
-            Ok(Reversed::External { via: e.node })
+            f.daddr = e.nat_addr;
+            f.dport = e.nat_port;
+            Ok(Reversed::External { via: e.via })
         }
         _ => Ok(Reversed::Overlay),
     }
@@ -270,11 +272,11 @@ pub fn translate_icmp_error(ctx: &TcContext, f: &Flow, dir: u8) -> Result<Option
         (QUOTE_SRC, q.saddr, IP_DST, f.daddr)
     };
     let h = |_| Reason::DropHelper;
-    write(ctx, field, &e.addr)?;
-    let new_check = csum_replace4(q.check, old, e.addr);
+    write(ctx, field, &e.nat_addr)?;
+    let new_check = csum_replace4(q.check, old, e.nat_addr);
     write(ctx, QUOTE_CSUM, &new_check)?;
     // The ICMP checksum covers the quote: both changed fields enter it.
-    ctx.l4_csum_replace(ICMP_CSUM, old as u64, e.addr as u64, FIELD_U32 as u64)
+    ctx.l4_csum_replace(ICMP_CSUM, old as u64, e.nat_addr as u64, FIELD_U32 as u64)
         .map_err(h)?;
     ctx.l4_csum_replace(
         ICMP_CSUM,
@@ -284,7 +286,7 @@ pub fn translate_icmp_error(ctx: &TcContext, f: &Flow, dir: u8) -> Result<Option
     )
     .map_err(h)?;
     if outer_old == old {
-        rewrite_addr(ctx, L4::IcmpError, outer, old, e.addr)?;
+        rewrite_addr(ctx, L4::IcmpError, outer, old, e.nat_addr)?;
     }
     Ok(Some(e))
 }

@@ -5,7 +5,8 @@ use std::net::Ipv4Addr;
 use anyhow::bail;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo};
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
-use overlay_common::maps::{Config, CtEntry, CtKey, Endpoint, ip, policy};
+use overlay_common::maps::{Config, CtEntry, CtKey, Endpoint, ip};
+use overlay_common::policy::Policy;
 use overlay_common::registry::def;
 use overlay_common::{DEFAULT_EWP, IPPROTO_TCP};
 use overlay_ctl::dataplane::{Dataplane, programs};
@@ -164,7 +165,7 @@ pub(super) fn configure(dp: &mut Dataplane, uplink_ifindex: u32) -> anyhow::Resu
         let id = u32::from(backend);
         t.put_port(service, PORT, IPPROTO_TCP)?;
         t.put_backend(id, backend, node)?;
-        t.put_servip(vip, service, policy::ROUNDROBIN, &[id])?;
+        t.put_servip(vip, service, Policy::Roundrobin, &[id])?;
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ use overlay_common::maps::{
     Backend, Config, Counter, CtEntry, CtKey, Endpoint, Layout, NeedKey, Node, PortKey, ServIp,
     SlotKey, ct, ip,
 };
+use overlay_common::policy::Policy;
 use overlay_common::registry::{self, MapDef, MapKind, def};
 use overlay_common::stats::{REASONS, Reason};
 
@@ -232,7 +233,7 @@ impl Tables {
         &mut self,
         servip: Ipv4Addr,
         service: u32,
-        policy: u8,
+        policy: Policy,
         slots: &[u32],
     ) -> Result<()> {
         let vip = ip::to_wire(servip);
@@ -247,7 +248,7 @@ impl Tables {
         let sv = ServIp {
             service,
             count,
-            policy,
+            policy: policy.code(),
             table,
         };
         self.servips
@@ -397,7 +398,7 @@ impl Tables {
         for (_, e) in self.conntrack() {
             let forward = e.dir == ct::FORWARD || e.dir == ct::NS_FORWARD;
             if forward && now.wrapping_sub(e.seen) <= window {
-                *out.entry(ip::from_wire(e.addr)).or_insert(0) += 1;
+                *out.entry(ip::from_wire(e.nat_addr)).or_insert(0) += 1;
             }
         }
         out

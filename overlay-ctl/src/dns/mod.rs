@@ -95,34 +95,29 @@ pub fn resolve(state: &ClusterState, qname: &str) -> Answer {
 /// The address of a parsed name, if it exists in `state`.
 pub fn lookup(state: &ClusterState, name: &Name<'_>) -> Option<Ipv4Addr> {
     let service = state.services.iter().find(|s| name.is_service(&s.name))?;
-    let policy = match name.policy {
-        names::Policy::Closest => Policy::Closest,
-        names::Policy::Roundrobin => Policy::Roundrobin,
-        names::Policy::Fastest => Policy::Fastest,
-        names::Policy::Fixed => {
-            let Instance::Number(n) = name.instance else {
-                return None;
-            };
-            // The orchestrator's claim first: the name stays while instance N
-            // is down (connections then fail fast instead of the name vanishing).
-            let claim = state
-                .fixed
-                .iter()
-                .find(|f| f.instance == n && f.service.eq_ignore_ascii_case(&service.name));
-            if let Some(f) = claim {
-                return Some(f.ip);
-            }
-            return state
-                .instances
-                .iter()
-                .find(|i| i.instance == n && i.service.eq_ignore_ascii_case(&service.name))?
-                .fixed_ip;
+    if name.policy == Policy::Fixed {
+        let Instance::Number(n) = name.instance else {
+            return None;
+        };
+        // The orchestrator's claim first: the name stays while instance N
+        // is down (connections then fail fast instead of the name vanishing).
+        let claim = state
+            .fixed
+            .iter()
+            .find(|f| f.instance == n && f.service.eq_ignore_ascii_case(&service.name));
+        if let Some(f) = claim {
+            return Some(f.ip);
         }
-    };
+        return state
+            .instances
+            .iter()
+            .find(|i| i.instance == n && i.service.eq_ignore_ascii_case(&service.name))?
+            .fixed_ip;
+    }
     if service.stateful || name.instance != Instance::Any {
         return None;
     }
-    service.servips.get(&policy).copied()
+    service.servips.get(&name.policy).copied()
 }
 
 #[cfg(test)]

@@ -233,7 +233,7 @@ fn nothing<K, V>(_: &K, _: &V) -> Option<Dep> {
     None
 }
 
-type Slots = (u32, u8, Vec<u32>);
+type Slots = (u32, overlay_common::policy::Policy, Vec<u32>);
 
 /// Every table, in the order additions are made (removals go backwards):
 /// what a packet reaches through an entry is written before the entry.

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use overlay_common::maps::{Config, Endpoint, ip, policy};
+use overlay_common::maps::{Config, Endpoint, ip};
 use overlay_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::balance::{self, Candidate, Params};
@@ -33,7 +33,7 @@ pub struct MapSet {
     pub ports: BTreeSet<(u32, u16, u8)>,
     pub endpoints: BTreeMap<Ipv4Addr, Endpoint>,
     /// ServIP → (service id, policy, slots)
-    pub servips: BTreeMap<Ipv4Addr, (u32, u8, Vec<u32>)>,
+    pub servips: BTreeMap<Ipv4Addr, (u32, Policy, Vec<u32>)>,
     /// Services whose new flows are limited to their `needs`
     /// (`DEFAULT_DENY`: the cluster denies services without `needs`).
     pub restricted: BTreeSet<u32>,
@@ -154,7 +154,7 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
             .collect();
         for (&pol, &vip) in &svc.servips {
             let table = slots(pol, &candidates, &local.balance);
-            m.servips.insert(vip, (svc.id, pol.code(), table));
+            m.servips.insert(vip, (svc.id, pol, table));
         }
         fixed_ips(
             &mut m,
@@ -210,6 +210,9 @@ pub fn slots(pol: Policy, candidates: &[Candidate], p: &Params) -> Vec<u32> {
         Policy::Closest => balance::closest(candidates, p),
         Policy::Roundrobin => balance::roundrobin(candidates),
         Policy::Fastest => balance::fastest(candidates, p),
+        // Fixed IPs lead to one instance each (`fixed_ips`); a service
+        // record listing one among its ServIPs gets a table without backends.
+        Policy::Fixed => Vec::new(),
     }
 }
 
@@ -218,7 +221,7 @@ pub fn slots(pol: Policy, candidates: &[Candidate], p: &Params) -> Vec<u32> {
 /// fast (ICMP host unreachable) and never go elsewhere.
 fn fixed_ips(m: &mut MapSet, service: u32, live: &[(&InstanceSpec, u32)], claims: &[&FixedIp]) {
     for c in claims {
-        m.servips.insert(c.ip, (service, policy::FIXED, Vec::new()));
+        m.servips.insert(c.ip, (service, Policy::Fixed, Vec::new()));
     }
     for (inst, _) in live {
         let claimed = claims
@@ -227,7 +230,7 @@ fn fixed_ips(m: &mut MapSet, service: u32, live: &[(&InstanceSpec, u32)], claims
             .map(|c| c.ip);
         if let Some(ip) = claimed.or(inst.fixed_ip) {
             m.servips
-                .insert(ip, (service, policy::FIXED, vec![inst.backend_id()]));
+                .insert(ip, (service, Policy::Fixed, vec![inst.backend_id()]));
         }
     }
 }
@@ -256,7 +259,10 @@ pub fn read(t: &Tables) -> MapSet {
     let mut slots = t.all_slots();
     for (vip, sv) in t.servips() {
         let table = slots.remove(&vip).unwrap_or_default();
-        m.servips.insert(vip, (sv.service, sv.policy, table));
+        // An unknown code is not ours: the next pass writes the entry anew.
+        if let Some(policy) = Policy::from_code(sv.policy) {
+            m.servips.insert(vip, (sv.service, policy, table));
+        }
     }
     m.restricted = t.restricted().into_iter().collect();
     m.needs = t.needs().into_iter().map(|k| (k.src, k.dst)).collect();

@@ -31,7 +31,7 @@ fn state() -> ClusterState {
             id: 7,
             ports: vec![80],
             stateful: false,
-            servips: Policy::ALL
+            servips: Policy::SERVIPS
                 .iter()
                 .zip(1..)
                 .map(|(p, i)| (*p, Ipv4Addr::new(172, 30, 0, i)))
@@ -134,10 +134,10 @@ fn fixed_ip_of_a_missing_instance_fails_fast() {
     let n2 = u32::from(Ipv4Addr::new(10, 30, 2, 2));
     assert_eq!(
         want(desired(&s, &local(&eps))),
-        (7, policy::FIXED, vec![n2])
+        (7, Policy::Fixed, vec![n2])
     );
     s.instances.pop();
-    assert_eq!(want(desired(&s, &local(&eps))), (7, policy::FIXED, vec![]));
+    assert_eq!(want(desired(&s, &local(&eps))), (7, Policy::Fixed, vec![]));
 }
 
 #[test]
@@ -152,7 +152,7 @@ fn fixed_ips_for_stateful_instances() {
     let (_, pol, slots) = &m.servips[&Ipv4Addr::new(172, 30, 1, 2)];
     assert_eq!(
         (*pol, slots.clone()),
-        (policy::FIXED, vec![u32::from(Ipv4Addr::new(10, 30, 2, 2))])
+        (Policy::Fixed, vec![u32::from(Ipv4Addr::new(10, 30, 2, 2))])
     );
 }
 
@@ -211,7 +211,8 @@ fn maps_with(backends: &[u32], servips: &[(u32, Vec<u32>)]) -> MapSet {
     for (i, (svc, slots)) in servips.iter().enumerate() {
         m.ports.insert((*svc, 80, IPPROTO_TCP));
         let vip = Ipv4Addr::new(172, 30, 0, 1 + i as u8);
-        m.servips.insert(vip, (*svc, 1, slots.clone()));
+        m.servips
+            .insert(vip, (*svc, Policy::Closest, slots.clone()));
     }
     m
 }

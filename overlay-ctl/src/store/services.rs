@@ -76,8 +76,8 @@ impl Store {
             success.extend(expose_ops);
             let mut servips = BTreeMap::new();
             if !d.stateful {
-                let picks = self.pick(pool, Policy::ALL.len(), &r[2], &r[3])?;
-                for (policy, pick) in Policy::ALL.into_iter().zip(&picks) {
+                let picks = self.pick(pool, Policy::SERVIPS.len(), &r[2], &r[3])?;
+                for (policy, pick) in Policy::SERVIPS.into_iter().zip(&picks) {
                     let claim = AddressClaim {
                         service: name.clone(),
                         policy: Some(policy),

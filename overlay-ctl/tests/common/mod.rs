@@ -196,7 +196,7 @@ impl Cluster {
                 .put_servip(
                     vip,
                     service,
-                    overlay_common::maps::policy::ROUNDROBIN,
+                    overlay_common::policy::Policy::Roundrobin,
                     &slots,
                 )
                 .expect("servip");

@@ -62,7 +62,7 @@ fn expected() -> Vec<(String, Ipv4Addr)> {
 
 fn state() -> ClusterState {
     let servips = |c: u8, d: [u8; 3]| -> BTreeMap<Policy, Ipv4Addr> {
-        Policy::ALL
+        Policy::SERVIPS
             .into_iter()
             .zip(d)
             .map(|(p, d)| (p, ip(c, d)))
@@ -98,7 +98,7 @@ fn state() -> ClusterState {
     };
     for i in 0..100u8 {
         let name = format!("app{i}.ns.svc{i}.team");
-        let servips = Policy::ALL
+        let servips = Policy::SERVIPS
             .into_iter()
             .enumerate()
             .map(|(k, p)| (p, ip(100 + k as u8, i)))

@@ -72,7 +72,7 @@ fn tunnelled_client_reaches_a_local_backend_and_the_reply_goes_back_to_the_gatew
                 before.delta(&dp),
                 [
                     (Reason::DeliverLocal, 1),
-                    (Reason::ExposedIn, 1),
+                    (Reason::NorthSouthIn, 1),
                     (Reason::GatewayIn, 1),
                     (Reason::NewFlow, 1)
                 ]
@@ -87,7 +87,7 @@ fn tunnelled_client_reaches_a_local_backend_and_the_reply_goes_back_to_the_gatew
                 .into_iter()
                 .find(|(_, e)| e.dir == ct::NS_REVERSE)
                 .expect("a reverse entry");
-            assert_eq!(rev.1.node, wire(GATEWAY), "the reply's gateway is kept");
+            assert_eq!(rev.1.via, wire(GATEWAY), "the reply's gateway is kept");
 
             let reply = tcp(BACKEND.ip, HTTP, SNAT, CLIENT_PORT);
             let before = snapshot(&dp);

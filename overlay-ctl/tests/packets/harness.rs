@@ -8,7 +8,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use aya::programs::{ProgramError, TestRun, TestRunOptions, TestRunResult};
-use overlay_common::maps::{Config, CtEntry, CtKey, Endpoint, ct, ip, policy};
+use overlay_common::maps::{Config, CtEntry, CtKey, Endpoint, ct, ip};
+use overlay_common::policy::Policy;
 use overlay_common::stats::Reason;
 use overlay_ctl::dataplane::{Dataplane, programs};
 use overlay_testnet::Netns;
@@ -128,10 +129,10 @@ pub fn node(uplink_ifindex: u32) -> Dataplane {
 /// Publishes [`VIP`] with these backend ids as its slot table (a
 /// hash-balanced policy, so tests can predict the slot of a flow).
 pub fn servip(dp: &mut Dataplane, slots: &[u32]) {
-    servip_with(dp, policy::FASTEST, slots);
+    servip_with(dp, Policy::Fastest, slots);
 }
 
-pub fn servip_with(dp: &mut Dataplane, pol: u8, slots: &[u32]) {
+pub fn servip_with(dp: &mut Dataplane, pol: Policy, slots: &[u32]) {
     dp.tables.put_servip(VIP, SERVICE, pol, slots).unwrap();
 }
 
@@ -311,21 +312,21 @@ pub fn ct_pair(
     node: u32,
 ) -> Vec<(CtKey, CtEntry)> {
     let fwd = CtEntry {
-        addr: wire(backend),
-        node,
+        nat_addr: wire(backend),
+        via: node,
         service: SERVICE,
         dir: ct::FORWARD,
         _pad: 0,
-        port: 0,
+        nat_port: 0,
         seen: 0,
     };
     let rev = CtEntry {
-        addr: wire(VIP),
-        node: NODE_ID,
+        nat_addr: wire(VIP),
+        via: NODE_ID,
         service: SERVICE,
         dir: ct::REVERSE,
         _pad: 0,
-        port: 0,
+        nat_port: 0,
         seen: 0,
     };
     let mut v = vec![

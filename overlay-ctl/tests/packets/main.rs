@@ -15,7 +15,7 @@
 //! * [`translate`]: new flows, conntrack, local delivery, encapsulation.
 //! * [`reverse`]: replies, decapsulation, ICMP errors about tracked flows.
 //! * [`unreachable`]: the ICMP errors the programs generate.
-//! * [`nodeport`], [`gateway`]: north-south, direct and tunnelled by a gateway.
+//! * [`north_south`], [`gateway`]: north-south, direct and tunnelled by a gateway.
 //! * [`malformed`]: truncation, options, fragments, spoofing, unknown peers.
 //! * [`cost`]: nanoseconds per packet on the two hot paths (printed only).
 
@@ -23,7 +23,7 @@ mod cost;
 mod gateway;
 mod harness;
 mod malformed;
-mod nodeport;
+mod north_south;
 mod reverse;
 mod translate;
 mod unreachable;

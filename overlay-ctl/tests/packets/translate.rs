@@ -344,14 +344,18 @@ fn slot_choice_matches_overlay_common() {
 fn round_robin_takes_the_slots_in_turn() {
     pin_to_one_cpu();
     let mut dp = node(LO);
-    servip_with(&mut dp, overlay_common::maps::policy::ROUNDROBIN, &[B1, B2]);
+    servip_with(
+        &mut dp,
+        overlay_common::policy::Policy::Roundrobin,
+        &[B1, B2],
+    );
     for (i, sport) in (31000..31006).enumerate() {
         let to = [BACKEND, BACKEND2][i % 2];
         let want = tcp(CLIENT.ip, sport, to.ip, HTTP);
         delivered(&mut dp, &tcp(CLIENT.ip, sport, VIP, HTTP), &to, &want, true);
     }
     // A new table (B2 only) replaces the old one whole; old slots are gone.
-    servip_with(&mut dp, overlay_common::maps::policy::ROUNDROBIN, &[B2]);
+    servip_with(&mut dp, overlay_common::policy::Policy::Roundrobin, &[B2]);
     assert_eq!(dp.tables.slots(VIP), [B2]);
     assert_eq!(
         dp.tables.all_slots(),

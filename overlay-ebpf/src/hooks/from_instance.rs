@@ -23,7 +23,7 @@ use crate::icmp;
 use crate::layout::{IP_DST, L4_OFF};
 use crate::maps::{ENDPOINTS, ROUTES, SERVIPS, config, count, log_due};
 use crate::nat::{self, Reversed};
-use crate::nodeport;
+use crate::north_south;
 use crate::packet::{self, Flow, L4};
 
 /// Prefix length of a single address in `ROUTES`.
@@ -77,7 +77,7 @@ fn try_from_instance(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         return Ok(answered);
     }
     if let Reversed::External { via } = nat::reverse_nat(ctx, &mut f, cfg.node_ip)? {
-        return nodeport::reply_out(ctx, cfg, &f, via);
+        return north_south::reply_out(ctx, cfg, &f, via);
     }
     send(ctx, cfg, &f, dest)
 }
@@ -94,8 +94,8 @@ fn to_servip(
 ) -> Result<(i32, Reason), Reason> {
     if f.l4 == L4::IcmpError {
         let e = nat::translate_icmp_error(ctx, &f, ct::FORWARD)?.ok_or(Reason::DropPort)?;
-        f.daddr = e.addr;
-        return send(ctx, cfg, &f, forward::resolve(e.addr, e.node, cfg)?);
+        f.daddr = e.nat_addr;
+        return send(ctx, cfg, &f, forward::resolve(e.nat_addr, e.via, cfg)?);
     }
     let t = match nat::choose_backend(&f, sv, src_service, cfg.node_id) {
         Ok(t) => t,

@@ -2,7 +2,7 @@
 //! decapsulated, replies get their ServIP back, and the inner packet is
 //! delivered into its instance. RTT probes from registered nodes pass up to
 //! the agent. Packets to an exposed port of the node, and those a registered
-//! gateway tunnels to the node's NSP, go to `nodeport`.
+//! gateway tunnels to the node's NSP, go to `north_south`.
 //! Everything else passes untouched.
 
 use aya_ebpf::{
@@ -16,7 +16,7 @@ use crate::deliver;
 use crate::layout::{INNER_IP, INNER_L4, Ipv4, L4_OFF, Udp};
 use crate::maps::{ENDPOINTS, config, count, stranger};
 use crate::nat::{self, Reversed};
-use crate::nodeport;
+use crate::north_south;
 use crate::packet::{self, read};
 use crate::tunnel::{self, Port};
 
@@ -50,7 +50,7 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
     };
     let Some(port) = tunnel::port(cfg, &ip, &udp) else {
         // Not a tunnel: an exposed service's port, or the node's own traffic.
-        return nodeport::forward_in(ctx, cfg, &ip, 0);
+        return north_south::forward_in(ctx, cfg, &ip, 0);
     };
     // From here on the packet is addressed to a tunnel port: it is ours to judge.
     if ip.is_fragment() {
@@ -60,7 +60,7 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
         return Err(stranger(ctx, reason, ip.saddr));
     }
     match port {
-        Port::Nsp => nodeport::decap_from_gateway(ctx, cfg, &ip).map(Some),
+        Port::Nsp => north_south::decap_from_gateway(ctx, cfg, &ip).map(Some),
         Port::Ewp => from_peer(ctx, cfg).map(Some),
     }
 }
@@ -79,7 +79,7 @@ fn from_peer(ctx: &TcContext, cfg: &Config) -> Result<(i32, Reason), Reason> {
     let mut f = packet::flow(ctx, &inner, INNER_L4)?;
     tunnel::decap(ctx)?;
     if let Reversed::External { via } = nat::reverse_nat(ctx, &mut f, cfg.node_ip)? {
-        return nodeport::reply_out(ctx, cfg, &f, via);
+        return north_south::reply_out(ctx, cfg, &f, via);
     }
     // SAFETY: value copied out at once.
     let ep = unsafe { ENDPOINTS.get(f.daddr) }

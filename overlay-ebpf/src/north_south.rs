@@ -54,7 +54,10 @@ pub fn reply_out(
     via: u32,
 ) -> Result<(i32, Reason), Reason> {
     if via == 0 {
-        return Ok((nexthop::route_out(ctx, cfg, f.daddr)?, Reason::ExposedOut));
+        return Ok((
+            nexthop::route_out(ctx, cfg, f.daddr)?,
+            Reason::NorthSouthOut,
+        ));
     }
     // SAFETY: value copied out at once.
     let gw = unsafe { GATEWAYS.get(via) }
@@ -90,7 +93,7 @@ pub fn forward_in(
     let f = packet::flow(ctx, ip, L4_OFF)?;
     let fwd = ct_key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
     let (backend, node, sport) = match nat::refresh_ct(&fwd, ct::NS_FORWARD) {
-        Some(e) => (e.addr, e.node, e.port),
+        Some(e) => (e.nat_addr, e.via, e.nat_port),
         None => open_flow(&f, &exp, &fwd, via)?,
     };
     let dest = forward::resolve(backend, node, cfg)?;
@@ -100,7 +103,7 @@ pub fn forward_in(
     nat::rewrite_addr(ctx, f.l4, IP_DST, f.daddr, backend)?;
     nat::rewrite_addr(ctx, f.l4, IP_SRC, f.saddr, exp.snat)?;
     nat::rewrite_port(ctx, f.l4, L4_SPORT, f.sport, sport)?;
-    count(Reason::ExposedIn, 0);
+    count(Reason::NorthSouthIn, 0);
     send(ctx, cfg, &f, dest).map(Some)
 }
 
@@ -122,8 +125,8 @@ fn open_flow(f: &Flow, exp: &Exposed, fwd: &CtKey, via: u32) -> Result<(u32, u32
     let mut i = 0;
     while i < PORT_TRIES {
         let rev = ct_key(b.nsip, exp.snat, f.dport, port, f.proto);
-        free =
-            lookup_ct(&rev, ct::NS_REVERSE).is_none_or(|e| e.addr == f.saddr && e.port == f.sport);
+        free = lookup_ct(&rev, ct::NS_REVERSE)
+            .is_none_or(|e| e.nat_addr == f.saddr && e.nat_port == f.sport);
         if free {
             break;
         }
@@ -133,13 +136,13 @@ fn open_flow(f: &Flow, exp: &Exposed, fwd: &CtKey, via: u32) -> Result<(u32, u32
     if !free {
         return Err(Reason::DropNoRoute);
     }
-    let entry = |addr, port, node, dir| CtEntry {
-        addr,
-        node,
+    let entry = |addr, port, via, dir| CtEntry {
+        nat_addr: addr,
+        via,
         service: sv.service,
         dir,
         _pad: 0,
-        port,
+        nat_port: port,
         seen: crate::maps::tick(),
     };
     let rev = ct_key(b.nsip, exp.snat, f.dport, port, f.proto);

@@ -40,7 +40,7 @@ fn exposed_port_reaches_the_backend_and_the_reply_leaves_from_the_node() {
                 before.delta(&dp),
                 [
                     (Reason::DeliverLocal, 1),
-                    (Reason::ExposedIn, 1),
+                    (Reason::NorthSouthIn, 1),
                     (Reason::NewFlow, 1)
                 ]
             );
@@ -61,7 +61,7 @@ fn exposed_port_reaches_the_backend_and_the_reply_leaves_from_the_node() {
             let before = snapshot(&dp);
             let (ret, out) = from_instance(&mut dp, &from(&BACKEND, &reply), BACKEND.ifindex);
             assert_eq!(ret, TC_ACT_REDIRECT);
-            assert_eq!(before.delta(&dp), [(Reason::ExposedOut, 1)]);
+            assert_eq!(before.delta(&dp), [(Reason::NorthSouthOut, 1)]);
             let f = parse(&out);
             assert_eq!((f.eth.destination, f.eth.source), (PEER_MAC, UPLINK_MAC));
             assert_eq!(&out[14..], &tcp(NODE_IP, HTTP, OUTSIDE, CLIENT_PORT)[..]);
