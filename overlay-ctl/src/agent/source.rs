@@ -1,5 +1,7 @@
-//! Where the desired cluster state comes from. Today: a JSON file, re-read
-//! when it changes; the cluster issue adds etcd behind the same channel.
+//! The desired cluster state from a JSON file (`state_file`), re-read when
+//! it changes: the source of an agent without a store. With a store the
+//! state comes from etcd instead (`store::follow`), into the same kind of
+//! watch channel.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -13,17 +15,21 @@ use crate::model::ClusterState;
 const POLL: Duration = Duration::from_millis(300);
 
 fn read(path: &PathBuf) -> Result<ClusterState> {
-    let bytes =
-        std::fs::read(path).map_err(|e| AgentError::State(format!("{}: {e}", path.display())))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| AgentError::State(format!("{}: {e}", path.display())))
+    let bytes = std::fs::read(path).map_err(|source| AgentError::StateFile {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| AgentError::StateFormat {
+        path: path.clone(),
+        source,
+    })
 }
 
 /// Starts following the configured source; the receiver holds the latest state.
 pub fn spawn(cfg: &AgentConfig) -> Result<watch::Receiver<ClusterState>> {
     let Some(path) = cfg.state_file.clone() else {
-        return Err(AgentError::State(
-            "no state_file configured (etcd arrives with the cluster issue)".into(),
+        return Err(AgentError::NoSource(
+            "neither a store nor a state_file is configured",
         ));
     };
     let (tx, rx) = watch::channel(read(&path)?);
