@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -149,34 +151,51 @@ fn reads_answer_while_a_deploy_waits_on_the_store() {
     assert!(out.status.success(), "the deploy goes through: {out:?}");
 }
 
-#[test]
-fn sigterm_lets_a_deploy_in_flight_finish() {
-    let mut n = setup("drain");
-    let inst = Netns::new("d1").unwrap();
-    let paused = Paused::new(&n.etcd);
-    let deploy = start_deploy(&n.agent, &inst);
-    std::thread::sleep(Duration::from_millis(500));
-    let mut agent_proc = n.agent.proc.take().unwrap();
-    let pid = Pid::from_raw(agent_proc.id() as i32);
-    kill(pid, Signal::SIGTERM).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        agent_proc.try_wait().unwrap().is_none(),
-        "the agent waits for the deploy in flight"
-    );
-    let late = n.agent.ctl(&["instance", "ls"]);
-    assert!(!late.status.success(), "no new calls once stopping");
-    drop(paused);
+/// A deploy sent by hand whose request is only half sent: the agent has
+/// taken the call, but its body is still on the way.
+struct HalfSent {
+    stream: UnixStream,
+    rest: String,
+}
 
-    let out = deploy.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the deploy in flight at SIGTERM answers success: {out:?}"
-    );
-    let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let status = agent_proc.wait().unwrap();
-    assert!(status.success(), "the agent exits cleanly: {status}");
+impl HalfSent {
+    fn start(agent: &Agent, instance: u32, netns: &Netns) -> HalfSent {
+        let body =
+            serde_json::json!({ "service": API, "instance": instance, "netns": netns.name() })
+                .to_string();
+        let mut stream = UnixStream::connect(&agent.socket).unwrap();
+        let (first, rest) = body.split_at(body.len() / 2);
+        write!(
+            stream,
+            "POST /v1/instances HTTP/1.1\r\nHost: overlay\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{first}",
+            body.len()
+        )
+        .unwrap();
+        HalfSent {
+            stream,
+            rest: rest.to_string(),
+        }
+    }
 
+    /// Sends the rest of the body.
+    fn send_rest(&mut self) {
+        self.stream.write_all(self.rest.as_bytes()).unwrap();
+    }
+
+    /// The status line and the body of the answer.
+    fn answer(mut self) -> (String, serde_json::Value) {
+        let mut answer = String::new();
+        let _ = self.stream.read_to_string(&mut answer);
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        let status = head.lines().next().unwrap_or("").to_string();
+        (status, serde_json::from_str(body).unwrap_or_default())
+    }
+}
+
+/// Whether instance `rec` is fully linked on node 1 after its agent stopped:
+/// its link carries the program, its record is saved, the maps deliver to it.
+fn assert_linked(n: &Node, rec: &serde_json::Value) {
     let (nsip, host_if) = (
         rec["nsip"].as_str().unwrap(),
         rec["host_if"].as_str().unwrap(),
@@ -184,12 +203,52 @@ fn sigterm_lets_a_deploy_in_flight_finish() {
     assert_eq!(
         tcx_programs(n.topo.node(1).ns(), host_if),
         1,
-        "the instance's link carries its program"
+        "the link of {nsip} carries its program"
     );
     let saved = std::fs::read_to_string(n.work.dir.join("n1/state/instances.json")).unwrap();
-    assert!(saved.contains(nsip), "the instance is recorded: {saved}");
+    assert!(saved.contains(nsip), "{nsip} is recorded: {saved}");
     assert!(
         n.agent.maps_json("endpoints").to_string().contains(nsip),
-        "the maps deliver to the instance"
+        "the maps deliver to {nsip}"
     );
+}
+
+#[test]
+fn sigterm_lets_calls_in_flight_finish() {
+    let mut n = setup("drain");
+    let (ns1, ns2) = (Netns::new("d1").unwrap(), Netns::new("d2").unwrap());
+    let paused = Paused::new(&n.etcd);
+    // One deploy waits on the store, another is still being received.
+    let waiting = start_deploy(&n.agent, &ns1);
+    let mut arriving = HalfSent::start(&n.agent, 2, &ns2);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut agent_proc = n.agent.proc.take().unwrap();
+    let pid = Pid::from_raw(agent_proc.id() as i32);
+    kill(pid, Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        agent_proc.try_wait().unwrap().is_none(),
+        "the agent waits for the calls in flight"
+    );
+    let late = n.agent.ctl(&["instance", "ls"]);
+    assert!(!late.status.success(), "no new calls once stopping");
+    arriving.send_rest();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(paused);
+    let (status, second) = arriving.answer();
+
+    assert!(
+        status.contains(" 200 "),
+        "the call received at SIGTERM answers: {status}"
+    );
+    let out = waiting.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the deploy waiting at SIGTERM answers success: {out:?}"
+    );
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let exit = agent_proc.wait().unwrap();
+    assert!(exit.success(), "the agent exits cleanly: {exit}");
+    assert_linked(&n, &first);
+    assert_linked(&n, &second);
 }
