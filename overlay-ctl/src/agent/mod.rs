@@ -4,8 +4,9 @@
 //! dataplane with pinned maps and adopt or create its pinned links, re-link
 //! the local instances recorded in the state directory, resync the maps
 //! against the desired state, then serve the API and follow the desired
-//! state. SIGTERM and SIGINT stop the agent and leave the dataplane
-//! forwarding on its last state; `--teardown` removes everything.
+//! state. SIGTERM and SIGINT stop the agent: it takes no new API calls, lets
+//! those in flight finish, and leaves the dataplane forwarding on its last
+//! state; `--teardown` removes everything.
 
 mod cluster;
 mod error;
@@ -135,13 +136,14 @@ struct Maps {
 pub type Shared = Arc<Agent>;
 
 impl Agent {
-    /// The in-memory state. Nothing panics while holding it, but a poisoned
-    /// lock still holds consistent data: every update is a plain assignment.
+    /// The in-memory state. Nothing is meant to panic while holding it; if
+    /// something did, at worst one update is missing, so a poisoned lock is
+    /// taken over rather than taking the agent down with it.
     pub fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The dataplane; see [`Agent::maps`] field for what may be done under it.
+    /// The dataplane: for map writes and program attach/detach only.
     fn maps(&self) -> MutexGuard<'_, Maps> {
         self.maps.lock().unwrap_or_else(PoisonError::into_inner)
     }

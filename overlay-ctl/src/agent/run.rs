@@ -17,8 +17,53 @@ use crate::reconcile;
 /// wait on the store for a few of its call timeouts).
 const DRAIN: Duration = Duration::from_secs(30);
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// What start-up hands to the running agent's tasks.
+struct Started {
+    agent: Agent,
+    cluster_rx: watch::Receiver<ClusterState>,
+    prober: Option<crate::probe::Prober>,
+    scan: Arc<Tables>,
+}
+
+/// Runs the agent until SIGTERM or SIGINT, then lets the API calls in
+/// flight finish (for up to [`DRAIN`]).
 pub async fn run(cfg: AgentConfig) -> Result<()> {
+    let Started {
+        agent,
+        cluster_rx,
+        prober,
+        scan,
+    } = start(cfg).await?;
+    instances::restore(&agent).await?;
+    agent.reconcile()?;
+    let shared: Shared = Arc::new(agent);
+    let changed = Arc::new(Notify::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = crate::api::serve(shared.clone(), changed.clone(), stop_rx).await?;
+    let follow = tokio::spawn(follow(shared.clone(), cluster_rx, changed));
+    let period = Duration::from_millis(match shared.cfg.probe_interval_ms {
+        0 => 1000,
+        ms => ms,
+    });
+    let measure = tokio::spawn(metrics::measure(shared.clone(), prober, scan, period));
+    host::wait_for_signal().await;
+    tracing::info!("stopping; the dataplane keeps forwarding");
+    // New clients find no socket; calls already made run to their end.
+    let _ = std::fs::remove_file(&shared.cfg.api_socket);
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(DRAIN, server).await.is_err() {
+        tracing::warn!("API calls still running after {DRAIN:?}; stopping without them");
+    }
+    for task in [measure, follow] {
+        task.abort();
+        let _ = task.await;
+    }
+    detach(shared).await;
+    Ok(())
+}
+
+/// Prepares the host, loads the dataplane and joins the cluster.
+async fn start(cfg: AgentConfig) -> Result<Started> {
     host::prepare(&cfg)?;
     let store = match &cfg.store {
         Some(endpoints) => Some(cluster::connect(endpoints).await),
@@ -79,32 +124,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         store: link,
         names,
     };
-    instances::restore(&agent).await?;
-    agent.reconcile()?;
-    let shared: Shared = Arc::new(agent);
-    let changed = Arc::new(Notify::new());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let server = crate::api::serve(shared.clone(), changed.clone(), stop_rx).await?;
-    let follow = tokio::spawn(follow(shared.clone(), cluster_rx, changed));
-    let period = Duration::from_millis(match shared.cfg.probe_interval_ms {
-        0 => 1000,
-        ms => ms,
-    });
-    let measure = tokio::spawn(metrics::measure(shared.clone(), prober, scan, period));
-    host::wait_for_signal().await;
-    tracing::info!("stopping; the dataplane keeps forwarding");
-    // New clients find no socket; calls already made run to their end.
-    let _ = std::fs::remove_file(&shared.cfg.api_socket);
-    let _ = stop_tx.send(true);
-    if tokio::time::timeout(DRAIN, server).await.is_err() {
-        tracing::warn!("API calls still running after {DRAIN:?}; stopping without them");
-    }
-    for task in [measure, follow] {
-        task.abort();
-        let _ = task.await;
-    }
-    detach(shared).await;
-    Ok(())
+    Ok(Started {
+        agent,
+        cluster_rx,
+        prober,
+        scan,
+    })
 }
 
 /// Stops the registration's keepalive without revoking its lease: the node
