@@ -265,3 +265,45 @@ fn free_nsip(st: &State, subnet: crate::model::Subnet) -> Result<Ipv4Addr> {
         .find(|ip| st.instances.values().all(|i| i.nsip != *ip))
         .ok_or(AgentError::SubnetFull(subnet))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(state_dir: &Path) -> AgentConfig {
+        let text = format!(
+            "node_id = \"n1\"\nuplink = \"eth0\"\nstate_file = \"/nonexistent.json\"\nsubnet = \"10.30.1.0/24\"\nstate_dir = \"{}\"\nbpf_pin_dir = \"/nonexistent\"\napi_socket = \"/nonexistent.sock\"\n",
+            state_dir.display()
+        );
+        AgentConfig::parse(&text, Path::new("agent.toml")).unwrap()
+    }
+
+    #[test]
+    fn bad_records_name_their_file_and_keep_the_cause() {
+        let dir = std::env::temp_dir().join(format!("ovt-agent-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = config(&dir);
+        assert_eq!(load(&cfg).unwrap(), Vec::new(), "no file: no instances");
+
+        std::fs::write(dir.join(FILE), b"[{").unwrap();
+        let err = load(&cfg).unwrap_err();
+        assert!(matches!(err, AgentError::StateFormat { .. }), "{err:?}");
+        assert!(err.to_string().contains(FILE), "{err}");
+        let cause = err.source().expect("the JSON error is kept");
+        assert!(cause.downcast_ref::<serde_json::Error>().is_some());
+
+        std::fs::remove_file(dir.join(FILE)).unwrap();
+        std::fs::create_dir(dir.join(FILE)).unwrap();
+        let err = load(&cfg).unwrap_err();
+        let AgentError::StateFile { path, source } = &err else {
+            panic!("a directory in place of the file: {err:?}");
+        };
+        assert_eq!(path, &dir.join(FILE));
+        assert_eq!(source.raw_os_error(), Some(libc::EISDIR));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
