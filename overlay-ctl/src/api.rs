@@ -1,6 +1,7 @@
 //! The agent's local API: HTTP/1.1 + JSON over a Unix socket (see docs/api.md),
 //! and the client the CLI uses.
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,14 +14,17 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, watch};
 
-use crate::agent::{self, AgentError, DeployRequest, Shared};
+use crate::agent::{self, AgentError, DeployRequest, Shared, host};
 
 #[derive(Clone)]
 struct Ctx {
     agent: Shared,
     changed: Arc<Notify>,
+    /// Held by every change in flight; the server's task ends only when all
+    /// clones are gone (so a stopping agent waits for them).
+    inflight: mpsc::Sender<()>,
 }
 
 impl IntoResponse for AgentError {
@@ -38,52 +42,96 @@ impl IntoResponse for AgentError {
     }
 }
 
-/// Binds the socket (replacing a stale one) and serves until aborted.
+/// Binds the socket (replacing a stale one) and serves until `stop` turns
+/// true: then it accepts no more connections, and its task ends once the
+/// calls already made have answered and the changes they started are done.
 pub async fn serve(
     agent: Shared,
     changed: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, AgentError> {
-    let path = agent.lock().await.cfg.api_socket.clone();
+    let path = agent.cfg.api_socket.clone();
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)
-        .map_err(|e| AgentError::Host(format!("binding the API socket {}: {e}", path.display())))?;
+        .map_err(host(format!("binding the API socket {}", path.display())))?;
+    let (inflight, mut drained) = mpsc::channel(1);
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/instances", get(list).post(deploy))
         .route("/v1/instances/{service}/{instance}", delete(undeploy))
-        .with_state(Ctx { agent, changed });
+        .with_state(Ctx {
+            agent,
+            changed,
+            inflight,
+        });
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        let served = axum::serve(listener, app).with_graceful_shutdown(stopped);
+        if let Err(e) = served.await {
             tracing::error!("API server stopped: {e}");
         }
+        // `None` once every sender (the router's, each change's) is gone.
+        let _ = drained.recv().await;
     }))
 }
 
+impl Ctx {
+    /// Runs a change in a task of its own, to its end: a client that hangs
+    /// up must not cut a deploy halfway (a link without its record).
+    async fn change<T, F>(&self, op: impl FnOnce(Shared) -> F) -> Result<T, AgentError>
+    where
+        F: Future<Output = Result<T, AgentError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let work = op(self.agent.clone());
+        let changed = self.changed.clone();
+        let inflight = self.inflight.clone();
+        let task = tokio::spawn(async move {
+            let result = work.await;
+            if result.is_ok() {
+                changed.notify_one();
+            }
+            drop(inflight);
+            result
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => Err(AgentError::Stopping),
+            },
+        }
+    }
+}
+
 async fn status(State(c): State<Ctx>) -> Json<Value> {
-    let a = c.agent.lock().await;
+    let node = &c.agent.node;
+    // Before the state: a reconcile takes the maps, then the state.
+    let (failing, failures_total) = c.agent.failures();
+    let st = c.agent.state();
     Json(json!({
-        "node": a.node.name, "ip": a.node.ip, "ewp": a.node.ewp, "subnet": a.node.subnet,
-        "mtu": a.node.mtu, "instances": a.instances.len(), "services": a.cluster.services.len(),
+        "node": node.name, "ip": node.ip, "ewp": node.ewp, "subnet": node.subnet,
+        "mtu": node.mtu, "instances": st.instances.len(), "services": st.cluster.services.len(),
         // Map entries the last reconciliation could not apply, and how many
         // failures started since the agent did.
-        "reconcile": {
-            "failing": a.failures.outstanding(),
-            "failures_total": a.failures.total,
-        },
+        "reconcile": { "failing": failing, "failures_total": failures_total },
     }))
 }
 
 async fn list(State(c): State<Ctx>) -> Json<Value> {
-    let a = c.agent.lock().await;
-    Json(json!(a.instances.values().collect::<Vec<_>>()))
+    let st = c.agent.state();
+    Json(json!(st.instances.values().collect::<Vec<_>>()))
 }
 
 async fn deploy(
     State(c): State<Ctx>,
     Json(req): Json<DeployRequest>,
 ) -> Result<Json<Value>, AgentError> {
-    let inst = agent::instances_deploy(&c.agent, req).await?;
-    c.changed.notify_one();
+    let inst = c
+        .change(|agent| async move { agent::instances_deploy(&agent, req).await })
+        .await?;
     Ok(Json(json!(inst)))
 }
 
@@ -91,8 +139,9 @@ async fn undeploy(
     State(c): State<Ctx>,
     UrlPath((service, instance)): UrlPath<(String, u32)>,
 ) -> Result<StatusCode, AgentError> {
-    let found = agent::instances_undeploy(&c.agent, &service, instance).await?;
-    c.changed.notify_one();
+    let found = c
+        .change(|agent| async move { agent::instances_undeploy(&agent, &service, instance).await })
+        .await?;
     Ok(if found {
         StatusCode::NO_CONTENT
     } else {

@@ -7,28 +7,23 @@ use std::process::{Command, Stdio};
 
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
+use super::error::{host, sys};
 use super::{AgentError, Node, Result};
 use crate::config::AgentConfig;
 use crate::model::Subnet;
-
-fn host_err(what: impl std::fmt::Display) -> AgentError {
-    AgentError::Host(what.to_string())
-}
 
 /// bpffs under the pin directory, the directories, forwarding, masquerade.
 pub fn prepare(cfg: &AgentConfig) -> Result<()> {
     ensure_bpffs(&cfg.bpf_pin_dir)?;
     for dir in [&cfg.bpf_pin_dir, &cfg.state_dir] {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| host_err(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(host(format!("creating {}", dir.display())))?;
     }
     if let Some(parent) = cfg.api_socket.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| host_err(format!("creating {}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent).map_err(host(format!("creating {}", parent.display())))?;
     }
     // Instances route through the node; the tunnel's FIB lookup needs it too.
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-        .map_err(|e| host_err(format!("enabling IPv4 forwarding: {e}")))?;
+        .map_err(host("enabling IPv4 forwarding"))?;
     Ok(())
 }
 
@@ -54,22 +49,17 @@ fn nft(script: &str) -> Result<()> {
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| {
-            host_err(format!(
-                "running nft (install nftables, or set masquerade = false): {e}"
-            ))
-        })?;
+        .map_err(host(
+            "running nft (install nftables, or set masquerade = false)",
+        ))?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(script.as_bytes());
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| host_err(format!("nft: {e}")))?;
+    let out = child.wait_with_output().map_err(host("nft"))?;
     if !out.status.success() {
-        return Err(host_err(format!(
-            "nft failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(AgentError::Nft {
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }
@@ -88,7 +78,7 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
     }
     let mountpoint = Path::new("/sys/fs/bpf");
     if !dir.starts_with(mountpoint) {
-        return Err(host_err(format!(
+        return Err(AgentError::Unfit(format!(
             "{} is not on a bpf filesystem: mount one (mount -t bpf bpf DIR) or use /sys/fs/bpf",
             dir.display()
         )));
@@ -100,13 +90,13 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
         nix::mount::MsFlags::empty(),
         None::<&str>,
     )
-    .map_err(|e| host_err(format!("mounting bpffs on /sys/fs/bpf: {e}")))
+    .map_err(sys("mounting bpffs on /sys/fs/bpf"))
 }
 
 /// This node's identity and addresses.
 pub fn node(cfg: &AgentConfig, subnet: Subnet) -> Result<Node> {
     let ifindex = nix::net::if_::if_nametoindex(cfg.uplink.as_str())
-        .map_err(|e| host_err(format!("uplink `{}`: {e}", cfg.uplink)))?;
+        .map_err(sys(format!("uplink `{}`", cfg.uplink)))?;
     let ip = match cfg.node_ip {
         Some(ip) => ip,
         None => uplink_addr(&cfg.uplink)?,
@@ -130,13 +120,12 @@ pub fn node(cfg: &AgentConfig, subnet: Subnet) -> Result<Node> {
 }
 
 fn uplink_addr(uplink: &str) -> Result<Ipv4Addr> {
-    let addrs =
-        nix::ifaddrs::getifaddrs().map_err(|e| host_err(format!("listing addresses: {e}")))?;
+    let addrs = nix::ifaddrs::getifaddrs().map_err(sys("listing addresses"))?;
     addrs
         .filter(|a| a.interface_name == uplink)
         .find_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
         .ok_or_else(|| {
-            host_err(format!(
+            AgentError::Unfit(format!(
                 "uplink `{uplink}` has no IPv4 address: set node_ip"
             ))
         })
@@ -149,7 +138,7 @@ fn uplink_mtu(uplink: &str) -> Result<u16> {
         .or_else(|_| std::fs::read_to_string(&path))
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| host_err(format!("cannot read the MTU of `{uplink}`: set mtu")))
+        .ok_or_else(|| AgentError::Unfit(format!("cannot read the MTU of `{uplink}`: set mtu")))
 }
 
 pub async fn wait_for_signal() {
@@ -171,7 +160,7 @@ pub async fn wait_for_signal() {
 pub fn teardown(cfg: &AgentConfig) -> Result<()> {
     let rm = |p: &Path| match std::fs::remove_dir_all(p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(host_err(format!("removing {}: {e}", p.display())))
+            Err(host(format!("removing {}", p.display()))(e))
         }
         _ => Ok(()),
     };

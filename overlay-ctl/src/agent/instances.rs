@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use overlay_common::maps::Endpoint;
 use serde::{Deserialize, Serialize};
 
-use super::{Agent, AgentError, Result};
+use super::{Agent, AgentError, Result, State};
 use crate::config::AgentConfig;
 use crate::model::{InstanceSpec, ServiceSpec};
 use crate::netns::{self, LinkSpec, NetnsRef};
@@ -39,37 +39,53 @@ pub fn load(cfg: &AgentConfig) -> Result<Vec<LocalInstance>> {
     let path = cfg.state_dir.join(FILE);
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| AgentError::State(format!("{}: {e}", path.display()))),
+            .map_err(|source| AgentError::StateFormat { path, source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(AgentError::State(format!("{}: {e}", path.display()))),
+        Err(source) => Err(AgentError::StateFile { path, source }),
     }
 }
 
+/// Writes the instance records; callers hold `linking`, so writes do not
+/// interleave.
 fn save(agent: &Agent) -> Result<()> {
     let path = agent.cfg.state_dir.join(FILE);
     let tmp = path.with_extension("tmp");
-    let list: Vec<&LocalInstance> = agent.instances.values().collect();
-    let bytes = serde_json::to_vec_pretty(&list).map_err(|e| AgentError::State(e.to_string()))?;
+    let list: Vec<LocalInstance> = agent.state().instances.values().cloned().collect();
+    let bytes = serde_json::to_vec_pretty(&list).map_err(|source| AgentError::StateFormat {
+        path: path.clone(),
+        source,
+    })?;
     std::fs::write(&tmp, bytes)
         .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|e| AgentError::State(format!("{}: {e}", path.display())))
+        .map_err(|source| AgentError::StateFile { path, source })
 }
 
 /// Re-links (idempotently) and re-attaches every recorded instance.
-pub async fn restore(agent: &mut Agent) -> Result<()> {
+pub async fn restore(agent: &Agent) -> Result<()> {
+    let _linking = agent.linking.lock().await;
     for inst in load(&agent.cfg)? {
-        if let Err(e) = link(agent, &inst).await {
-            tracing::warn!(service = %inst.service, instance = inst.instance, "cannot restore instance: {e}");
-            continue;
-        }
+        let ep = match link(agent, &inst).await {
+            Ok(ep) => ep,
+            Err(e) => {
+                tracing::warn!(service = %inst.service, instance = inst.instance, "cannot restore instance: {e}");
+                continue;
+            }
+        };
         if let Err(e) = publish(agent, &inst).await {
             tracing::warn!(service = %inst.service, instance = inst.instance, "cannot publish instance: {e}");
         }
-        agent
-            .instances
-            .insert((inst.service.to_ascii_lowercase(), inst.instance), inst);
+        adopt(agent, inst, ep);
     }
     Ok(())
+}
+
+/// Records a linked instance and its endpoint together, so that a
+/// reconcile sees both or neither.
+fn adopt(agent: &Agent, inst: LocalInstance, ep: Endpoint) {
+    let mut st = agent.state();
+    st.endpoints.insert(inst.nsip, ep);
+    st.instances
+        .insert((inst.service.to_ascii_lowercase(), inst.instance), inst);
 }
 
 fn spec(agent: &Agent, inst: &LocalInstance) -> InstanceSpec {
@@ -108,6 +124,7 @@ async fn fixed_ip(agent: &Agent, service: &ServiceSpec, instance: u32) -> Result
             .map(|_| None)
             .map_err(Into::into),
         None => Ok(agent
+            .state()
             .cluster
             .instances
             .iter()
@@ -116,9 +133,11 @@ async fn fixed_ip(agent: &Agent, service: &ServiceSpec, instance: u32) -> Result
     }
 }
 
-/// Creates the link, attaches the program and records the endpoint.
-async fn link(agent: &mut Agent, inst: &LocalInstance) -> Result<()> {
+/// Creates the link and attaches the program; returns the endpoint that
+/// the maps are to hold for it.
+async fn link(agent: &Agent, inst: &LocalInstance) -> Result<Endpoint> {
     let service = agent
+        .state()
         .cluster
         .service(&inst.service)
         .map(|s| s.id)
@@ -131,42 +150,65 @@ async fn link(agent: &mut Agent, inst: &LocalInstance) -> Result<()> {
         gateway: agent.cfg.gateway,
     };
     let l = netns::create(&spec).await?;
-    agent.dp.attach_instance(&inst.host_if)?;
-    let ep = Endpoint {
+    agent.maps().dp.attach_instance(&inst.host_if)?;
+    if let Some(names) = &agent.names {
+        names.add(&inst.host_if, &inst.netns);
+    }
+    Ok(Endpoint {
         ifindex: l.host_ifindex,
         service,
         instance: inst.instance,
         mac: l.inst_mac,
         host_mac: l.host_mac,
-    };
-    agent.endpoints.insert(inst.nsip, ep);
-    if let Some(names) = &agent.names {
-        names.add(&inst.host_if, &inst.netns);
-    }
-    Ok(())
+    })
 }
 
 /// Deploys an instance: idempotent for the same request.
-pub async fn deploy(agent: &mut Agent, req: DeployRequest) -> Result<LocalInstance> {
+pub async fn deploy(agent: &Agent, req: DeployRequest) -> Result<LocalInstance> {
     if req.instance == 0 {
         return Err(AgentError::BadRequest("instance numbers start at 1".into()));
     }
     req.netns.parse::<NetnsRef>()?;
+    let _linking = agent.linking.lock().await;
     let svc = agent
+        .state()
         .cluster
         .service(&req.service)
         .cloned()
         .ok_or_else(|| AgentError::UnknownService(req.service.clone()))?;
-    let key = (svc.name.to_ascii_lowercase(), req.instance);
     let fixed_ip = fixed_ip(agent, &svc, req.instance).await?;
-    let inst = match agent.instances.get(&key) {
+    let inst = planned(agent, &agent.state(), &svc, &req, fixed_ip)?;
+    let ep = link(agent, &inst).await?;
+    if let Err(e) = publish(agent, &inst).await {
+        // Nothing half-made: the cluster does not know it, so neither does the node.
+        let _ = agent.maps().dp.detach_instance(&inst.host_if);
+        let _ = netns::remove(&inst.host_if).await;
+        return Err(e);
+    }
+    adopt(agent, inst.clone(), ep);
+    save(agent)?;
+    agent.reconcile()?;
+    Ok(inst)
+}
+
+/// The record a deploy request makes: the existing one (moved to the
+/// requested namespace), or a new one on the lowest free NamespaceIP.
+fn planned(
+    agent: &Agent,
+    st: &State,
+    svc: &ServiceSpec,
+    req: &DeployRequest,
+    fixed_ip: Option<Ipv4Addr>,
+) -> Result<LocalInstance> {
+    let key = (svc.name.to_ascii_lowercase(), req.instance);
+    Ok(match st.instances.get(&key) {
         Some(old) if old.netns == req.netns => old.clone(),
         Some(old) => LocalInstance {
             netns: req.netns.clone(),
             ..old.clone()
         },
         None => {
-            let nsip = free_nsip(agent)?;
+            let nsip = free_nsip(st, agent.node.subnet)?;
             let host_if = format!("ov{}", u32::from(nsip) - u32::from(agent.node.subnet.addr));
             LocalInstance {
                 service: svc.name.clone(),
@@ -177,30 +219,25 @@ pub async fn deploy(agent: &mut Agent, req: DeployRequest) -> Result<LocalInstan
                 fixed_ip,
             }
         }
-    };
-    link(agent, &inst).await?;
-    if let Err(e) = publish(agent, &inst).await {
-        // Nothing half-made: the cluster does not know it, so neither does the node.
-        agent.endpoints.remove(&inst.nsip);
-        let _ = agent.dp.detach_instance(&inst.host_if);
-        let _ = netns::remove(&inst.host_if).await;
-        return Err(e);
-    }
-    agent.instances.insert(key, inst.clone());
-    save(agent)?;
-    agent.reconcile()?;
-    Ok(inst)
+    })
 }
 
 /// Undeploys an instance; `false` when there was none.
-pub async fn undeploy(agent: &mut Agent, service: &str, instance: u32) -> Result<bool> {
-    let Some(inst) = agent
-        .instances
-        .remove(&(service.to_ascii_lowercase(), instance))
-    else {
+pub async fn undeploy(agent: &Agent, service: &str, instance: u32) -> Result<bool> {
+    let _linking = agent.linking.lock().await;
+    let removed = {
+        let mut st = agent.state();
+        let inst = st
+            .instances
+            .remove(&(service.to_ascii_lowercase(), instance));
+        if let Some(inst) = &inst {
+            st.endpoints.remove(&inst.nsip);
+        }
+        inst
+    };
+    let Some(inst) = removed else {
         return Ok(false);
     };
-    agent.endpoints.remove(&inst.nsip);
     if let Some(link) = &agent.store {
         // Queued by the registration if the store is unreachable right now.
         if let Err(e) = link
@@ -212,7 +249,7 @@ pub async fn undeploy(agent: &mut Agent, service: &str, instance: u32) -> Result
         }
     }
     agent.reconcile()?;
-    agent.dp.detach_instance(&inst.host_if)?;
+    agent.maps().dp.detach_instance(&inst.host_if)?;
     if let Some(names) = &agent.names {
         names.remove(&inst.host_if, &inst.netns);
     }
@@ -222,10 +259,51 @@ pub async fn undeploy(agent: &mut Agent, service: &str, instance: u32) -> Result
 }
 
 /// The lowest free host address of the node subnet (.0, .1 and the last are kept).
-fn free_nsip(agent: &Agent) -> Result<Ipv4Addr> {
-    let subnet = agent.node.subnet;
+fn free_nsip(st: &State, subnet: crate::model::Subnet) -> Result<Ipv4Addr> {
     (2..subnet.size().saturating_sub(1))
         .map(|n| subnet.host(n))
-        .find(|ip| agent.instances.values().all(|i| i.nsip != *ip))
+        .find(|ip| st.instances.values().all(|i| i.nsip != *ip))
         .ok_or(AgentError::SubnetFull(subnet))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(state_dir: &Path) -> AgentConfig {
+        let text = format!(
+            "node_id = \"n1\"\nuplink = \"eth0\"\nstate_file = \"/nonexistent.json\"\nsubnet = \"10.30.1.0/24\"\nstate_dir = \"{}\"\nbpf_pin_dir = \"/nonexistent\"\napi_socket = \"/nonexistent.sock\"\n",
+            state_dir.display()
+        );
+        AgentConfig::parse(&text, Path::new("agent.toml")).unwrap()
+    }
+
+    #[test]
+    fn bad_records_name_their_file_and_keep_the_cause() {
+        let dir = std::env::temp_dir().join(format!("ovt-agent-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = config(&dir);
+        assert_eq!(load(&cfg).unwrap(), Vec::new(), "no file: no instances");
+
+        std::fs::write(dir.join(FILE), b"[{").unwrap();
+        let err = load(&cfg).unwrap_err();
+        assert!(matches!(err, AgentError::StateFormat { .. }), "{err:?}");
+        assert!(err.to_string().contains(FILE), "{err}");
+        let cause = err.source().expect("the JSON error is kept");
+        assert!(cause.downcast_ref::<serde_json::Error>().is_some());
+
+        std::fs::remove_file(dir.join(FILE)).unwrap();
+        std::fs::create_dir(dir.join(FILE)).unwrap();
+        let err = load(&cfg).unwrap_err();
+        let AgentError::StateFile { path, source } = &err else {
+            panic!("a directory in place of the file: {err:?}");
+        };
+        assert_eq!(path, &dir.join(FILE));
+        assert_eq!(source.raw_os_error(), Some(libc::EISDIR));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -6,9 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::Shared;
+use crate::dataplane::Tables;
 use crate::probe::{Peer, Prober};
 
 /// An RTT is taken over when it moves by more than this percentage...
@@ -59,15 +61,19 @@ fn window_ticks(seconds: u32) -> u32 {
 /// Every period: point the prober at the cluster's other nodes, take the
 /// RTTs and conntrack's loads, publish what moved and reconcile, so that
 /// closest and fastest follow the network within a period or two.
-pub async fn measure(shared: Shared, prober: Option<Prober>, period: Duration) {
+///
+/// `scan` is a handle of its own on the pinned maps: the conntrack scan
+/// reads the whole table, so it runs on a blocking thread and takes none of
+/// the agent's locks.
+pub async fn measure(agent: Shared, prober: Option<Prober>, scan: Arc<Tables>, period: Duration) {
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let window = window_ticks(agent.cfg.load_window_s);
     loop {
         ticker.tick().await;
-        let mut agent = shared.lock().await;
         let rtt = match &prober {
             Some(p) => {
-                p.set_peers(peers(&agent.cluster, &agent.node.name));
+                p.set_peers(peers(&agent.state().cluster, &agent.node.name));
                 let rtts = p.rtts();
                 rtts.into_iter()
                     .map(|(name, r)| (name, r.srtt_us.max(1)))
@@ -75,25 +81,30 @@ pub async fn measure(shared: Shared, prober: Option<Prober>, period: Duration) {
             }
             None => BTreeMap::new(),
         };
-        let load = agent
-            .dp
-            .tables
-            .active_flows(window_ticks(agent.cfg.load_window_s));
-        let rtt_moved = agent.metrics.take_rtt(rtt);
-        let load_moved = agent.metrics.take_load(load);
+        let tables = scan.clone();
+        let Ok(load) = tokio::task::spawn_blocking(move || tables.active_flows(window)).await
+        else {
+            return;
+        };
+        let (rtt_moved, load_moved, now) = {
+            let mut st = agent.state();
+            let rtt_moved = st.metrics.take_rtt(rtt);
+            let load_moved = st.metrics.take_load(load);
+            (rtt_moved, load_moved, st.metrics.clone())
+        };
         if let Some(link) = &agent.store {
             if rtt_moved {
-                link.registration.set_status("rtt", &agent.metrics.rtt);
+                link.registration.set_status("rtt", &now.rtt);
             }
             if load_moved {
-                link.registration.set_status("load", &agent.metrics.load);
+                link.registration.set_status("load", &now.load);
             }
         }
         if rtt_moved || load_moved {
             match agent.reconcile_quietly() {
                 Ok(c) => tracing::debug!(
-                    rtt = ?agent.metrics.rtt,
-                    load = ?agent.metrics.load,
+                    rtt = ?now.rtt,
+                    load = ?now.load,
                     written = c.written,
                     "measurements moved; maps reconciled"
                 ),

@@ -4,53 +4,34 @@
 //! dataplane with pinned maps and adopt or create its pinned links, re-link
 //! the local instances recorded in the state directory, resync the maps
 //! against the desired state, then serve the API and follow the desired
-//! state. SIGTERM and SIGINT stop the agent and leave the dataplane
-//! forwarding on its last state; `--teardown` removes everything.
+//! state. SIGTERM and SIGINT stop the agent: it takes no new API calls, lets
+//! those in flight finish, and leaves the dataplane forwarding on its last
+//! state; `--teardown` removes everything.
 
 mod cluster;
+mod error;
 mod host;
 mod instances;
 mod metrics;
 mod names;
+mod run;
 mod source;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard, PoisonError};
 
 use overlay_common::maps::{Config, Endpoint, ip};
-use tokio::sync::{Mutex, Notify, watch};
 
 use crate::config::AgentConfig;
 use crate::dataplane::Dataplane;
 use crate::model::{ClusterState, InstanceSpec, NodeSpec, Subnet};
 use crate::reconcile::{self, LocalNode, MapSet};
 
+pub(crate) use error::host;
+pub use error::{AgentError, Result};
 pub use instances::{DeployRequest, LocalInstance};
-
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    #[error(transparent)]
-    Dataplane(#[from] crate::dataplane::Error),
-    #[error(transparent)]
-    Link(#[from] crate::netns::Error),
-    #[error("{0}")]
-    Host(String),
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    #[error("unknown service `{0}` (not in the desired state)")]
-    UnknownService(String),
-    #[error("invalid request: {0}")]
-    BadRequest(String),
-    #[error("node subnet {0} has no free NamespaceIP left")]
-    SubnetFull(Subnet),
-    #[error("state directory: {0}")]
-    State(String),
-}
-
-pub type Result<T, E = AgentError> = std::result::Result<T, E>;
+pub use run::{run, teardown};
 
 /// What the agent knows about its own node.
 #[derive(Clone, Debug)]
@@ -102,40 +83,82 @@ impl Node {
     }
 }
 
-/// The agent's mutable state, shared by the API and the reconciler.
+/// The agent, shared by the API, the store follower and the measurements.
+///
+/// Its state is split by concern so that none of them waits on another's
+/// slow I/O: `state` and `maps` are std mutexes held for in-memory work or
+/// map writes only (never across an `.await`), and the one lock held across
+/// netlink and the store, `linking`, is taken by deploy and undeploy alone.
 pub struct Agent {
     pub cfg: AgentConfig,
     pub node: Node,
-    pub dp: Dataplane,
+    /// What the node should look like. A std mutex, as every holder only
+    /// reads or updates memory and lets go (no `.await`, no syscalls):
+    /// API reads, store events and measurement ticks never queue behind I/O.
+    state: std::sync::Mutex<State>,
+    /// The maps and program links, with what was last written. A std mutex
+    /// held for map writes and program attach/detach only (syscalls, never an
+    /// `.await`). A reconcile reads `state` while holding it, so reconciles
+    /// run one at a time, each from the newest state: an older snapshot can
+    /// never be applied over a newer one.
+    maps: std::sync::Mutex<Maps>,
+    /// Serializes deploy and undeploy, which span netlink and the store (so
+    /// a tokio mutex, held across `.await`): two of them must not pick the
+    /// same NamespaceIP or race on one instance. Nothing else takes it.
+    linking: tokio::sync::Mutex<()>,
+    /// The cluster store and this node's registration (absent: state file).
+    /// Both are safe to share; the store client queues its own calls.
+    store: Option<cluster::Link>,
+    /// DNS and mDNS for the instances (unless `dns = false`).
+    names: Option<names::NameService>,
+}
+
+/// The agent's in-memory view: desired state, own instances, measurements.
+#[derive(Default)]
+pub struct State {
     pub cluster: ClusterState,
     pub instances: BTreeMap<(String, u32), LocalInstance>,
+    /// Linked and published instances' endpoints, by NamespaceIP.
     pub endpoints: BTreeMap<Ipv4Addr, Endpoint>,
-    /// The cluster store and this node's registration (absent: state file).
-    pub store: Option<cluster::Link>,
-    /// DNS and mDNS for the instances (unless `dns = false`).
-    pub names: Option<names::NameService>,
     /// Whether `cluster` holds the real desired state yet; until then the
     /// maps keep what they had (a restart during a store outage changes nothing).
     pub synced: bool,
     /// This node's RTTs and loads as the policies use them.
     pub metrics: metrics::Metrics,
-    applied: MapSet,
-    /// Map entries the reconciler could not apply (the agent's status shows them).
-    pub failures: reconcile::Failures,
 }
 
-pub type Shared = Arc<Mutex<Agent>>;
+/// The dataplane and what `reconcile::apply` last wrote to it.
+struct Maps {
+    dp: Dataplane,
+    applied: MapSet,
+    /// Map entries the reconciler could not apply (the agent's status shows them).
+    failures: reconcile::Failures,
+}
+
+pub type Shared = Arc<Agent>;
 
 impl Agent {
+    /// The in-memory state. Nothing is meant to panic while holding it; if
+    /// something did, at worst one update is missing, so a poisoned lock is
+    /// taken over rather than taking the agent down with it.
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The dataplane: for map writes and program attach/detach only.
+    fn maps(&self) -> MutexGuard<'_, Maps> {
+        self.maps.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The cluster state plus this node and its own instances.
-    pub fn merged_state(&self) -> ClusterState {
-        let mut s = self.cluster.clone();
+    fn merged_state(&self, st: &State) -> ClusterState {
+        let mut s = st.cluster.clone();
         if s.node(&self.node.name).is_none() {
             s.nodes.push(self.node.spec());
         }
         s.instances.retain(|i| i.node != self.node.name);
         s.instances
-            .extend(self.instances.values().map(|l| InstanceSpec {
+            .extend(st.instances.values().map(|l| InstanceSpec {
                 service: l.service.clone(),
                 instance: l.instance,
                 node: self.node.name.clone(),
@@ -143,15 +166,14 @@ impl Agent {
                 fixed_ip: l.fixed_ip,
             }));
         // Our own measurements are fresher here than in the store.
-        s.rtt
-            .insert(self.node.name.clone(), self.metrics.rtt.clone());
+        s.rtt.insert(self.node.name.clone(), st.metrics.rtt.clone());
         s.load
-            .insert(self.node.name.clone(), self.metrics.load.clone());
+            .insert(self.node.name.clone(), st.metrics.load.clone());
         s
     }
 
     /// Brings the maps to the desired state, writing only differences.
-    pub fn reconcile(&mut self) -> Result<reconcile::Changes> {
+    pub fn reconcile(&self) -> Result<reconcile::Changes> {
         let changes = self.reconcile_quietly()?;
         if changes != reconcile::Changes::default() {
             tracing::info!(
@@ -165,16 +187,42 @@ impl Agent {
 
     /// [`Agent::reconcile`] without the log line: for the periodic
     /// measurements, whose table updates would otherwise flood the log.
-    pub fn reconcile_quietly(&mut self) -> Result<reconcile::Changes> {
-        if !self.synced {
+    pub fn reconcile_quietly(&self) -> Result<reconcile::Changes> {
+        // Taken first, so that the state read below is the newest any
+        // reconcile has seen (see the `maps` field).
+        let mut maps = self.maps();
+        let Some((state, want)) = self.desired() else {
             return Ok(reconcile::Changes::default());
+        };
+        let maps = &mut *maps;
+        let (changes, now) = reconcile::apply(&mut maps.dp.tables, &maps.applied, &want);
+        maps.applied = now;
+        maps.failures.update(&changes.failed);
+        if changes != reconcile::Changes::default() {
+            self.write_names(&state);
+        }
+        Ok(changes)
+    }
+
+    /// The map entries the last reconcile could not apply, and how many
+    /// failures started since the agent did.
+    pub fn failures(&self) -> (Vec<reconcile::Failure>, u64) {
+        let maps = self.maps();
+        (maps.failures.outstanding(), maps.failures.total)
+    }
+
+    /// The merged state and the maps it calls for; `None` until synced.
+    fn desired(&self) -> Option<(ClusterState, MapSet)> {
+        let st = self.state();
+        if !st.synced {
+            return None;
         }
         let local = LocalNode {
             name: &self.node.name,
             config: self.node.dataplane_config(),
-            endpoints: &self.endpoints,
+            endpoints: &st.endpoints,
             snat: self.node.subnet.host(1),
-            default_deny: self
+            default_deny: st
                 .cluster
                 .settings
                 .default_deny
@@ -182,19 +230,11 @@ impl Agent {
             expose_where_running: self.cfg.expose_where_running,
             balance: self.cfg.balance,
         };
-        let state = self.merged_state();
+        let state = self.merged_state(&st);
         let want = reconcile::desired(&state, &local);
-        let (changes, now) = reconcile::apply(&mut self.dp.tables, &self.applied, &want);
-        self.applied = now;
-        self.failures.update(&changes.failed);
-        if changes != reconcile::Changes::default() {
-            self.write_names(&state);
-        }
-        Ok(changes)
+        Some((state, want))
     }
-}
 
-impl Agent {
     /// Leaves the names of service and node ids for `overlay-ctl maps`.
     fn write_names(&self, state: &ClusterState) {
         let ix = crate::maps_view::NameIndex {
@@ -219,148 +259,12 @@ impl Agent {
     }
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
-pub async fn run(cfg: AgentConfig) -> Result<()> {
-    host::prepare(&cfg)?;
-    let store = match &cfg.store {
-        Some(endpoints) => Some(cluster::connect(endpoints).await),
-        None => None,
-    };
-    let subnet = match &store {
-        Some(s) => cluster::lease_subnet(s, &cfg).await?,
-        None => cfg
-            .subnet
-            .ok_or_else(|| AgentError::Host("no node subnet configured".into()))?,
-    };
-    host::masquerade(&cfg, subnet)?;
-    let node = host::node(&cfg, subnet)?;
-    let sizes = crate::dataplane::Sizes {
-        conntrack: cfg.conntrack_entries,
-    };
-    let mut dp = Dataplane::load_sized(Some(&cfg.bpf_pin_dir), sizes)?;
-    let xdp = match cfg.uplink_xdp {
-        Some(on) => on,
-        None => !crate::netns::is_veth(&cfg.uplink).await?,
-    };
-    dp.attach_uplink_with(&cfg.uplink, xdp)?;
-    if let Some(logger) = dp.take_logger() {
-        tokio::spawn(forward_logs(logger));
-    }
-    let applied = reconcile::read(&dp.tables);
-    tracing::info!(node = %node.name, ip = %node.ip, subnet = %node.subnet, adopted = applied.servips.len() + applied.endpoints.len(), "dataplane loaded");
-    let (mut cluster_rx, synced) = match (&store, &cfg.store) {
-        (Some(_), Some(endpoints)) => cluster::follow(endpoints).await,
-        _ => (source::spawn(&cfg)?, true),
-    };
-    let cluster = cluster_rx.borrow_and_update().clone();
-    let names = match cfg.dns {
-        true => Some(names::NameService::start(&cfg, cluster_rx.clone()).await?),
-        false => None,
-    };
-    let prober = match &store {
-        Some(s) => cluster::prober(s, &node, &cfg).await?,
-        None => None,
-    };
-    let link = match store {
-        Some(s) => Some(cluster::register(s, &node, &cfg).await?),
-        None => None,
-    };
-    let mut agent = Agent {
-        cfg,
-        node,
-        dp,
-        cluster,
-        instances: BTreeMap::new(),
-        endpoints: BTreeMap::new(),
-        store: link,
-        names,
-        synced,
-        metrics: metrics::Metrics::default(),
-        applied,
-        failures: Default::default(),
-    };
-    instances::restore(&mut agent).await?;
-    agent.reconcile()?;
-    let shared: Shared = Arc::new(Mutex::new(agent));
-    let changed = Arc::new(Notify::new());
-    let server = crate::api::serve(shared.clone(), changed.clone()).await?;
-    let follow = tokio::spawn(follow(shared.clone(), cluster_rx, changed));
-    let period =
-        std::time::Duration::from_millis(match shared.lock().await.cfg.probe_interval_ms {
-            0 => 1000,
-            ms => ms,
-        });
-    let measure = tokio::spawn(metrics::measure(shared.clone(), prober, period));
-    host::wait_for_signal().await;
-    tracing::info!("stopping; the dataplane keeps forwarding");
-    measure.abort();
-    follow.abort();
-    server.abort();
-    let mut agent = shared.lock().await;
-    let _ = std::fs::remove_file(&agent.cfg.api_socket);
-    if let Some(link) = agent.store.take() {
-        // The node stays registered until its lease runs out: a quick
-        // restart keeps every other node's tables unchanged.
-        link.registration.detach().await;
-    }
-    Ok(())
-}
-
-/// Forwards the programs' aya-log records into the agent's log (tracing).
-async fn forward_logs(logger: crate::dataplane::ProgramLogger) {
-    // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd lives.
-    let Ok(mut fd) = (unsafe { tokio::io::unix::AsyncFd::register(logger) }) else {
-        return;
-    };
-    loop {
-        let Ok(mut guard) = fd.readable_mut().await else {
-            return;
-        };
-        guard.get_inner_mut().flush();
-        guard.clear_ready();
-    }
-}
-
-/// Reconciles whenever the desired state or the local instances change.
-async fn follow(shared: Shared, mut rx: watch::Receiver<ClusterState>, changed: Arc<Notify>) {
-    loop {
-        let from_store = tokio::select! {
-            r = rx.changed() => if r.is_err() { return } else { true },
-            _ = changed.notified() => false,
-        };
-        let mut agent = shared.lock().await;
-        let new = rx.borrow_and_update().clone();
-        // Other nodes' measurements move weights all the time: not worth a log line.
-        let quiet = from_store && agent.synced && agent.cluster.same_but_measurements(&new);
-        agent.cluster = new;
-        agent.synced = true;
-        let result = match quiet {
-            true => agent.reconcile_quietly(),
-            false => agent.reconcile(),
-        };
-        if let Err(e) = result {
-            tracing::error!("reconcile failed: {e}");
-        }
-    }
-}
-
-/// `overlay-ctl agent --teardown`: removes instance links, pinned links and
-/// maps, the masquerade rule and the API socket.
-pub async fn teardown(cfg: AgentConfig) -> Result<()> {
-    for inst in instances::load(&cfg)? {
-        crate::netns::remove(&inst.host_if).await?;
-    }
-    host::teardown(&cfg)
-}
-
-/// API entry: deploy under the lock.
+/// API entry: deploys an instance (serialized with other deploys and undeploys).
 pub async fn instances_deploy(shared: &Shared, req: DeployRequest) -> Result<LocalInstance> {
-    let mut agent = shared.lock().await;
-    instances::deploy(&mut agent, req).await
+    instances::deploy(shared, req).await
 }
 
-/// API entry: undeploy under the lock.
+/// API entry: undeploys an instance (serialized with other deploys and undeploys).
 pub async fn instances_undeploy(shared: &Shared, service: &str, instance: u32) -> Result<bool> {
-    let mut agent = shared.lock().await;
-    instances::undeploy(&mut agent, service, instance).await
+    instances::undeploy(shared, service, instance).await
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use tokio::sync::watch;
 
-use super::{AgentError, Result};
+use super::Result;
 use crate::config::AgentConfig;
 use crate::dns::{self, DnsOptions, DnsServer, Mdns};
 use crate::model::ClusterState;
@@ -14,10 +14,6 @@ pub struct NameService {
     _dns: DnsServer,
     mdns: Mdns,
     cfg: AgentConfig,
-}
-
-fn err(e: dns::DnsError) -> AgentError {
-    AgentError::Host(format!("name service: {e}"))
 }
 
 impl NameService {
@@ -33,9 +29,8 @@ impl NameService {
             ..DnsOptions::default()
         };
         let dns =
-            DnsServer::start_with(SocketAddr::from((cfg.gateway, 53)), state.clone(), options)
-                .map_err(err)?;
-        let mdns = Mdns::start(Vec::new(), state, cfg.dns_ttl).map_err(err)?;
+            DnsServer::start_with(SocketAddr::from((cfg.gateway, 53)), state.clone(), options)?;
+        let mdns = Mdns::start(Vec::new(), state, cfg.dns_ttl)?;
         tracing::info!(addr = %cfg.gateway, "serving .local names (DNS, mDNS)");
         Ok(NameService {
             _dns: dns,

@@ -1,7 +1,7 @@
-//! The desired cluster state of an agent without a store: the JSON file
-//! `state_file`, re-read when its modification time changes. With `store`
-//! set, the state comes from etcd instead (`cluster::follow`), through the
-//! same kind of watch channel.
+//! The desired cluster state from a JSON file (`state_file`), re-read when
+//! it changes: the source of an agent without a store. With a store the
+//! state comes from etcd instead (`store::follow`), into the same kind of
+//! watch channel.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -15,17 +15,21 @@ use crate::model::ClusterState;
 const POLL: Duration = Duration::from_millis(300);
 
 fn read(path: &PathBuf) -> Result<ClusterState> {
-    let bytes =
-        std::fs::read(path).map_err(|e| AgentError::State(format!("{}: {e}", path.display())))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| AgentError::State(format!("{}: {e}", path.display())))
+    let bytes = std::fs::read(path).map_err(|source| AgentError::StateFile {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| AgentError::StateFormat {
+        path: path.clone(),
+        source,
+    })
 }
 
 /// Starts following the configured source; the receiver holds the latest state.
 pub fn spawn(cfg: &AgentConfig) -> Result<watch::Receiver<ClusterState>> {
     let Some(path) = cfg.state_file.clone() else {
-        return Err(AgentError::State(
-            "neither store nor state_file configured".into(),
+        return Err(AgentError::NoSource(
+            "neither a store nor a state_file is configured",
         ));
     };
     let (tx, rx) = watch::channel(read(&path)?);

@@ -1,0 +1,204 @@
+//! The agent's life: start-up, the background tasks, and a shutdown that
+//! lets in-flight API calls finish.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use super::{Agent, AgentError, Maps, Result, Shared, State};
+use super::{cluster, host, instances, metrics, names, source};
+use crate::config::AgentConfig;
+use crate::dataplane::{Dataplane, Tables};
+use crate::model::ClusterState;
+use crate::reconcile;
+
+/// How long a stopping agent waits for API calls in flight (a deploy may
+/// wait on the store for a few of its call timeouts).
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// What start-up hands to the running agent's tasks.
+struct Started {
+    agent: Agent,
+    cluster_rx: watch::Receiver<ClusterState>,
+    prober: Option<crate::probe::Prober>,
+    scan: Arc<Tables>,
+}
+
+/// Runs the agent until SIGTERM or SIGINT, then lets the API calls in
+/// flight finish (for up to [`DRAIN`]).
+pub async fn run(cfg: AgentConfig) -> Result<()> {
+    let Started {
+        agent,
+        cluster_rx,
+        prober,
+        scan,
+    } = start(cfg).await?;
+    instances::restore(&agent).await?;
+    agent.reconcile()?;
+    let shared: Shared = Arc::new(agent);
+    let changed = Arc::new(Notify::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = crate::api::serve(shared.clone(), changed.clone(), stop_rx).await?;
+    let follow = tokio::spawn(follow(shared.clone(), cluster_rx, changed));
+    let period = Duration::from_millis(match shared.cfg.probe_interval_ms {
+        0 => 1000,
+        ms => ms,
+    });
+    let measure = tokio::spawn(metrics::measure(shared.clone(), prober, scan, period));
+    host::wait_for_signal().await;
+    tracing::info!("stopping; the dataplane keeps forwarding");
+    // New clients find no socket; calls already made run to their end.
+    let _ = std::fs::remove_file(&shared.cfg.api_socket);
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(DRAIN, server).await.is_err() {
+        tracing::warn!("API calls still running after {DRAIN:?}; stopping without them");
+    }
+    for task in [measure, follow] {
+        task.abort();
+        let _ = task.await;
+    }
+    detach(shared).await;
+    Ok(())
+}
+
+/// Prepares the host, loads the dataplane and joins the cluster.
+async fn start(cfg: AgentConfig) -> Result<Started> {
+    host::prepare(&cfg)?;
+    let store = match &cfg.store {
+        Some(endpoints) => Some(cluster::connect(endpoints).await),
+        None => None,
+    };
+    let subnet = match &store {
+        Some(s) => cluster::lease_subnet(s, &cfg).await?,
+        None => cfg
+            .subnet
+            .ok_or_else(|| AgentError::Unfit("no node subnet configured".into()))?,
+    };
+    host::masquerade(&cfg, subnet)?;
+    let node = host::node(&cfg, subnet)?;
+    let sizes = crate::dataplane::Sizes {
+        conntrack: cfg.conntrack_entries,
+    };
+    let mut dp = Dataplane::load_sized(Some(&cfg.bpf_pin_dir), sizes)?;
+    let xdp = match cfg.uplink_xdp {
+        Some(on) => on,
+        None => !crate::netns::is_veth(&cfg.uplink).await?,
+    };
+    dp.attach_uplink_with(&cfg.uplink, xdp)?;
+    if let Some(logger) = dp.take_logger() {
+        tokio::spawn(forward_logs(logger));
+    }
+    // A second handle on the same pinned maps, for the conntrack scans:
+    // they read while the agent writes, without taking its map lock.
+    let scan = Arc::new(Tables::open_pinned(&cfg.bpf_pin_dir)?);
+    let applied = reconcile::read(&dp.tables);
+    tracing::info!(node = %node.name, ip = %node.ip, subnet = %node.subnet, adopted = applied.servips.len() + applied.endpoints.len(), "dataplane loaded");
+    let (mut cluster_rx, synced) = match (&store, &cfg.store) {
+        (Some(_), Some(endpoints)) => cluster::follow(endpoints).await,
+        _ => (source::spawn(&cfg)?, true),
+    };
+    let cluster = cluster_rx.borrow_and_update().clone();
+    let names = match cfg.dns {
+        true => Some(names::NameService::start(&cfg, cluster_rx.clone()).await?),
+        false => None,
+    };
+    let prober = match &store {
+        Some(s) => cluster::prober(s, &node, &cfg).await?,
+        None => None,
+    };
+    let link = match store {
+        Some(s) => Some(cluster::register(s, &node, &cfg).await?),
+        None => None,
+    };
+    let agent = Agent {
+        cfg,
+        node,
+        state: Mutex::new(State {
+            cluster,
+            synced,
+            ..State::default()
+        }),
+        maps: Mutex::new(Maps {
+            dp,
+            applied,
+            failures: Default::default(),
+        }),
+        linking: tokio::sync::Mutex::new(()),
+        store: link,
+        names,
+    };
+    Ok(Started {
+        agent,
+        cluster_rx,
+        prober,
+        scan,
+    })
+}
+
+/// Stops the registration's keepalive without revoking its lease: the node
+/// stays registered until the lease runs out, so a quick restart keeps
+/// every other node's tables unchanged.
+async fn detach(shared: Shared) {
+    match Arc::try_unwrap(shared) {
+        Ok(agent) => {
+            if let Some(link) = agent.store {
+                link.registration.detach().await;
+            }
+        }
+        // An API call outlived the drain and still holds the agent. The last
+        // drop of the registration would revoke the lease; never dropping it
+        // leaves the lease to run out, as detaching does.
+        Err(shared) => std::mem::forget(shared),
+    }
+}
+
+/// Forwards the programs' aya-log records into the agent's log (tracing).
+async fn forward_logs(logger: crate::dataplane::ProgramLogger) {
+    // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd lives.
+    let Ok(mut fd) = (unsafe { tokio::io::unix::AsyncFd::register(logger) }) else {
+        return;
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}
+
+/// Reconciles whenever the desired state or the local instances change.
+async fn follow(agent: Shared, mut rx: watch::Receiver<ClusterState>, changed: Arc<Notify>) {
+    loop {
+        let from_store = tokio::select! {
+            r = rx.changed() => if r.is_err() { return } else { true },
+            _ = changed.notified() => false,
+        };
+        let new = rx.borrow_and_update().clone();
+        let quiet = {
+            let mut st = agent.state();
+            // Other nodes' measurements move weights all the time: not worth a log line.
+            let quiet = from_store && st.synced && st.cluster.same_but_measurements(&new);
+            st.cluster = new;
+            st.synced = true;
+            quiet
+        };
+        let result = match quiet {
+            true => agent.reconcile_quietly(),
+            false => agent.reconcile(),
+        };
+        if let Err(e) = result {
+            tracing::error!("reconcile failed: {e}");
+        }
+    }
+}
+
+/// `overlay-ctl agent --teardown`: removes instance links, pinned links and
+/// maps, the masquerade rule and the API socket.
+pub async fn teardown(cfg: AgentConfig) -> Result<()> {
+    for inst in instances::load(&cfg)? {
+        crate::netns::remove(&inst.host_if).await?;
+    }
+    host::teardown(&cfg)
+}
