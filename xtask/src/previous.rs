@@ -42,7 +42,7 @@ pub fn ensure(ws: &Path) -> anyhow::Result<PathBuf> {
         eprintln!("previous: {} is up to date", bin.display());
         return Ok(bin);
     }
-    require_commit(ws)?;
+    require_commit(ws, RELEASE)?;
     let dir = bin.parent().context("binary path has a parent")?;
     let src = dir.join("src");
     export(ws, &src)?;
@@ -56,18 +56,18 @@ pub fn ensure(ws: &Path) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// Fails with what to do when the clone lacks the release commit (a
+/// Fails with what to do when the clone lacks the release `commit` (a
 /// shallow clone, typically).
-fn require_commit(ws: &Path) -> anyhow::Result<()> {
+fn require_commit(ws: &Path, commit: &str) -> anyhow::Result<()> {
     let found = Command::new("git")
         .current_dir(ws)
-        .args(["cat-file", "-e", &format!("{RELEASE}^{{commit}}")])
+        .args(["cat-file", "-e", &format!("{commit}^{{commit}}")])
         .stderr(Stdio::null())
         .status()
         .context("cannot run git")?;
     if !found.success() {
         bail!(
-            "the previous release {RELEASE} (xtask/src/previous.rs) is not in this clone; \
+            "the previous release {commit} (xtask/src/previous.rs) is not in this clone; \
              the upgrade test needs it: fetch the full history (`git fetch --unshallow`, \
              or clone without `--depth`)"
         );
@@ -128,4 +128,17 @@ fn build(src: &Path, target: &Path) -> anyhow::Result<PathBuf> {
         bail!("building overlay-ctl of the previous release {RELEASE} failed ({status})");
     }
     Ok(target.join("debug").join("overlay-ctl"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_release_commit_says_how_to_get_it() {
+        let ws = crate::workspace();
+        let err = require_commit(&ws, "0123456789abcdef0123456789abcdef01234567").unwrap_err();
+        assert!(err.to_string().contains("git fetch --unshallow"), "{err}");
+        assert_eq!(RELEASE.len(), 40, "a full commit hash");
+    }
 }
