@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aya::programs::links::{FdLink, PinnedLink};
 use common::agents::{Agent, Workdir};
@@ -236,9 +236,13 @@ fn agents_upgrade_from_the_previous_release_during_a_download() {
         progress.load(Ordering::Relaxed) > TOTAL / 20
     })
     .unwrap();
-    c.upgrade(0);
-    c.upgrade(1);
+    for i in 0..c.agents.len() {
+        let start = Instant::now();
+        c.upgrade(i);
+        println!("n{} upgraded in {:?}", i + 1, start.elapsed());
+    }
     let at_upgrade = progress.load(Ordering::Relaxed);
+    println!("both upgraded after {at_upgrade} of {TOTAL} bytes");
     assert!(
         at_upgrade < TOTAL,
         "the download ended before both agents were upgraded: lengthen it"
