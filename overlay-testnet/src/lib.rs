@@ -15,7 +15,8 @@
 //!   namespaces on it (`n1` = 192.0.2.11/24, `n2` = 192.0.2.12/24, ...),
 //!   plus optional extra hosts ([`Topology::add_host`]).
 //! * [`NsChild`]: a background process in a namespace, killed on drop.
-//! * [`servers`]: tiny TCP/UDP servers that say which instance answered.
+//! * [`servers`]: tiny TCP/UDP servers that say which instance answered, and
+//!   a paced download whose every byte the client checks.
 //! * [`Etcd`]: an etcd inside a namespace, for the cluster store.
 //! * [`tun`]: a TUN device in a namespace with a userspace forwarder that
 //!   carries its packets bare in UDP ([`tun::Forwarder`]), as Oakestra's

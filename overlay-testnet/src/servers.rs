@@ -1,4 +1,5 @@
-//! Tiny servers that say who answered, run inside instance namespaces.
+//! Tiny servers that say who answered, and a paced download with a
+//! checkable pattern, run inside instance namespaces.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -82,4 +83,85 @@ pub fn bulk(s: &mut TcpStream, n: usize) -> std::io::Result<()> {
     s.read_exact(&mut buf)?;
     assert!(buf.iter().all(|&b| b == b'x'), "bulk data corrupted");
     Ok(())
+}
+
+/// Period of the download pattern: byte `i` of a download is `i % 251`. A
+/// prime period, so a lost, repeated or misplaced block of any power-of-two
+/// size breaks the pattern.
+const PERIOD: usize = 251;
+
+/// The pattern from offset 0, `len` bytes long.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % PERIOD) as u8).collect()
+}
+
+/// TCP: for the line "pattern N SECS" sends N bytes of the download pattern,
+/// paced evenly over SECS seconds, then closes the connection.
+pub fn paced(ns: &Netns, port: u16) {
+    let listener = ns
+        .enter(|| TcpListener::bind(("0.0.0.0", port)))
+        .expect("enter")
+        .expect("bind tcp");
+    ns.thread(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || serve_pattern(conn));
+        }
+    })
+    .expect("server thread");
+}
+
+fn serve_pattern(conn: TcpStream) -> std::io::Result<()> {
+    let mut line = String::new();
+    BufReader::new(&conn).read_line(&mut line)?;
+    let mut words = line.split_whitespace().skip(1).map(str::parse::<u64>);
+    let (Some(Ok(total)), Some(Ok(secs))) = (words.next(), words.next()) else {
+        return Ok(());
+    };
+    // Whole periods, so every block continues the pattern where the last ended.
+    let block = pattern(PERIOD * 256);
+    let start = std::time::Instant::now();
+    let mut sent = 0u64;
+    let mut w = &conn;
+    while sent < total {
+        let len = block.len().min((total - sent) as usize);
+        w.write_all(&block[..len])?;
+        sent += len as u64;
+        let due = Duration::from_secs(secs).mul_f64(sent as f64 / total as f64);
+        if let Some(early) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(early);
+        }
+    }
+    Ok(())
+}
+
+/// Downloads `total` bytes over `secs` seconds from a [`paced`] server over
+/// an open connection, checking every byte against the pattern; `progress`
+/// follows the count received. Returns the count at the end of the stream.
+pub fn download(
+    s: &mut TcpStream,
+    total: u64,
+    secs: u64,
+    progress: &std::sync::atomic::AtomicU64,
+) -> std::io::Result<u64> {
+    s.write_all(format!("pattern {total} {secs}\n").as_bytes())?;
+    let mut buf = vec![0u8; 1 << 16];
+    let expected = pattern(PERIOD + buf.len());
+    let mut got = 0u64;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok(got);
+        }
+        let at = (got % PERIOD as u64) as usize;
+        // Slice comparison (memcmp) first: a byte loop is slow in test builds.
+        if buf[..n] != expected[at..at + n] {
+            let i = (0..n).find(|&i| buf[i] != expected[at + i]).unwrap_or(0);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("download corrupted at byte {}", got + i as u64),
+            ));
+        }
+        got += n as u64;
+        progress.store(got, std::sync::atomic::Ordering::Relaxed);
+    }
 }

@@ -1,8 +1,12 @@
 //! `cargo xtask <command>`: the developer's entry points.
 //!
 //! * `build-ebpf [--release]`: secure the eBPF toolchain and build `overlay-ebpf`.
-//! * `test [-- CARGO_TEST_ARGS]`: prepare the machine (root, packages, bpffs)
-//!   and run every lint and test.
+//! * `test [-- CARGO_TEST_ARGS]`: prepare the machine (root, packages, bpffs),
+//!   build the previous release's `overlay-ctl` for the upgrade test, and run
+//!   every lint and test.
+//! * `previous`: build the previous release's `overlay-ctl` and print its
+//!   path, for running the upgrade test by hand
+//!   (`OVERLAY_PREVIOUS_CTL=$(cargo xtask previous) cargo test --test upgrade_e2e`).
 //! * `demo`: a live dataplane in network namespaces, with its counters.
 //! * `bench [--quick] [--rounds N]`: the overlay against plain routing, VXLAN
 //!   and a TUN forwarder; results in `target/bench/` (`docs/benchmark.md`).
@@ -13,6 +17,7 @@
 mod bench;
 mod build;
 mod prepare;
+mod previous;
 mod test;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +46,9 @@ enum Cmd {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Build the previous release's overlay-ctl (for the upgrade test) and
+    /// print its path.
+    Previous,
     /// As root: run the dataplane in network namespaces and show its counters.
     Demo,
     /// As root: benchmark the data paths, program costs and control plane
@@ -62,6 +70,9 @@ fn main() {
             println!("{}", p.display());
         }),
         Cmd::Test { cargo_test_args } => test::run(&cargo_test_args),
+        Cmd::Previous => previous::ensure(&workspace()).map(|p| {
+            println!("{}", p.display());
+        }),
         Cmd::Demo => test::demo().map(|code| std::process::exit(code)),
         Cmd::Bench { quick, rounds } => {
             bench::run(quick, rounds).map(|code| std::process::exit(code))

@@ -1,6 +1,6 @@
 //! `cargo xtask test` and `cargo xtask demo`.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::prepare::{prepare, require_root};
+use crate::previous;
 
 const TEST_NEEDS: &str = "the end-to-end tests build network namespaces and load eBPF programs";
 const DEMO_NEEDS: &str = "the demo builds network namespaces and loads eBPF programs";
@@ -62,9 +63,20 @@ pub fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
             }),
         ),
         (
+            "previous",
+            format!(
+                "overlay-ctl of the previous release {} for the upgrade test",
+                &previous::RELEASE[..12]
+            ),
+            Box::new(move || previous::ensure(ws).map(drop)),
+        ),
+        (
             "test",
             format!("cargo {}", test_args.join(" ")),
-            Box::new(move || cargo(ws, &test_args)),
+            Box::new(move || {
+                let prev = previous::binary(ws);
+                cargo_with(ws, &test_args, &[(previous::ENV, prev.as_os_str())])
+            }),
         ),
         (
             "leftovers",
@@ -103,9 +115,15 @@ pub fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
 
 /// `cargo ARGS` in the workspace with the cargo that runs the xtask.
 fn cargo(ws: &Path, args: &[&str]) -> anyhow::Result<()> {
+    cargo_with(ws, args, &[])
+}
+
+/// `cargo ARGS` with extra environment variables.
+fn cargo_with(ws: &Path, args: &[&str], env: &[(&str, &OsStr)]) -> anyhow::Result<()> {
     let status = Command::new(cargo_bin())
         .current_dir(ws)
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .context("cannot start cargo")?;
     if !status.success() {

@@ -58,6 +58,9 @@ pub struct Agent {
     pub socket: PathBuf,
     pub pin_dir: PathBuf,
     pub proc: Option<NsChild>,
+    /// The `overlay-ctl` that runs as this agent and as its CLI: this tree's
+    /// unless a test sets another release's.
+    pub bin: PathBuf,
 }
 
 impl Agent {
@@ -108,6 +111,7 @@ impl Agent {
             socket,
             pin_dir,
             proc: None,
+            bin: PathBuf::from(BIN),
         }
     }
 
@@ -115,7 +119,10 @@ impl Agent {
     pub fn start(&mut self, ns: &Netns) {
         let _ = std::fs::remove_file(&self.socket);
         let mut child = ns
-            .spawn(BIN, ["agent", "--config", self.config.to_str().unwrap()])
+            .spawn(
+                &self.bin,
+                ["agent", "--config", self.config.to_str().unwrap()],
+            )
             .expect("spawn agent");
         let sock = self.socket.clone();
         let mut exited = None;
@@ -165,7 +172,7 @@ impl Agent {
     }
 
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        Command::new(&self.bin)
             .args(args)
             .env("OVERLAY_API", &self.socket)
             .output()
