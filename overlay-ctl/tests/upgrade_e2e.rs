@@ -163,17 +163,29 @@ fn assert_programs_swapped(
     }
 }
 
-/// The maps hold the new layout.
-///
-/// For now: every map this tree declares is pinned, and every table of the
-/// new binary's `overlay-ctl maps` reads. This is the place for a check of
-/// the layout marker once the maps carry one.
+/// The maps hold the new layout: every map of the registry is pinned, its
+/// `LAYOUT` record says this tree's version, and every table of the new
+/// binary's `overlay-ctl maps` reads.
 fn assert_new_layout(agent: &Agent) {
-    for name in overlay_common::maps::names::ALL {
+    let registry = overlay_common::registry::PINNED;
+    for d in registry {
         assert!(
-            agent.pin_dir.join(name).exists(),
-            "map {name} pinned in {}",
+            agent.pin_dir.join(d.name).exists(),
+            "map {} pinned in {}",
+            d.name,
             agent.pin_dir.display()
+        );
+    }
+    // The previous release kept no LAYOUT map: the new agent recorded the
+    // layout of every map it adopted or migrated.
+    let pinned = overlay_ctl::dataplane::Tables::open_pinned(&agent.pin_dir).expect("pins open");
+    let recorded = pinned.layout();
+    for d in registry {
+        assert_eq!(
+            recorded.get(d.name),
+            Some(&d.version),
+            "layout of {}",
+            d.name
         );
     }
     let tables = [
