@@ -184,6 +184,13 @@ fn check(d: &MapDef, path: &PathBuf, sizes: Sizes) -> Result<()> {
         ("capacity", info.max_entries(), capacity),
     ];
     match found.into_iter().find(|(_, h, w)| h != w) {
+        Some(("capacity", have, want)) if d.name == def::CONNTRACK.name => {
+            Err(Error::ConntrackSize {
+                path: path.clone(),
+                have,
+                want,
+            })
+        }
         Some((what, have, want)) => Err(Error::Incompatible {
             path: path.clone(),
             what,

@@ -66,6 +66,12 @@ pub enum Error {
          `overlay-ctl agent --teardown`, which breaks open connections through this node)"
     )]
     Downgrade { path: PathBuf, have: u32, want: u32 },
+    #[error(
+        "pinned map {path} has capacity {have} but `conntrack_entries` is {want}: set \
+         `conntrack_entries = {have}` in agent.toml to keep the flows, or run `overlay-ctl agent \
+         --teardown` first (open connections through this node break)"
+    )]
+    ConntrackSize { path: PathBuf, have: u32, want: u32 },
     #[error("pinned map {path} has layout version {from}, and no conversion to {to} exists")]
     NoConversion { path: PathBuf, from: u32, to: u32 },
     #[error(
