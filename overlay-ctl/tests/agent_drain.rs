@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::agents::{Agent, BIN, Workdir};
+use common::agents::{Agent, BIN, Workdir, tcx_programs};
 use common::store_cluster::{API, ETCD_IP, TTL, descriptor};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -117,16 +117,6 @@ fn etcd_pid(etcd: &Etcd) -> Pid {
         })
         .map(Pid::from_raw)
         .expect("the test's etcd process")
-}
-
-fn tcx_programs(ns: &Netns, ifname: &str) -> usize {
-    let ifname = ifname.to_string();
-    ns.enter(move || {
-        aya::programs::SchedClassifier::query_tcx(&ifname, aya::programs::TcAttachType::Ingress)
-            .map(|(_, progs)| progs.len())
-            .unwrap_or(0)
-    })
-    .unwrap()
 }
 
 #[test]

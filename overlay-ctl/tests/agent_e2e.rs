@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use common::agents::{Agent, Workdir, node_spec};
+use common::agents::{Agent, Workdir, node_spec, tcx_programs};
 use overlay_ctl::model::{ClusterState, InstanceSpec, Policy, ServiceSpec};
 use overlay_testnet::servers;
 use overlay_testnet::{Netns, Topology, wait_until};
@@ -109,16 +109,6 @@ fn connect_to(ns: &Netns, vip: Ipv4Addr, want: &str) -> std::net::TcpStream {
         }
     }
     panic!("no connection reached {want}");
-}
-
-fn tcx_programs(ns: &Netns, ifname: &str) -> usize {
-    let ifname = ifname.to_string();
-    ns.enter(move || {
-        aya::programs::SchedClassifier::query_tcx(&ifname, aya::programs::TcAttachType::Ingress)
-            .map(|(_, progs)| progs.len())
-            .unwrap_or(0)
-    })
-    .unwrap()
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aya::programs::links::{FdLink, PinnedLink};
-use common::agents::{Agent, Workdir};
+use common::agents::{Agent, Workdir, tcx_programs};
 use common::store_cluster::{ETCD_IP, TTL, descriptor, servip};
 use overlay_testnet::{Etcd, Netns, NsChild, Topology, servers, wait_until};
 
@@ -122,17 +122,6 @@ fn links(pin_dir: &Path) -> BTreeMap<String, (u32, u32)> {
             (name, (info.id(), info.program_id()))
         })
         .collect()
-}
-
-/// Programs on the TCX ingress of `ifname` in `ns`.
-fn tcx_programs(ns: &Netns, ifname: &str) -> usize {
-    let ifname = ifname.to_string();
-    ns.enter(move || {
-        aya::programs::SchedClassifier::query_tcx(&ifname, aya::programs::TcAttachType::Ingress)
-            .map(|(_, progs)| progs.len())
-            .unwrap_or(0)
-    })
-    .unwrap()
 }
 
 /// The agent swapped its programs into the links the previous one pinned:

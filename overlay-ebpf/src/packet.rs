@@ -16,27 +16,23 @@ pub trait Packet {
     fn end(&self) -> usize;
 }
 
-impl Packet for TcContext {
-    #[inline(always)]
-    fn start(&self) -> usize {
-        self.data()
-    }
-    #[inline(always)]
-    fn end(&self) -> usize {
-        self.data_end()
-    }
+/// Both hooks' contexts give their packet's bounds the same way.
+macro_rules! packet_context {
+    ($($ctx:ty),*) => {$(
+        impl Packet for $ctx {
+            #[inline(always)]
+            fn start(&self) -> usize {
+                self.data()
+            }
+            #[inline(always)]
+            fn end(&self) -> usize {
+                self.data_end()
+            }
+        }
+    )*};
 }
 
-impl Packet for XdpContext {
-    #[inline(always)]
-    fn start(&self) -> usize {
-        self.data()
-    }
-    #[inline(always)]
-    fn end(&self) -> usize {
-        self.data_end()
-    }
-}
+packet_context!(TcContext, XdpContext);
 
 /// What the L4 header is, as far as translation cares.
 #[derive(Clone, Copy, PartialEq, Eq)]

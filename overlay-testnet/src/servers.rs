@@ -9,13 +9,18 @@ use crate::Netns;
 
 /// TCP: for each line "who" answers "<name>\n"; "bulk N" answers N bytes.
 pub fn tcp(ns: &Netns, port: u16, name: &'static str) {
+    listen(ns, port, move |conn| serve(conn, name));
+}
+
+/// Accepts TCP connections on `port` inside `ns`, each served by `serve` on a thread of its own.
+fn listen(ns: &Netns, port: u16, serve: impl Fn(TcpStream) + Copy + Send + 'static) {
     let listener = ns
         .enter(|| TcpListener::bind(("0.0.0.0", port)))
         .expect("enter")
         .expect("bind tcp");
     ns.thread(move || {
         for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || serve(conn, name));
+            std::thread::spawn(move || serve(conn));
         }
     })
     .expect("server thread");
@@ -98,16 +103,7 @@ fn pattern(len: usize) -> Vec<u8> {
 /// TCP: for the line "pattern N SECS" sends N bytes of the download pattern,
 /// paced evenly over SECS seconds, then closes the connection.
 pub fn paced(ns: &Netns, port: u16) {
-    let listener = ns
-        .enter(|| TcpListener::bind(("0.0.0.0", port)))
-        .expect("enter")
-        .expect("bind tcp");
-    ns.thread(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || serve_pattern(conn));
-        }
-    })
-    .expect("server thread");
+    listen(ns, port, |conn| drop(serve_pattern(conn)));
 }
 
 fn serve_pattern(conn: TcpStream) -> std::io::Result<()> {

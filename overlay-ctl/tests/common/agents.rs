@@ -241,3 +241,14 @@ pub fn node_spec(name: &str, index: usize, ip: std::net::Ipv4Addr) -> NodeSpec {
         location: None,
     }
 }
+
+/// Programs on the TCX ingress of `ifname` in `ns`.
+pub fn tcx_programs(ns: &Netns, ifname: &str) -> usize {
+    let ifname = ifname.to_string();
+    ns.enter(move || {
+        aya::programs::SchedClassifier::query_tcx(&ifname, aya::programs::TcAttachType::Ingress)
+            .map(|(_, progs)| progs.len())
+            .unwrap_or(0)
+    })
+    .unwrap()
+}
