@@ -63,15 +63,17 @@ pub mod limits {
     pub const INSTANCES_PER_NODE: usize = capacity::ENDPOINTS as usize;
 }
 
-/// Calls `$callback!` with the declaration of every map the agent pins and
-/// the programs share with it. One entry:
-/// `NAME field: Kind<Key, Value>, capacity, flags, version;`
-/// (the key of an array is its `u32` index; the key of an `LpmTrie` is the
-/// address part, the prefix length comes on top).
+/// Calls `$callback!` with the declaration of every map, in two groups:
+/// `pinned { .. }`, the maps the agent pins and shares with the programs,
+/// and `private { .. }`, the programs' own (never pinned, so a restart may
+/// drop them). One entry: `NAME field: Kind<Key, Value>, capacity, flags,
+/// version;` (the key of an array is its `u32` index; the key of an
+/// `LpmTrie` is the address part, the prefix length comes on top).
 #[macro_export]
 macro_rules! for_each_map {
     ($callback:ident) => {
         $callback! {
+          pinned {
             /// Index 0: the node-wide settings (`Config`).
             CONFIG config: Array<u32, $crate::maps::Config>, 1, 0, 1;
             /// Per-CPU packet and byte counters, one slot per `Reason`.
@@ -126,22 +128,15 @@ macro_rules! for_each_map {
             /// Map name → layout version of the pinned maps (see `Layout`).
             LAYOUT layout: HashMap<$crate::maps::Layout, u32>,
                 $crate::registry::capacity::LAYOUT, $crate::registry::NO_PREALLOC, 1;
-        }
-    };
-}
-
-/// Calls `$callback!` with the maps private to the programs: never pinned,
-/// so a restart may drop them (same entry syntax as [`for_each_map!`]).
-#[macro_export]
-macro_rules! for_each_private_map {
-    ($callback:ident) => {
-        $callback! {
+          }
+          private {
             /// Per-CPU scratch space for building packets off the stack.
             SCRATCH scratch: PerCpuArray<u32, $crate::maps::Scratch>, 1, 0, 1;
             /// Cached FIB results for tunnel destinations (node address → hop),
             /// so that an established flow's packets skip `bpf_fib_lookup`.
             HOPS hops: PerCpuHashMap<u32, $crate::maps::CachedHop>,
                 $crate::registry::capacity::NODES, $crate::registry::NO_PREALLOC, 1;
+          }
         }
     };
 }
@@ -214,32 +209,39 @@ macro_rules! defs {
     };
 }
 
-macro_rules! pinned_defs {
-    ($($t:tt)*) => { defs!(true; $($t)*); };
-}
-
-macro_rules! private_defs {
-    ($($t:tt)*) => { defs!(false; $($t)*); };
+macro_rules! all_defs {
+    (pinned { $($p:tt)* } private { $($q:tt)* }) => {
+        defs!(true; $($p)*);
+        defs!(false; $($q)*);
+    };
 }
 
 /// Every map's [`MapDef`], as a constant named after the map.
 pub mod def {
     use super::{MapDef, MapKind};
-    for_each_map!(pinned_defs);
-    for_each_private_map!(private_defs);
+    for_each_map!(all_defs);
 }
 
-macro_rules! all {
+/// The `def` constants of a group of entries, as a slice.
+macro_rules! slice {
     ($( $(#[$doc:meta])* $name:ident $field:ident :
         $kind:ident < $key:ty, $val:ty >, $cap:expr, $flags:expr, $ver:literal; )*) => {
         &[$(def::$name,)*]
     };
 }
 
+macro_rules! pinned {
+    (pinned { $($p:tt)* } private { $($q:tt)* }) => { slice!($($p)*) };
+}
+
+macro_rules! private {
+    (pinned { $($p:tt)* } private { $($q:tt)* }) => { slice!($($q)*) };
+}
+
 /// The maps the agent pins, in declaration order.
-pub const PINNED: &[MapDef] = for_each_map!(all);
+pub const PINNED: &[MapDef] = for_each_map!(pinned);
 /// The maps private to the programs.
-pub const PRIVATE: &[MapDef] = for_each_private_map!(all);
+pub const PRIVATE: &[MapDef] = for_each_map!(private);
 
 /// The declaration of the map called `name`.
 pub fn find(name: &str) -> Option<&'static MapDef> {

@@ -25,7 +25,7 @@ macro_rules! bpf_type {
 }
 
 /// One `#[map]` static per registry entry, named as the map.
-macro_rules! bpf_maps {
+macro_rules! bpf_statics {
     ($( $(#[$doc:meta])* $name:ident $field:ident :
         $kind:ident < $key:ty, $val:ty >, $cap:expr, $flags:expr, $ver:literal; )*) => {
         $(
@@ -37,8 +37,15 @@ macro_rules! bpf_maps {
     };
 }
 
+/// The programs hold every map, pinned or not.
+macro_rules! bpf_maps {
+    (pinned { $($p:tt)* } private { $($q:tt)* }) => {
+        bpf_statics!($($p)*);
+        bpf_statics!($($q)*);
+    };
+}
+
 overlay_common::for_each_map!(bpf_maps);
-overlay_common::for_each_private_map!(bpf_maps);
 
 /// Whether service `src` may open a new flow to service `dst`.
 #[inline(always)]

@@ -13,7 +13,7 @@ mod error;
 mod host;
 mod instances;
 mod metrics;
-mod names;
+mod name_service;
 mod run;
 mod source;
 
@@ -110,7 +110,7 @@ pub struct Agent {
     /// Both are safe to share; the store client queues its own calls.
     store: Option<cluster::Link>,
     /// DNS and mDNS for the instances (unless `dns = false`).
-    names: Option<names::NameService>,
+    names: Option<name_service::NameService>,
 }
 
 /// The agent's in-memory view: desired state, own instances, measurements.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use super::{Agent, AgentError, Maps, Result, Shared, State};
-use super::{cluster, host, instances, metrics, names, source};
+use super::{cluster, host, instances, metrics, name_service, source};
 use crate::config::AgentConfig;
 use crate::dataplane::{Dataplane, Tables};
 use crate::model::ClusterState;
@@ -100,7 +100,7 @@ async fn start(cfg: AgentConfig) -> Result<Started> {
     };
     let cluster = cluster_rx.borrow_and_update().clone();
     let names = match cfg.dns {
-        true => Some(names::NameService::start(&cfg, cluster_rx.clone()).await?),
+        true => Some(name_service::NameService::start(&cfg, cluster_rx.clone()).await?),
         false => None,
     };
     let prober = match &store {

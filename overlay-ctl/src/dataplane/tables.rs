@@ -33,10 +33,12 @@ macro_rules! user_type {
     ($kind:ident, $k:ty, $v:ty) => { $kind<MapData, $k, $v> };
 }
 
-/// `Tables`: one typed handle per pinned map of the registry.
+/// `Tables`: one typed handle per pinned map of the registry (the private
+/// maps are the programs' alone).
 macro_rules! tables {
-    ($( $(#[$doc:meta])* $name:ident $field:ident :
-        $kind:ident < $key:ty, $val:ty >, $cap:expr, $flags:expr, $ver:literal; )*) => {
+    (pinned { $( $(#[$doc:meta])* $name:ident $field:ident :
+        $kind:ident < $key:ty, $val:ty >, $cap:expr, $flags:expr, $ver:literal; )* }
+     private { $($private:tt)* }) => {
         /// Every pinned map of one dataplane.
         pub struct Tables {
             $( $(#[$doc])* $field: user_type!($kind, $key, $val), )*

@@ -13,6 +13,7 @@ use std::fmt::Debug;
 use std::net::Ipv4Addr;
 
 use overlay_common::maps::Endpoint;
+use overlay_common::registry::{MapDef, def};
 
 use super::MapSet;
 use crate::dataplane::{Result, Tables};
@@ -118,6 +119,10 @@ impl<V: PartialEq + Clone> Entries for Option<V> {
 /// write and remove one, and how its entries depend on others.
 struct Table<C: Entries> {
     name: &'static str,
+    /// The registry's maps this table writes (checked against the registry
+    /// by a test; nothing else needs it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    maps: &'static [MapDef],
     of: fn(&MapSet) -> &C,
     of_mut: fn(&mut MapSet) -> &mut C,
     put: fn(&mut Tables, &C::K, &C::V) -> Result<()>,
@@ -143,11 +148,17 @@ struct Pass<'a> {
 
 /// The two phases of a table, with its types erased for the list.
 trait Step: Sync {
+    #[cfg_attr(not(test), allow(dead_code))]
+    fn maps(&self) -> &'static [MapDef];
     fn add(&self, t: &mut Tables, p: &mut Pass);
     fn remove(&self, t: &mut Tables, p: &mut Pass);
 }
 
 impl<C: Entries> Step for Table<C> {
+    fn maps(&self) -> &'static [MapDef] {
+        self.maps
+    }
+
     fn add(&self, t: &mut Tables, p: &mut Pass) {
         let (have, want) = ((self.of)(p.have), (self.of)(p.want));
         for (k, v) in want.pairs() {
@@ -240,6 +251,7 @@ type Slots = (u32, overlay_common::policy::Policy, Vec<u32>);
 static ORDER: [&dyn Step; 11] = [
     &Table::<Option<overlay_common::maps::Config>> {
         name: "config",
+        maps: &[def::CONFIG],
         of: |m| &m.config,
         of_mut: |m| &mut m.config,
         put: |t, _, c| t.set_config(c),
@@ -250,6 +262,7 @@ static ORDER: [&dyn Step; 11] = [
     },
     &Table::<BTreeMap<u32, (Ipv4Addr, u16)>> {
         name: "nodes",
+        maps: &[def::NODES, def::PEERS],
         of: |m| &m.nodes,
         of_mut: |m| &mut m.nodes,
         put: |t, id, (addr, ewp)| t.put_node(*id, *addr, *ewp),
@@ -259,6 +272,7 @@ static ORDER: [&dyn Step; 11] = [
     },
     &Table::<BTreeMap<(Ipv4Addr, u32), u32>> {
         name: "routes",
+        maps: &[def::ROUTES],
         of: |m| &m.routes,
         of_mut: |m| &mut m.routes,
         put: |t, (net, prefix), node| t.put_route(*net, *prefix, *node),
@@ -268,6 +282,7 @@ static ORDER: [&dyn Step; 11] = [
     },
     &Table::<BTreeMap<u32, (Ipv4Addr, u32)>> {
         name: "backends",
+        maps: &[def::BACKENDS],
         of: |m| &m.backends,
         of_mut: |m| &mut m.backends,
         put: |t, id, (nsip, node)| t.put_backend(*id, *nsip, *node),
@@ -277,6 +292,7 @@ static ORDER: [&dyn Step; 11] = [
     },
     &Table::<BTreeSet<(u32, u16, u8)>> {
         name: "ports",
+        maps: &[def::SVC_PORTS],
         of: |m| &m.ports,
         of_mut: |m| &mut m.ports,
         put: |t, (svc, port, proto), _| t.put_port(*svc, *port, *proto),
@@ -286,6 +302,7 @@ static ORDER: [&dyn Step; 11] = [
     },
     &Table::<BTreeMap<Ipv4Addr, Endpoint>> {
         name: "endpoints",
+        maps: &[def::ENDPOINTS],
         of: |m| &m.endpoints,
         of_mut: |m| &mut m.endpoints,
         put: |t, nsip, ep| t.put_endpoint(*nsip, ep),
@@ -295,6 +312,7 @@ static ORDER: [&dyn Step; 11] = [
     },
     &Table::<BTreeMap<Ipv4Addr, Slots>> {
         name: "servips",
+        maps: &[def::SERVIPS, def::SLOTS, def::TURNS],
         of: |m| &m.servips,
         of_mut: |m| &mut m.servips,
         put: |t, vip, (svc, pol, slots)| t.put_servip(*vip, *svc, *pol, slots),
@@ -310,6 +328,7 @@ static ORDER: [&dyn Step; 11] = [
     // Allowances before the restriction that needs them.
     &Table::<BTreeSet<(u32, u32)>> {
         name: "needs",
+        maps: &[def::NEEDS],
         of: |m| &m.needs,
         of_mut: |m| &mut m.needs,
         put: |t, (src, dst), _| t.put_need(*src, *dst),
@@ -319,6 +338,7 @@ static ORDER: [&dyn Step; 11] = [
     },
     &Table::<BTreeSet<u32>> {
         name: "restricted",
+        maps: &[def::RESTRICTED],
         of: |m| &m.restricted,
         of_mut: |m| &mut m.restricted,
         put: |t, svc, _| t.put_restricted(*svc),
@@ -328,6 +348,7 @@ static ORDER: [&dyn Step; 11] = [
     },
     &Table::<BTreeMap<(u16, u8), (Ipv4Addr, Ipv4Addr)>> {
         name: "exposed",
+        maps: &[def::EXPOSED],
         of: |m| &m.exposed,
         of_mut: |m| &mut m.exposed,
         put: |t, (port, proto), (vip, snat)| t.put_exposed(*port, *proto, *vip, *snat),
@@ -337,6 +358,7 @@ static ORDER: [&dyn Step; 11] = [
     },
     &Table::<BTreeMap<Ipv4Addr, u16>> {
         name: "gateways",
+        maps: &[def::GATEWAYS],
         of: |m| &m.gateways,
         of_mut: |m| &mut m.gateways,
         put: |t, addr, port| t.put_gateway(*addr, *port),
@@ -369,6 +391,24 @@ pub fn apply(t: &mut Tables, have: &MapSet, want: &MapSet) -> (Changes, MapSet) 
     }
     p.now.refused = want.refused.clone();
     (p.changes, p.now)
+}
+
+#[cfg(test)]
+mod tests {
+    use overlay_common::registry::{self, def};
+
+    /// Every map of the registry that the agent fills is written by exactly
+    /// one table of the list: a map added to the registry without its place
+    /// in the reconcile order fails here.
+    #[test]
+    fn every_agent_map_has_its_place_in_the_order() {
+        // Written by the programs, or at load.
+        let elsewhere = [def::STATS, def::CONNTRACK, def::DENIED, def::LAYOUT];
+        for d in registry::PINNED.iter().filter(|d| !elsewhere.contains(d)) {
+            let n = super::ORDER.iter().filter(|t| t.maps().contains(d)).count();
+            assert_eq!(n, 1, "{} is written by {n} tables of the order", d.name);
+        }
+    }
 }
 
 /// The entries failing over successive passes: each failure is logged when
