@@ -15,6 +15,7 @@ use crate::balance::{self, Candidate, Params};
 use crate::dataplane::Tables;
 
 mod apply;
+pub mod validate;
 
 use crate::model::{ClusterState, FixedIp, InstanceSpec, Policy};
 pub use apply::{Changes, Failure, Failures, apply};
@@ -43,8 +44,8 @@ pub struct MapSet {
     pub exposed: BTreeMap<(u16, u8), (Ipv4Addr, Ipv4Addr)>,
     /// Registered north-south gateways: address → port their replies go to.
     pub gateways: BTreeMap<Ipv4Addr, u16>,
-    /// Services of the desired state left out for breaking a limit (not map
-    /// contents: reported with every pass, as failures).
+    /// Records of the desired state left out for breaking a rule
+    /// (`validate`; not map contents: reported with every pass, as failures).
     pub refused: Vec<Failure>,
 }
 
@@ -66,9 +67,12 @@ pub struct LocalNode<'a> {
 
 /// The maps a node should hold for `state`.
 pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
+    let (state, refused) = validate::validated(state, local.name, &validate::Pools::default());
+    let state = &state;
     let mut m = MapSet {
         config: Some(local.config),
         endpoints: local.endpoints.clone(),
+        refused,
         ..Default::default()
     };
     let node_ids: BTreeMap<&str, u32> = state
@@ -117,14 +121,6 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
             .push(f);
     }
     for svc in &state.services {
-        if let Some(why) = over_limit(svc) {
-            m.refused.push(Failure {
-                table: "services",
-                key: svc.name.clone(),
-                error: why,
-            });
-            continue;
-        }
         let key = svc.name.to_ascii_lowercase();
         let live: &[(&InstanceSpec, u32)] = by_service.get(&key).map_or(&[], Vec::as_slice);
         for (inst, node) in live {
@@ -164,17 +160,6 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
         );
     }
     m
-}
-
-/// Why `svc` cannot fit the maps, if it cannot (a record the store holds
-/// may never have passed the descriptor's checks).
-fn over_limit(svc: &crate::model::ServiceSpec) -> Option<String> {
-    use overlay_common::registry::limits;
-    let over = |what: &str, n: usize, max: usize| {
-        (n > max).then(|| format!("{n} {what}, more than the {max} a service may have"))
-    };
-    over("ports", svc.ports.len(), limits::PORTS_PER_SERVICE)
-        .or_else(|| over("needs", svc.needs.len(), limits::NEEDS_PER_SERVICE))
 }
 
 /// `needs` and exposure of one service.

@@ -325,3 +325,33 @@ fn failures_are_counted_once_while_they_last() {
     all.update(&[f]);
     assert_eq!(all.total, 2);
 }
+
+/// A node record claiming every address (subnet 0.0.0.0/0) and a service
+/// claiming 8.8.8.8 reach no map; the rest of the cluster does.
+#[test]
+fn corrupt_records_reach_no_map() {
+    let mut s = state();
+    let mut all = node("x", 9);
+    all.subnet = "0.0.0.0/0".parse().unwrap();
+    s.nodes.push(all);
+    let mut google = s.services[0].clone();
+    google.name = "a.b.g.d".into();
+    google.id = 9;
+    google.servips = [(Policy::Closest, Ipv4Addr::new(8, 8, 8, 8))].into();
+    s.services.push(google);
+    let eps = BTreeMap::new();
+    let m = desired(&s, &local(&eps));
+    assert!(
+        !m.routes.keys().any(|(_, prefix)| *prefix == 0),
+        "{:?}",
+        m.routes
+    );
+    assert!(
+        !m.nodes
+            .values()
+            .any(|(ip, _)| *ip == Ipv4Addr::new(192, 0, 2, 19))
+    );
+    assert!(!m.servips.contains_key(&Ipv4Addr::new(8, 8, 8, 8)));
+    assert_eq!(m.refused.len(), 2, "{:?}", m.refused);
+    assert_eq!(m.servips.len(), 3, "the good service keeps its ServIPs");
+}
