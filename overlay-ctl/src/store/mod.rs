@@ -108,6 +108,15 @@ pub enum StoreError {
     Contention { op: &'static str, attempts: u32 },
     #[error("the registration of node `{0}` is closed")]
     Closed(String),
+    #[error(
+        "node_id `{name}` is registered by a running agent at {addr}:{ewp}; each node needs a \
+         node_id of its own (an agent restarting on the same address takes its name over)"
+    )]
+    DuplicateNode {
+        name: String,
+        addr: std::net::Ipv4Addr,
+        ewp: u16,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -204,10 +204,13 @@ impl Store {
     /// Registers a node under a fresh lease of `ttl` (whole seconds, at least
     /// 1; etcd may raise very short ones to its minimum) and keeps it alive
     /// every `ttl / 3` in a task on the current runtime. A node key left by a
-    /// previous run of the same node is taken over.
+    /// previous run of the same node (same address and port) is taken over;
+    /// a live one of another address is another agent with the same name,
+    /// and refused.
     pub async fn register_node(&self, record: &NodeRecord, ttl: Duration) -> Result<Registration> {
         check_label(&record.name)
             .map_err(|why| StoreError::Invalid(format!("node name: {why}")))?;
+        self.check_unique(record).await?;
         let inner = Arc::new(Inner {
             client: self.client.clone(),
             prefix: self.prefix.clone(),
@@ -225,6 +228,36 @@ impl Store {
             stop,
             task: Some(task),
         })
+    }
+}
+
+impl Store {
+    /// Refuses `record`'s name while a live registration of that name comes
+    /// from another address (a key under a lease lives as long as its agent).
+    async fn check_unique(&self, record: &NodeRecord) -> Result<()> {
+        let key = format!("{}nodes/{}", self.prefix, record.name);
+        let resp = self
+            .client
+            .range(proto::RangeRequest {
+                key: key.into_bytes(),
+                ..Default::default()
+            })
+            .await?;
+        // An unreadable record is nobody's: taken over.
+        let other = resp
+            .kvs
+            .first()
+            .and_then(|kv| serde_json::from_slice::<NodeRecord>(&kv.value).ok());
+        match other {
+            Some(o) if (o.ip, o.ewp, o.public) != (record.ip, record.ewp, record.public) => {
+                Err(StoreError::DuplicateNode {
+                    name: record.name.clone(),
+                    addr: o.ip,
+                    ewp: o.ewp,
+                })
+            }
+            _ => Ok(()),
+        }
     }
 }
 

@@ -230,3 +230,31 @@ fn cluster_settings() {
         assert_eq!(store.snapshot().await.unwrap().0.settings, on);
     });
 }
+
+/// A second agent with a running node's name, from another address, is
+/// refused and changes nothing; the same node starting again (same address)
+/// takes its name over.
+#[test]
+fn a_duplicate_node_id_is_refused() {
+    let c = cluster("st-dup");
+    run(&c, |store| async move {
+        let subnet = pool("10.30.0.0/24");
+        let ttl = Duration::from_secs(10);
+        let first = store.register_node(&node("n1", subnet), ttl).await.unwrap();
+        let mut other = node("n1", subnet);
+        other.ip = Ipv4Addr::new(192, 0, 2, 99);
+        let err = store.register_node(&other, ttl).await.err().expect("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("node_id `n1`") && text.contains("192.0.2.11:50103"),
+            "{text}"
+        );
+        let (state, _) = store.snapshot().await.unwrap();
+        assert_eq!(state.nodes.len(), 1);
+        assert_eq!(state.nodes[0].ip, Ipv4Addr::new(192, 0, 2, 11), "the first stays");
+        // `first` still holds its lease: this is the restart case.
+        let again = store.register_node(&node("n1", subnet), ttl).await;
+        assert!(again.is_ok(), "a restart on the same address takes over");
+        drop(first);
+    });
+}
