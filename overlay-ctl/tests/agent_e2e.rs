@@ -401,3 +401,58 @@ impl WaitLossy for overlay_testnet::NsChild {
         out
     }
 }
+
+/// Under `ip netns exec` (a private mount namespace, /sys remounted) the
+/// pin directory /sys/fs/bpf/... is on no bpffs; one the agent mounted there
+/// would die with it, pins and all: the agent refuses, naming the fix, and
+/// creates nothing.
+#[test]
+fn a_bpffs_that_dies_with_the_agent_is_refused() {
+    let work = Workdir::new("privbpf");
+    let ns = Netns::new("pb").unwrap();
+    ns.ip([
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ])
+    .unwrap();
+    ns.ip(["addr", "add", "192.0.2.11/24", "dev", "eth0"])
+        .unwrap();
+    ns.ip(["link", "set", "eth0", "up"]).unwrap();
+    let pins = format!("/sys/fs/bpf/{}-n1", ns.name());
+    let config = work.dir.join("agent.toml");
+    let text = format!(
+        "node_id = \"n1\"\nuplink = \"eth0\"\nstate_dir = \"{dir}/state\"\nbpf_pin_dir = \"{pins}\"\napi_socket = \"{dir}/n1.sock\"\nstate_file = \"{dir}/cluster.json\"\nsubnet = \"10.30.1.0/24\"\n",
+        dir = work.dir.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    std::fs::write(work.dir.join("cluster.json"), "{}").unwrap();
+    let mut child = ns
+        .cmd(
+            common::agents::BIN,
+            ["agent", "--config", config.to_str().unwrap()],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let refused = wait_until(Duration::from_secs(10), "the agent to exit", || {
+        child.try_wait().unwrap().is_some()
+    })
+    .is_ok();
+    if !refused {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        refused && !out.status.success(),
+        "the agent kept running: {stderr}"
+    );
+    assert!(
+        stderr.contains("private mount namespace") && stderr.contains("nsenter"),
+        "{stderr}"
+    );
+    assert!(
+        !std::path::Path::new(&pins).exists(),
+        "nothing pinned in the host's bpffs"
+    );
+}

@@ -83,6 +83,19 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
             dir.display()
         )));
     }
+    // A bpffs mounted in a private mount namespace (`ip netns exec` makes
+    // one) dies with the agent's process, and its pins with it: a restart
+    // would find nothing to adopt, and `--teardown` nothing to remove.
+    if private_mount_namespace() {
+        return Err(AgentError::Unfit(format!(
+            "{} is not on a bpf filesystem, and this agent runs in a private mount namespace \
+             (as under `ip netns exec`), where a bpffs it mounts dies with it and takes the \
+             pinned dataplane along: mount one in the host's mount namespace first (mount -t \
+             bpf bpf /sys/fs/bpf), or run the agent there (ip netns exec remounts /sys; use \
+             nsenter --net=/run/netns/NAME instead)",
+            dir.display()
+        )));
+    }
     nix::mount::mount(
         Some("bpf"),
         mountpoint,
@@ -91,6 +104,22 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
         None::<&str>,
     )
     .map_err(sys("mounting bpffs on /sys/fs/bpf"))
+}
+
+/// Whether this process runs in a mount namespace of its own: another than
+/// its parent's (`ip netns exec` and `unshare -m` make one for the program
+/// they start), or than pid 1's where the parent's cannot be read.
+fn private_mount_namespace() -> bool {
+    let ns = |pid: String| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let Some(own) = ns("self".into()) else {
+        return false;
+    };
+    let parent = nix::unistd::getppid().as_raw();
+    [parent.to_string(), "1".into()]
+        .into_iter()
+        .filter(|pid| pid != "0")
+        .find_map(ns)
+        .is_some_and(|other| other != own)
 }
 
 /// This node's identity and addresses.

@@ -243,7 +243,9 @@ fn a_duplicate_node_id_is_refused() {
         let first = store.register_node(&node("n1", subnet), ttl).await.unwrap();
         let mut other = node("n1", subnet);
         other.ip = Ipv4Addr::new(192, 0, 2, 99);
-        let err = store.register_node(&other, ttl).await.err().expect("refused");
+        let Err(err) = store.register_node(&other, ttl).await else {
+            panic!("a second agent named n1 is refused");
+        };
         let text = err.to_string();
         assert!(
             text.contains("node_id `n1`") && text.contains("192.0.2.11:50103"),
@@ -251,7 +253,11 @@ fn a_duplicate_node_id_is_refused() {
         );
         let (state, _) = store.snapshot().await.unwrap();
         assert_eq!(state.nodes.len(), 1);
-        assert_eq!(state.nodes[0].ip, Ipv4Addr::new(192, 0, 2, 11), "the first stays");
+        assert_eq!(
+            state.nodes[0].ip,
+            Ipv4Addr::new(192, 0, 2, 11),
+            "the first stays"
+        );
         // `first` still holds its lease: this is the restart case.
         let again = store.register_node(&node("n1", subnet), ttl).await;
         assert!(again.is_ok(), "a restart on the same address takes over");
