@@ -137,6 +137,27 @@ struct Maps {
 
 pub type Shared = Arc<Agent>;
 
+/// The local endpoints with their service ids from the desired state: an
+/// instance linked before the state arrived (restored at start while the
+/// store was late) was linked without knowing its service's id.
+fn endpoints_with_ids(st: &State) -> BTreeMap<Ipv4Addr, Endpoint> {
+    let service_of: BTreeMap<Ipv4Addr, &str> = st
+        .instances
+        .values()
+        .map(|i| (i.nsip, i.service.as_str()))
+        .collect();
+    st.endpoints
+        .iter()
+        .map(|(nsip, ep)| {
+            let id = service_of
+                .get(nsip)
+                .and_then(|name| st.cluster.service(name))
+                .map_or(ep.service, |s| s.id);
+            (*nsip, Endpoint { service: id, ..*ep })
+        })
+        .collect()
+}
+
 impl Agent {
     /// The in-memory state. Nothing is meant to panic while holding it; if
     /// something did, at worst one update is missing, so a poisoned lock is
@@ -217,10 +238,11 @@ impl Agent {
         if !st.synced {
             return None;
         }
+        let endpoints = endpoints_with_ids(&st);
         let local = LocalNode {
             name: &self.node.name,
             config: self.node.dataplane_config(),
-            endpoints: &st.endpoints,
+            endpoints: &endpoints,
             snat: self.node.subnet.host(1),
             default_deny: st
                 .cluster
@@ -267,4 +289,41 @@ pub async fn instances_deploy(shared: &Shared, req: DeployRequest) -> Result<Loc
 /// API entry: undeploys an instance (serialized with other deploys and undeploys).
 pub async fn instances_undeploy(shared: &Shared, service: &str, instance: u32) -> Result<bool> {
     instances::undeploy(shared, service, instance).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ServiceSpec;
+
+    /// An instance restored before the desired state arrived (service id 0)
+    /// gets its service's id once the state is there.
+    #[test]
+    fn endpoints_take_their_service_id_from_the_state() {
+        let nsip = Ipv4Addr::new(10, 30, 1, 2);
+        let mut st = State::default();
+        st.instances.insert(
+            ("a.b.c.d".into(), 1),
+            LocalInstance {
+                service: "a.b.c.d".into(),
+                instance: 1,
+                netns: "x".into(),
+                nsip,
+                host_if: "ov2".into(),
+                fixed_ip: None,
+            },
+        );
+        st.endpoints.insert(nsip, Endpoint::default());
+        assert_eq!(endpoints_with_ids(&st)[&nsip].service, 0, "not known yet");
+        st.cluster.services.push(ServiceSpec {
+            name: "A.b.c.d".into(),
+            id: 7,
+            ports: vec![],
+            stateful: false,
+            servips: Default::default(),
+            exposed: false,
+            needs: vec![],
+        });
+        assert_eq!(endpoints_with_ids(&st)[&nsip].service, 7);
+    }
 }
