@@ -40,6 +40,10 @@ pub struct Etcd {
     ns_name: String,
     ns_path: PathBuf,
     ip: Ipv4Addr,
+    /// This member's name and the whole cluster (`--initial-cluster`).
+    name: String,
+    peer: String,
+    cluster: String,
     dir: PathBuf,
     child: Option<Child>,
     cmd: String,
@@ -50,6 +54,39 @@ impl Etcd {
     /// must be an address of `ns`, e.g. 127.0.0.1 or one the test added),
     /// and waits until it answers a health request.
     pub fn start(ns: &Netns, ip: Ipv4Addr) -> Result<Etcd> {
+        let peer = format!("http://127.0.0.1:{PEER_PORT}");
+        let cluster = format!("{NAME}={peer}");
+        let mut etcd = Etcd::new(ns, ip, NAME.into(), peer, cluster)?;
+        etcd.launch()?;
+        Ok(etcd)
+    }
+
+    /// Starts a cluster of one member per address of `ips` (each an address
+    /// of `ns`, members talking to each other on port 2380 of their own),
+    /// and waits until every member answers.
+    pub fn start_cluster(ns: &Netns, ips: &[Ipv4Addr]) -> Result<Vec<Etcd>> {
+        let peer = |ip: &Ipv4Addr| format!("http://{ip}:{PEER_PORT}");
+        let cluster: Vec<String> = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| format!("{NAME}{i}={}", peer(ip)))
+            .collect();
+        let mut members = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| Etcd::new(ns, *ip, format!("{NAME}{i}"), peer(ip), cluster.join(",")))
+            .collect::<Result<Vec<_>>>()?;
+        // A member answers only once a quorum runs: start all, then wait.
+        for m in &mut members {
+            m.spawn()?;
+        }
+        for m in &mut members {
+            m.wait_ready()?;
+        }
+        Ok(members)
+    }
+
+    fn new(ns: &Netns, ip: Ipv4Addr, name: String, peer: String, cluster: String) -> Result<Etcd> {
         let base = if Path::new("/dev/shm").is_dir() {
             PathBuf::from("/dev/shm")
         } else {
@@ -65,16 +102,17 @@ impl Etcd {
             what: format!("creating etcd data directory {}", dir.display()),
             source,
         })?;
-        let mut etcd = Etcd {
+        Ok(Etcd {
             ns_name: ns.name().to_owned(),
             ns_path: ns.path().to_owned(),
             ip,
+            name,
+            peer,
+            cluster,
             dir,
             child: None,
             cmd: String::new(),
-        };
-        etcd.launch()?;
-        Ok(etcd)
+        })
     }
 
     /// `http://IP:2379`.
@@ -205,16 +243,16 @@ impl Etcd {
 
     fn command(&self) -> Command {
         let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{PEER_PORT}");
+        let peer = &self.peer;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns_name, "etcd", "--name", NAME])
+        cmd.args(["netns", "exec", &self.ns_name, "etcd", "--name", &self.name])
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("{NAME}={peer}")])
+            .args(["--listen-peer-urls", peer])
+            .args(["--initial-advertise-peer-urls", peer])
+            .args(["--initial-cluster", &self.cluster])
             .args(["--initial-cluster-state", "new"])
             .args([
                 "--logger",
@@ -235,6 +273,11 @@ impl Etcd {
 
     /// Spawns the server and waits until it answers a health request.
     fn launch(&mut self) -> Result<()> {
+        self.spawn()?;
+        self.wait_ready()
+    }
+
+    fn spawn(&mut self) -> Result<()> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -252,7 +295,18 @@ impl Etcd {
             cmd: self.cmd.clone(),
             source,
         })?;
-        let child = self.child.insert(child);
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the server answers a health request.
+    fn wait_ready(&mut self) -> Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            return Err(Error::Io {
+                what: format!("waiting for `{}`", self.cmd),
+                source: std::io::Error::other("not started"),
+            });
+        };
         let addr = SocketAddr::from((self.ip, CLIENT_PORT));
         let host = self.ip;
         let ready = in_namespace(&self.ns_path, &self.ns_name, || {

@@ -23,16 +23,23 @@ const MAX_MESSAGE: usize = 64 << 20;
 /// etcd's default `--max-txn-ops`.
 pub const MAX_TXN_OPS: usize = 128;
 
-/// A connection to one etcd endpoint; cheap to clone (one HTTP/2 connection
-/// shared by all clones, re-established by tonic when it breaks).
+/// A connection to an etcd cluster; cheap to clone (the HTTP/2 connections
+/// are shared by all clones). Calls are spread over every configured
+/// endpoint that answers: a member that stops answering is left out until
+/// it is back (tonic re-connects in the background), so a client outlives
+/// any one member.
 #[derive(Clone, Debug)]
 pub struct Client {
     channel: Channel,
     endpoint: String,
+    /// How many endpoints there are: a call that could not reach one is
+    /// tried that many times more.
+    members: usize,
 }
 
 impl Client {
-    /// Connects to the first reachable endpoint of a comma-separated list.
+    /// Connects to every endpoint of a comma-separated list, once at least
+    /// one of them answers.
     pub async fn connect(endpoints: &str) -> Result<Client, StoreError> {
         let list: Vec<&str> = endpoints
             .split(',')
@@ -44,25 +51,18 @@ impl Client {
                 "`{endpoints}`: no endpoint given"
             )));
         }
+        let all = list
+            .iter()
+            .map(|url| endpoint(url))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut failures = Vec::new();
-        for url in list {
-            if !url.starts_with("http://") {
-                return Err(StoreError::Endpoint(format!(
-                    "`{url}`: expected http://HOST:PORT (TLS is not supported yet)"
-                )));
-            }
-            let endpoint = Endpoint::from_shared(url.to_owned())
-                .map_err(|e| StoreError::Endpoint(format!("`{url}`: {e}")))?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(KEEPALIVE)
-                .keep_alive_timeout(KEEPALIVE)
-                .keep_alive_while_idle(true);
+        for (url, endpoint) in list.iter().zip(&all) {
             match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
-                Ok(Ok(channel)) => {
+                Ok(Ok(_)) => {
                     return Ok(Client {
-                        channel,
-                        endpoint: url.to_owned(),
+                        members: all.len(),
+                        channel: Channel::balance_list(all.into_iter()),
+                        endpoint: list.join(","),
                     });
                 }
                 Ok(Err(e)) => failures.push((url, error_chain(&e))),
@@ -82,7 +82,7 @@ impl Client {
         })
     }
 
-    /// The endpoint this client is connected to.
+    /// The endpoints this client speaks to (comma-separated).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
@@ -100,22 +100,30 @@ impl Client {
         req: Q,
     ) -> Result<A, StoreError>
     where
-        Q: prost::Message + Send + Sync + 'static,
+        Q: prost::Message + Clone + Send + Sync + 'static,
         A: prost::Message + Default + Send + Sync + 'static,
     {
         let mut grpc = self.grpc();
         let call = async {
-            grpc.ready()
-                .await
-                .map_err(|e| self.rpc_error(op, error_chain(&e)))?;
-            grpc.unary(
-                Request::new(req),
-                PathAndQuery::from_static(path),
-                tonic_prost::ProstCodec::default(),
-            )
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| self.status_error(op, s))
+            let mut retries = self.members;
+            loop {
+                grpc.ready()
+                    .await
+                    .map_err(|e| self.rpc_error(op, error_chain(&e)))?;
+                let answer = grpc
+                    .unary(
+                        Request::new(req.clone()),
+                        PathAndQuery::from_static(path),
+                        tonic_prost::ProstCodec::default(),
+                    )
+                    .await;
+                match answer {
+                    Ok(a) => return Ok(a.into_inner()),
+                    // Never sent: another member may take it.
+                    Err(s) if retries > 0 && not_connected(&s) => retries -= 1,
+                    Err(s) => return Err(self.status_error(op, s)),
+                }
+            }
         };
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(result) => result,
@@ -308,4 +316,30 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     parts.join(": ")
+}
+
+/// One etcd endpoint, with the connection settings every endpoint shares.
+fn endpoint(url: &str) -> Result<Endpoint, StoreError> {
+    if !url.starts_with("http://") {
+        return Err(StoreError::Endpoint(format!(
+            "`{url}`: expected http://HOST:PORT (TLS is not supported yet)"
+        )));
+    }
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(|e| StoreError::Endpoint(format!("`{url}`: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE)
+        .keep_alive_while_idle(true))
+}
+
+/// Whether a call failed before it reached any server (so that trying it
+/// again cannot apply it twice): the connection to the member was refused
+/// or could not be made.
+fn not_connected(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        && std::error::Error::source(status)
+            .map(error_chain)
+            .is_some_and(|chain| chain.contains("connect error"))
 }

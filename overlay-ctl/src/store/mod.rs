@@ -130,7 +130,7 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects to the first reachable endpoint of a comma-separated list of
+    /// Connects to every endpoint (once one answers) of a comma-separated list of
     /// `http://HOST:PORT` URLs, giving each 2 s.
     pub async fn connect(endpoints: &str) -> Result<Store> {
         Ok(Store {

@@ -142,5 +142,6 @@ async fn state_until(
 
 mod follow;
 mod gateways;
+mod members;
 mod nodes;
 mod services;
