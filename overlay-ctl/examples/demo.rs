@@ -21,7 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use overlay_testnet::{Etcd, Netns, NsChild, Topology, require_root, servers, tun, wait_until};
+use overlay_testnet::{
+    Etcd, EtcdTls, Netns, NsChild, Topology, require_root, servers, tun, wait_until,
+};
 use serde_json::Value;
 
 const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
@@ -72,12 +74,12 @@ struct Demo {
 }
 
 impl Demo {
-    fn ctl(&self, ns: &str, env: (&str, &str), args: &[&str]) -> anyhow::Result<String> {
+    fn ctl(&self, ns: &str, env: &[(&str, String)], args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(&self.bin)
             .args(args)
-            .env(env.0, env.1)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .output()?;
         if !out.status.success() {
             bail!(
@@ -90,7 +92,47 @@ impl Demo {
     }
 
     fn orchestrate(&self, args: &[&str]) -> anyhow::Result<String> {
-        self.ctl(&self.orchestrator, ("OVERLAY_STORE", &self.store), args)
+        let pki = |f: &str| self.pki().join(f).display().to_string();
+        let env = [
+            ("OVERLAY_STORE", self.store.clone()),
+            ("OVERLAY_STORE_CA", pki("ca.crt")),
+            ("OVERLAY_STORE_CERT", pki("orchestrator.crt")),
+            ("OVERLAY_STORE_KEY", pki("orchestrator.key")),
+        ];
+        self.ctl(&self.orchestrator, &env, args)
+    }
+
+    fn pki(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+
+    /// The cluster's CA and certificates, as an operator makes them:
+    /// `overlay-ctl cert ca` and `overlay-ctl cert issue`.
+    fn certificates(&self, nodes: usize) -> anyhow::Result<()> {
+        let dir = self.pki().display().to_string();
+        let etcd_ip = ETCD_IP.to_string();
+        let mut runs: Vec<Vec<&str>> = vec![
+            vec!["cert", "ca", "--dir", &dir],
+            vec!["cert", "issue", "etcd", "--dir", &dir, "--ip", &etcd_ip],
+            vec!["cert", "issue", "orchestrator", "--dir", &dir],
+        ];
+        let names: Vec<String> = (1..=nodes).map(|n| format!("n{n}")).collect();
+        runs.extend(
+            names
+                .iter()
+                .map(|n| vec!["cert", "issue", n, "--dir", &dir]),
+        );
+        for args in runs {
+            let out = Command::new(&self.bin).args(&args).output()?;
+            if !out.status.success() {
+                bail!(
+                    "overlay-ctl {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Deploys `name` with `ports` and the descriptor lines `extra`.
@@ -114,8 +156,11 @@ impl Demo {
         std::fs::create_dir_all(&base)?;
         let (sock, config) = (base.join("agent.sock"), base.join("agent.toml"));
         let toml = format!(
-            "node_id = \"n{n}\"\nuplink = \"eth0\"\nstore = \"{}\"\nnode_ttl = 5\nstate_dir = \"{}\"\nbpf_pin_dir = \"{}\"\napi_socket = \"{}\"\n",
+            "node_id = \"n{n}\"\nuplink = \"eth0\"\nstore = \"{}\"\nstore_ca = \"{}\"\nstore_cert = \"{}\"\nstore_key = \"{}\"\nnode_ttl = 5\nstate_dir = \"{}\"\nbpf_pin_dir = \"{}\"\napi_socket = \"{}\"\n",
             self.store,
+            self.pki().join("ca.crt").display(),
+            self.pki().join(format!("n{n}.crt")).display(),
+            self.pki().join(format!("n{n}.key")).display(),
             base.join("state").display(),
             self.dir.join("bpf").join(format!("n{n}")).display(),
             sock.display()
@@ -146,7 +191,6 @@ fn run() -> anyhow::Result<()> {
     let mut topo = Topology::new(3)?;
     let etcd_ns = topo.add_host("etcd", ETCD_IP)?;
     let orchestrator = etcd_ns.name().to_string();
-    let etcd = Etcd::start(etcd_ns, ETCD_IP)?;
     let dir = std::env::temp_dir().join(format!("ovt{}-demo", std::process::id()));
     std::fs::create_dir_all(dir.join("bpf"))?;
     let status = Command::new("mount")
@@ -157,12 +201,21 @@ fn run() -> anyhow::Result<()> {
     if !status.success() {
         bail!("cannot mount a bpffs in {}", dir.display());
     }
-    let demo = Demo {
+    let mut demo = Demo {
         bin,
         dir,
-        store: etcd.endpoint(),
+        store: String::new(),
         orchestrator,
     };
+    println!("demo: the cluster's CA and certificates (overlay-ctl cert), etcd over TLS");
+    demo.certificates(3)?;
+    let tls = EtcdTls {
+        ca: demo.pki().join("ca.crt"),
+        cert: demo.pki().join("etcd.crt"),
+        key: demo.pki().join("etcd.key"),
+    };
+    let etcd = Etcd::start_tls(etcd_ns, ETCD_IP, tls)?;
+    demo.store = etcd.endpoint();
     let mut agents = Vec::new();
     for node in topo.nodes() {
         agents.push(demo.agent(node.ns(), node.index)?);
@@ -188,7 +241,7 @@ fn run() -> anyhow::Result<()> {
         let name = format!("demo.prod.{svc}.v1");
         let out = demo.ctl(
             topo.node(node).ns().name(),
-            ("OVERLAY_API", &sock),
+            &[("OVERLAY_API", sock.clone())],
             &[
                 "instance",
                 "deploy",

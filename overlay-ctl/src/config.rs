@@ -41,6 +41,11 @@ pub struct AgentConfig {
     pub public: Option<SocketAddrV4>,
     /// etcd endpoints, comma-separated; absent: `state_file` and `subnet`.
     pub store: Option<String>,
+    /// PEM CA of the store's certificate (`https://` endpoints).
+    pub store_ca: Option<PathBuf>,
+    /// This node's client certificate and key for the store (PEM).
+    pub store_cert: Option<PathBuf>,
+    pub store_key: Option<PathBuf>,
     /// Desired state of the cluster (nodes, services, remote instances) as a
     /// JSON file, for clusters without a store.
     pub state_file: Option<PathBuf>,
@@ -139,6 +144,19 @@ fn default_gateway() -> Ipv4Addr {
 }
 
 impl AgentConfig {
+    /// The store at `endpoints`, with this node's TLS material.
+    pub fn store_access(
+        &self,
+        endpoints: &str,
+    ) -> Result<crate::store::Access, crate::store::StoreError> {
+        crate::store::Access::new(
+            endpoints,
+            self.store_ca.as_deref(),
+            self.store_cert.as_deref(),
+            self.store_key.as_deref(),
+        )
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
@@ -176,6 +194,10 @@ impl AgentConfig {
         }
         if self.store.is_none() && self.state_file.is_none() {
             return Err(bad("store", "set `store` (etcd endpoints) or `state_file`"));
+        }
+        if let Some(endpoints) = &self.store {
+            self.store_access(endpoints)
+                .map_err(|e| bad("store_ca", &e.to_string()))?;
         }
         if self.store.is_none() && self.subnet.is_none() {
             return Err(bad(

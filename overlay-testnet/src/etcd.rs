@@ -33,6 +33,15 @@ const NAME: &str = "ovt";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// PEM files of an etcd serving TLS: its certificate and key, and the CA
+/// client certificates must be signed by (`--client-cert-auth`).
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// An etcd server running inside a network namespace; killed, and its data
 /// directory deleted, on drop.
 #[derive(Debug)]
@@ -44,6 +53,8 @@ pub struct Etcd {
     name: String,
     peer: String,
     cluster: String,
+    /// Serve clients over TLS, requiring a certificate signed by the CA.
+    tls: Option<EtcdTls>,
     dir: PathBuf,
     child: Option<Child>,
     cmd: String,
@@ -54,9 +65,20 @@ impl Etcd {
     /// must be an address of `ns`, e.g. 127.0.0.1 or one the test added),
     /// and waits until it answers a health request.
     pub fn start(ns: &Netns, ip: Ipv4Addr) -> Result<Etcd> {
+        Etcd::start_with(ns, ip, None)
+    }
+
+    /// [`Etcd::start`], serving clients on `https://IP:2379` and refusing
+    /// clients without a certificate signed by `tls.ca`.
+    pub fn start_tls(ns: &Netns, ip: Ipv4Addr, tls: EtcdTls) -> Result<Etcd> {
+        Etcd::start_with(ns, ip, Some(tls))
+    }
+
+    fn start_with(ns: &Netns, ip: Ipv4Addr, tls: Option<EtcdTls>) -> Result<Etcd> {
         let peer = format!("http://127.0.0.1:{PEER_PORT}");
         let cluster = format!("{NAME}={peer}");
         let mut etcd = Etcd::new(ns, ip, NAME.into(), peer, cluster)?;
+        etcd.tls = tls;
         etcd.launch()?;
         Ok(etcd)
     }
@@ -109,15 +131,17 @@ impl Etcd {
             name,
             peer,
             cluster,
+            tls: None,
             dir,
             child: None,
             cmd: String::new(),
         })
     }
 
-    /// `http://IP:2379`.
+    /// `http://IP:2379` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.ip)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{CLIENT_PORT}", self.ip)
     }
 
     /// The client address.
@@ -253,15 +277,24 @@ impl Etcd {
             .args(["--listen-peer-urls", peer])
             .args(["--initial-advertise-peer-urls", peer])
             .args(["--initial-cluster", &self.cluster])
-            .args(["--initial-cluster-state", "new"])
-            .args([
-                "--logger",
-                "zap",
-                "--log-outputs",
-                "stderr",
-                "--log-level",
-                "error",
-            ]);
+            .args(["--initial-cluster-state", "new"]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        cmd.args([
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stderr",
+            "--log-level",
+            "error",
+        ]);
         // Flags only: an ETCD_* variable of the caller would conflict.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("ETCD_") {
@@ -309,6 +342,7 @@ impl Etcd {
         };
         let addr = SocketAddr::from((self.ip, CLIENT_PORT));
         let host = self.ip;
+        let tls = self.tls.is_some();
         let ready = in_namespace(&self.ns_path, &self.ns_name, || {
             let deadline = Instant::now() + START_TIMEOUT;
             loop {
@@ -318,9 +352,17 @@ impl Etcd {
                 let get = format!(
                     "GET /health HTTP/1.1\r\nHost: {host}:{CLIENT_PORT}\r\nConnection: close\r\n\r\n"
                 );
-                if http(addr, &get, Duration::from_secs(2))
-                    .is_ok_and(|a| a.contains("\"health\":\"true\""))
-                {
+                // Over TLS the health endpoint wants a client certificate:
+                // a listening port will do (the tests' first call waits for
+                // the rest).
+                let healthy = match tls {
+                    true => {
+                        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+                    }
+                    false => http(addr, &get, Duration::from_secs(2))
+                        .is_ok_and(|a| a.contains("\"health\":\"true\"")),
+                };
+                if healthy {
                     return Ok(());
                 }
                 if Instant::now() >= deadline {

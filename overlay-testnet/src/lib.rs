@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 pub use child::NsChild;
 pub use cleanup::{cleanup_stale, list_netns};
-pub use etcd::Etcd;
+pub use etcd::{Etcd, EtcdTls};
 pub use netns::{Netns, veth};
 pub use topology::{Node, Topology};
 

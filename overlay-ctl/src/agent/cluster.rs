@@ -21,10 +21,10 @@ pub struct Link {
 
 /// Connects, retrying with backoff: the pinned dataplane keeps forwarding
 /// meanwhile, so there is no reason to give up.
-pub async fn connect(endpoints: &str) -> Store {
+pub async fn connect(access: &store::Access) -> Store {
     let mut delay = Duration::from_millis(200);
     loop {
-        match Store::connect(endpoints).await {
+        match Store::connect(access).await {
             Ok(s) => return s,
             Err(e) => tracing::warn!("waiting for the store: {e}"),
         }
@@ -49,10 +49,10 @@ pub async fn lease_subnet(store: &Store, cfg: &AgentConfig) -> Result<Subnet> {
 
 /// Follows the store into a watch channel; `true` when the first snapshot
 /// arrived within a few seconds (else the maps stay as they are until it does).
-pub async fn follow(endpoints: &str) -> (watch::Receiver<ClusterState>, bool) {
+pub async fn follow(access: &store::Access) -> (watch::Receiver<ClusterState>, bool) {
     let (tx, mut rx) = watch::channel(ClusterState::default());
-    let endpoints = endpoints.to_string();
-    tokio::spawn(async move { store::follow(&endpoints, tx).await });
+    let access = access.clone();
+    tokio::spawn(async move { store::follow(access, tx).await });
     let synced = matches!(
         tokio::time::timeout(Duration::from_secs(5), rx.changed()).await,
         Ok(Ok(()))

@@ -65,8 +65,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
 /// Prepares the host, loads the dataplane and joins the cluster.
 async fn start(cfg: AgentConfig) -> Result<Started> {
     host::prepare(&cfg)?;
-    let store = match &cfg.store {
-        Some(endpoints) => Some(cluster::connect(endpoints).await),
+    let access = match &cfg.store {
+        Some(endpoints) => Some(cfg.store_access(endpoints)?),
+        None => None,
+    };
+    let store = match &access {
+        Some(access) => Some(cluster::connect(access).await),
         None => None,
     };
     let subnet = match &store {
@@ -94,8 +98,8 @@ async fn start(cfg: AgentConfig) -> Result<Started> {
     let scan = Arc::new(Tables::open_pinned(&cfg.bpf_pin_dir)?);
     let applied = reconcile::read(&dp.tables);
     tracing::info!(node = %node.name, ip = %node.ip, subnet = %node.subnet, adopted = applied.servips.len() + applied.endpoints.len(), "dataplane loaded");
-    let (mut cluster_rx, synced) = match (&store, &cfg.store) {
-        (Some(_), Some(endpoints)) => cluster::follow(endpoints).await,
+    let (mut cluster_rx, synced) = match (&store, &access) {
+        (Some(_), Some(access)) => cluster::follow(access).await,
         _ => (source::spawn(&cfg)?, true),
     };
     let cluster = cluster_rx.borrow_and_update().clone();

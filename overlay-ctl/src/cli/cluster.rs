@@ -7,7 +7,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use crate::descriptor::Descriptor;
-use crate::store::{self, Store};
+use crate::store::{self, Access, Store};
 
 #[derive(Subcommand)]
 pub enum ServiceCmd {
@@ -35,14 +35,14 @@ pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-pub fn service(cmd: ServiceCmd, endpoints: &str) -> anyhow::Result<()> {
+pub fn service(cmd: ServiceCmd, access: &Access) -> anyhow::Result<()> {
     let rt = runtime()?;
     match cmd {
         ServiceCmd::Deploy { descriptor, json } => {
             // Validate before contacting anything.
             let d = read_descriptor(&descriptor)?;
             let rec = rt.block_on(async {
-                Store::connect(endpoints)
+                Store::connect(access)
                     .await?
                     .deploy_service(&d, store::DEFAULT_SERVICE_POOL)
                     .await
@@ -60,13 +60,13 @@ pub fn service(cmd: ServiceCmd, endpoints: &str) -> anyhow::Result<()> {
             }
         }
         ServiceCmd::Rm { name } => {
-            let found = rt
-                .block_on(async { Store::connect(endpoints).await?.remove_service(&name).await })?;
+            let found =
+                rt.block_on(async { Store::connect(access).await?.remove_service(&name).await })?;
             anyhow::ensure!(found, "no service named {name}");
             println!("removed {name}");
         }
         ServiceCmd::Ls { json } => {
-            let rows = rt.block_on(service_rows(endpoints))?;
+            let rows = rt.block_on(service_rows(access))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
@@ -112,8 +112,8 @@ fn read_descriptor(path: &Path) -> anyhow::Result<Descriptor> {
 }
 
 /// `service ls --json` rows: the descriptor fields, `servips`, `instances`.
-async fn service_rows(endpoints: &str) -> anyhow::Result<Vec<Value>> {
-    let store = Store::connect(endpoints).await?;
+async fn service_rows(access: &Access) -> anyhow::Result<Vec<Value>> {
+    let store = Store::connect(access).await?;
     let (services, instances) = (store.services().await?, store.instances().await?);
     Ok(services
         .into_iter()
@@ -130,9 +130,9 @@ async fn service_rows(endpoints: &str) -> anyhow::Result<Vec<Value>> {
         .collect())
 }
 
-pub fn node_ls(endpoints: &str, json: bool) -> anyhow::Result<()> {
+pub fn node_ls(access: &Access, json: bool) -> anyhow::Result<()> {
     let (nodes, state) = runtime()?.block_on(async {
-        let store = Store::connect(endpoints).await?;
+        let store = Store::connect(access).await?;
         let nodes = store.nodes().await?;
         Ok::<_, crate::store::StoreError>((nodes, store.snapshot().await?.0))
     })?;
@@ -179,14 +179,14 @@ pub fn node_ls(endpoints: &str, json: bool) -> anyhow::Result<()> {
 }
 
 /// `overlay-ctl resolve NAME`: the answer the agents' DNS gives, from the store.
-pub fn resolve(name: &str, endpoints: &str) -> anyhow::Result<()> {
+pub fn resolve(name: &str, access: &Access) -> anyhow::Result<()> {
     use crate::dns::Answer;
     // A malformed name is refused before anything is contacted.
     if let Err(e) = overlay_common::names::parse(name) {
         anyhow::bail!("`{name}` is not a service name: {}", e.reason());
     }
     let (state, _) =
-        runtime()?.block_on(async { Store::connect(endpoints).await?.snapshot().await })?;
+        runtime()?.block_on(async { Store::connect(access).await?.snapshot().await })?;
     match crate::dns::resolve(&state, name) {
         Answer::Address(ip) => println!("{ip}"),
         Answer::NxDomain => anyhow::bail!("{name}: no such service, instance or policy (NXDOMAIN)"),
@@ -220,9 +220,9 @@ pub enum Setting {
 }
 
 /// `overlay-ctl cluster show|set`.
-pub fn settings(cmd: ClusterCmd, endpoints: &str) -> anyhow::Result<()> {
+pub fn settings(cmd: ClusterCmd, access: &Access) -> anyhow::Result<()> {
     let rt = runtime()?;
-    let store = rt.block_on(Store::connect(endpoints))?;
+    let store = rt.block_on(Store::connect(access))?;
     let mut settings = rt.block_on(store.settings())?;
     match cmd {
         ClusterCmd::Show { json: true } => println!("{}", serde_json::to_string_pretty(&settings)?),

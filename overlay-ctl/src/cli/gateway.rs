@@ -7,7 +7,7 @@ use clap::Subcommand;
 
 use super::cluster::runtime;
 use crate::model::GatewaySpec;
-use crate::store::Store;
+use crate::store::{Access, Store};
 
 #[derive(Subcommand)]
 pub enum GatewayCmd {
@@ -30,9 +30,9 @@ pub enum GatewayCmd {
     },
 }
 
-pub fn gateway(cmd: GatewayCmd, endpoints: &str) -> anyhow::Result<()> {
+pub fn gateway(cmd: GatewayCmd, access: &Access) -> anyhow::Result<()> {
     let rt = runtime()?;
-    let store = rt.block_on(Store::connect(endpoints))?;
+    let store = rt.block_on(Store::connect(access))?;
     match cmd {
         GatewayCmd::Add { name, ip, port } => {
             let g = GatewaySpec { name, ip, port };

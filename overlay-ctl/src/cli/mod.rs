@@ -1,5 +1,6 @@
 //! The `overlay-ctl` command line.
 
+mod cert;
 mod cluster;
 mod gateway;
 
@@ -79,6 +80,11 @@ enum Cmd {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// The cluster's certificate authority and certificates (TLS to the store).
+    Cert {
+        #[command(subcommand)]
+        cmd: cert::CertCmd,
+    },
     /// Read the pinned dataplane maps directly (works while no agent runs).
     Maps {
         table: maps_view::Table,
@@ -105,6 +111,26 @@ struct StoreArg {
         global = true
     )]
     endpoints: String,
+    /// PEM CA of the store's certificate (for https:// endpoints).
+    #[arg(long = "store-ca", env = "OVERLAY_STORE_CA", global = true)]
+    ca: Option<std::path::PathBuf>,
+    /// PEM client certificate for the store (with --store-key).
+    #[arg(long = "store-cert", env = "OVERLAY_STORE_CERT", global = true)]
+    cert: Option<std::path::PathBuf>,
+    /// PEM key of the client certificate.
+    #[arg(long = "store-key", env = "OVERLAY_STORE_KEY", global = true)]
+    key: Option<std::path::PathBuf>,
+}
+
+impl StoreArg {
+    fn access(&self) -> anyhow::Result<crate::store::Access> {
+        Ok(crate::store::Access::new(
+            &self.endpoints,
+            self.ca.as_deref(),
+            self.cert.as_deref(),
+            self.key.as_deref(),
+        )?)
+    }
 }
 
 #[derive(Subcommand)]
@@ -155,14 +181,15 @@ pub fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Instance { cmd, api } => instance(cmd, &api)?,
-        Cmd::Service { cmd, store } => cluster::service(cmd, &store.endpoints)?,
+        Cmd::Service { cmd, store } => cluster::service(cmd, &store.access()?)?,
         Cmd::Node {
             cmd: NodeCmd::Ls { json },
             store,
-        } => cluster::node_ls(&store.endpoints, json)?,
-        Cmd::Cluster { cmd, store } => cluster::settings(cmd, &store.endpoints)?,
-        Cmd::Gateway { cmd, store } => gateway::gateway(cmd, &store.endpoints)?,
-        Cmd::Resolve { name, store } => cluster::resolve(&name, &store.endpoints)?,
+        } => cluster::node_ls(&store.access()?, json)?,
+        Cmd::Cluster { cmd, store } => cluster::settings(cmd, &store.access()?)?,
+        Cmd::Gateway { cmd, store } => gateway::gateway(cmd, &store.access()?)?,
+        Cmd::Cert { cmd } => cert::cert(cmd)?,
+        Cmd::Resolve { name, store } => cluster::resolve(&name, &store.access()?)?,
         Cmd::Maps {
             table,
             json,

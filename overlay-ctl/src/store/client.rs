@@ -40,7 +40,8 @@ pub struct Client {
 impl Client {
     /// Connects to every endpoint of a comma-separated list, once at least
     /// one of them answers.
-    pub async fn connect(endpoints: &str) -> Result<Client, StoreError> {
+    pub async fn connect(access: &super::Access) -> Result<Client, StoreError> {
+        let endpoints = access.endpoints.as_str();
         let list: Vec<&str> = endpoints
             .split(',')
             .map(str::trim)
@@ -53,7 +54,7 @@ impl Client {
         }
         let all = list
             .iter()
-            .map(|url| endpoint(url))
+            .map(|url| endpoint(url, access))
             .collect::<Result<Vec<_>, _>>()?;
         let mut failures = Vec::new();
         for (url, endpoint) in list.iter().zip(&all) {
@@ -319,15 +320,20 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// One etcd endpoint, with the connection settings every endpoint shares.
-fn endpoint(url: &str) -> Result<Endpoint, StoreError> {
-    if !url.starts_with("http://") {
+fn endpoint(url: &str, access: &super::Access) -> Result<Endpoint, StoreError> {
+    if !url.starts_with("http://") && !url.starts_with("https://") {
         return Err(StoreError::Endpoint(format!(
-            "`{url}`: expected http://HOST:PORT (TLS is not supported yet)"
+            "`{url}`: expected http://HOST:PORT or https://HOST:PORT"
         )));
     }
-    Ok(Endpoint::from_shared(url.to_owned())
-        .map_err(|e| StoreError::Endpoint(format!("`{url}`: {e}")))?
-        .connect_timeout(CONNECT_TIMEOUT)
+    let mut e = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| StoreError::Endpoint(format!("`{url}`: {e}")))?;
+    if let Some(tls) = access.client_tls(url)? {
+        e = e
+            .tls_config(tls)
+            .map_err(|e| StoreError::Tls(format!("`{url}`: {}", error_chain(&e))))?;
+    }
+    Ok(e.connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE)

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 
 use super::ops::prefix_end;
 use super::{
-    DEFAULT_PREFIX, Kv, Store, StoreError, build_state, is_state_key, normalise_prefix, proto,
+    Access, DEFAULT_PREFIX, Kv, Store, StoreError, build_state, is_state_key, normalise_prefix,
+    proto,
 };
 use crate::model::ClusterState;
 
@@ -51,31 +52,36 @@ enum WatchEnd {
 }
 
 /// [`follow_prefix`] under [`DEFAULT_PREFIX`].
-pub async fn follow(endpoints: &str, tx: watch::Sender<ClusterState>) {
-    follow_prefix(endpoints, DEFAULT_PREFIX, tx).await
+pub async fn follow(access: impl Into<Access>, tx: watch::Sender<ClusterState>) {
+    follow_prefix(access, DEFAULT_PREFIX, tx).await
 }
 
 /// Keeps `tx` equal to the desired state under `prefix` in the store at
-/// `endpoints` (comma-separated URLs). Runs until every receiver of `tx` is
+/// `access`. Runs until every receiver of `tx` is
 /// gone; spawn it. Never gives up on the store: it logs, backs off (100 ms
 /// doubling to 5 s) and tries again, leaving the last state in `tx`.
-pub async fn follow_prefix(endpoints: &str, prefix: &str, tx: watch::Sender<ClusterState>) {
+pub async fn follow_prefix(
+    access: impl Into<Access>,
+    prefix: &str,
+    tx: watch::Sender<ClusterState>,
+) {
+    let access = access.into();
     let prefix = normalise_prefix(prefix);
     let closed = tx.clone();
     tokio::select! {
         _ = closed.closed() => tracing::debug!("store: nobody follows the state any more"),
-        _ = run(endpoints, &prefix, &tx) => {}
+        _ = run(&access, &prefix, &tx) => {}
     }
 }
 
-async fn run(endpoints: &str, prefix: &str, tx: &watch::Sender<ClusterState>) {
+async fn run(access: &Access, prefix: &str, tx: &watch::Sender<ClusterState>) {
     let mut mirror: Option<Mirror> = None;
     let mut backoff = BACKOFF_MIN;
     // Starts true so that a store unreachable from the start is reported too.
     let mut connected = true;
     loop {
         let result = async {
-            let store = Store::connect(endpoints).await?.with_prefix(prefix);
+            let store = Store::connect(access).await?.with_prefix(prefix);
             if mirror.is_none() {
                 let m = read_all(&store).await?;
                 tracing::info!(

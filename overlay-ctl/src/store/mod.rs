@@ -24,6 +24,7 @@ mod registration;
 mod services;
 mod state;
 mod subnet;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -40,6 +41,7 @@ pub use follow::{follow, follow_prefix};
 pub use pool::AddressClaim;
 pub use registration::Registration;
 pub use state::NodeRecord;
+pub use tls::{Access, Issued, TlsFiles, issue, new_ca};
 
 /// Every key lives under this prefix unless [`Store::with_prefix`] says otherwise.
 pub const DEFAULT_PREFIX: &str = "/overlay/v1/";
@@ -106,6 +108,8 @@ pub enum StoreError {
     NotStateful(String),
     #[error("{op}: gave up after {attempts} attempts that conflicted with concurrent writers")]
     Contention { op: &'static str, attempts: u32 },
+    #[error("store TLS: {0}")]
+    Tls(String),
     #[error("the registration of node `{0}` is closed")]
     Closed(String),
     #[error(
@@ -131,10 +135,10 @@ pub struct Store {
 
 impl Store {
     /// Connects to every endpoint (once one answers) of a comma-separated list of
-    /// `http://HOST:PORT` URLs, giving each 2 s.
-    pub async fn connect(endpoints: &str) -> Result<Store> {
+    /// `http://HOST:PORT` or `https://HOST:PORT` URLs, giving each 2 s.
+    pub async fn connect(access: impl Into<Access>) -> Result<Store> {
         Ok(Store {
-            client: Client::connect(endpoints).await?,
+            client: Client::connect(&access.into()).await?,
             prefix: DEFAULT_PREFIX.to_owned(),
             grace: DEFAULT_GRACE,
         })

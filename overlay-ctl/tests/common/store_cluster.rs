@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Output;
 
 use overlay_testnet::servers;
-use overlay_testnet::{Etcd, Netns, Topology};
+use overlay_testnet::{Etcd, EtcdTls, Netns, Topology};
 
 use super::agents::{Agent, BIN, Workdir};
 
@@ -38,18 +38,20 @@ impl Cluster {
         let mut topo = Topology::new(3).unwrap();
         let ns = topo.add_host("etcd", ETCD_IP).unwrap();
         let orchestrator = ns.name().to_string();
-        let etcd = Etcd::start(ns, ETCD_IP).unwrap();
+        let work = Workdir::new(label);
+        let pki = Pki::new(&work, 3);
+        let etcd = Etcd::start_tls(ns, ETCD_IP, pki.etcd()).unwrap();
         let outside = topo
             .add_host("ext", Ipv4Addr::new(192, 0, 2, 200))
             .unwrap()
             .name()
             .to_string();
-        let work = Workdir::new(label);
         let mut agents = Vec::new();
         for n in topo.nodes() {
             let name = format!("n{}", n.index);
-            let mut a =
-                Agent::configure_store(&work, &name, &etcd.endpoint(), TTL, &extra(n.index));
+            // The TLS keys first: `extra` may end in tables.
+            let config = pki.agent_toml(&name) + &extra(n.index);
+            let mut a = Agent::configure_store(&work, &name, &etcd.endpoint(), TTL, &config);
             a.start(n.ns());
             agents.push(a);
         }
@@ -66,9 +68,13 @@ impl Cluster {
     /// `overlay-ctl ARGS` run by the orchestrator (beside etcd).
     pub fn ctl(&self, args: &[&str]) -> Output {
         let mut cmd = std::process::Command::new("ip");
+        let pki = Pki::at(&self.work);
         cmd.args(["netns", "exec", &self.orchestrator, BIN])
             .args(args)
-            .env("OVERLAY_STORE", self.etcd.endpoint());
+            .env("OVERLAY_STORE", self.etcd.endpoint())
+            .env("OVERLAY_STORE_CA", pki.file("ca", "crt"))
+            .env("OVERLAY_STORE_CERT", pki.file("orchestrator", "crt"))
+            .env("OVERLAY_STORE_KEY", pki.file("orchestrator", "key"));
         cmd.output().unwrap()
     }
 
@@ -97,6 +103,64 @@ impl Cluster {
                 .contains(&format!("\"{nsip}\""))
                 == present
         })
+    }
+}
+
+/// The cluster's CA and certificates (etcd, the orchestrator, each node),
+/// made with the same code as `overlay-ctl cert`.
+pub struct Pki {
+    dir: std::path::PathBuf,
+}
+
+impl Pki {
+    pub fn new(work: &Workdir, nodes: usize) -> Pki {
+        use overlay_ctl::store::{Issued, issue, new_ca};
+        let pki = Pki::at(work);
+        std::fs::create_dir_all(&pki.dir).unwrap();
+        let write = |name: &str, i: &Issued| {
+            std::fs::write(pki.file(name, "crt"), &i.cert).unwrap();
+            std::fs::write(pki.file(name, "key"), &i.key).unwrap();
+        };
+        let ca = new_ca("test cluster CA").unwrap();
+        write("ca", &ca);
+        write("etcd", &issue(&ca, "etcd", &[ETCD_IP.into()], &[]).unwrap());
+        write(
+            "orchestrator",
+            &issue(&ca, "orchestrator", &[], &[]).unwrap(),
+        );
+        for n in 1..=nodes {
+            let name = format!("n{n}");
+            write(&name, &issue(&ca, &name, &[], &[]).unwrap());
+        }
+        pki
+    }
+
+    pub fn at(work: &Workdir) -> Pki {
+        Pki {
+            dir: work.dir.join("pki"),
+        }
+    }
+
+    pub fn file(&self, name: &str, ext: &str) -> std::path::PathBuf {
+        self.dir.join(format!("{name}.{ext}"))
+    }
+
+    pub fn etcd(&self) -> EtcdTls {
+        EtcdTls {
+            ca: self.file("ca", "crt"),
+            cert: self.file("etcd", "crt"),
+            key: self.file("etcd", "key"),
+        }
+    }
+
+    /// The `agent.toml` lines of node `name`'s TLS material.
+    pub fn agent_toml(&self, name: &str) -> String {
+        format!(
+            "store_ca = \"{}\"\nstore_cert = \"{}\"\nstore_key = \"{}\"\n",
+            self.file("ca", "crt").display(),
+            self.file(name, "crt").display(),
+            self.file(name, "key").display()
+        )
     }
 }
 

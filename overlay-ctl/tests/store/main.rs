@@ -145,3 +145,4 @@ mod gateways;
 mod members;
 mod nodes;
 mod services;
+mod tls;
