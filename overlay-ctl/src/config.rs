@@ -86,6 +86,11 @@ pub struct AgentConfig {
     /// Seconds the node's registration outlives a silent agent (lease TTL).
     #[serde(default = "default_ttl")]
     pub node_ttl: u64,
+    /// Seconds another node stays in this node's tables after its
+    /// registration lapsed, while it still answers probes (a store hiccup
+    /// is not a death).
+    #[serde(default = "default_node_grace")]
+    pub node_grace: u64,
     /// The node's coordinates, `{ lat = 48.26, lon = 11.67 }`: the distance
     /// to nodes without a measured RTT is estimated from them.
     pub location: Option<crate::balance::Location>,
@@ -141,6 +146,10 @@ fn default_true() -> bool {
 }
 fn default_gateway() -> Ipv4Addr {
     Ipv4Addr::new(169, 254, 1, 1)
+}
+
+fn default_node_grace() -> u64 {
+    60
 }
 
 impl AgentConfig {

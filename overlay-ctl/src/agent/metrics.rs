@@ -73,7 +73,10 @@ pub async fn measure(agent: Shared, prober: Option<Prober>, scan: Arc<Tables>, p
         ticker.tick().await;
         let rtt = match &prober {
             Some(p) => {
-                p.set_peers(peers(&agent.state().cluster, &agent.node.name));
+                p.set_peers(peers(
+                    &agent.state().cluster_with_lapsed(),
+                    &agent.node.name,
+                ));
                 let rtts = p.rtts();
                 rtts.into_iter()
                     .map(|(name, r)| (name, r.srtt_us.max(1)))
@@ -86,11 +89,13 @@ pub async fn measure(agent: Shared, prober: Option<Prober>, scan: Arc<Tables>, p
         else {
             return;
         };
-        let (rtt_moved, load_moved, now) = {
+        let grace = Duration::from_secs(agent.cfg.node_grace);
+        let (rtt_moved, load_moved, lapsed_left, now) = {
             let mut st = agent.state();
             let rtt_moved = st.metrics.take_rtt(rtt);
             let load_moved = st.metrics.take_load(load);
-            (rtt_moved, load_moved, st.metrics.clone())
+            let left = st.prune_lapsed(grace, std::time::Instant::now());
+            (rtt_moved, load_moved, left, st.metrics.clone())
         };
         if let Some(link) = &agent.store {
             if rtt_moved {
@@ -100,7 +105,7 @@ pub async fn measure(agent: Shared, prober: Option<Prober>, scan: Arc<Tables>, p
                 link.registration.set_status("load", &now.load);
             }
         }
-        if rtt_moved || load_moved {
+        if rtt_moved || load_moved || lapsed_left {
             match agent.reconcile_quietly() {
                 Ok(c) => tracing::debug!(
                     rtt = ?now.rtt,

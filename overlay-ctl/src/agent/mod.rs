@@ -125,6 +125,66 @@ pub struct State {
     pub synced: bool,
     /// This node's RTTs and loads as the policies use them.
     pub metrics: metrics::Metrics,
+    /// Nodes whose registration lapsed while they still answer probes.
+    pub lapsed: BTreeMap<String, Lapsed>,
+}
+
+/// A node that left the store while its probe echoes kept coming: kept,
+/// with its instances, for `node_grace`, since a node cut off from the
+/// store is not dead for the nodes that still reach it.
+#[derive(Clone, Debug)]
+pub struct Lapsed {
+    pub node: crate::model::NodeSpec,
+    pub instances: Vec<InstanceSpec>,
+    pub since: std::time::Instant,
+}
+
+impl State {
+    /// Takes the store's new state; a node that left it while this node
+    /// still measures an RTT to it (its echoes come) is kept as lapsed.
+    pub fn take_cluster(&mut self, new: ClusterState, me: &str, now: std::time::Instant) {
+        for n in &self.cluster.nodes {
+            let left = n.name != me && new.node(&n.name).is_none();
+            if left && self.metrics.rtt.contains_key(&n.name) && !self.lapsed.contains_key(&n.name)
+            {
+                tracing::warn!(node = %n.name, "registration lapsed while the node answers probes: kept for the grace");
+                let instances = self.cluster.instances.iter().filter(|i| i.node == n.name);
+                let lapsed = Lapsed {
+                    node: n.clone(),
+                    instances: instances.cloned().collect(),
+                    since: now,
+                };
+                self.lapsed.insert(n.name.clone(), lapsed);
+            }
+        }
+        self.lapsed.retain(|name, _| new.node(name).is_none());
+        self.cluster = new;
+    }
+
+    /// Lets go of lapsed nodes past `grace` or no longer answering; gives
+    /// whether any left.
+    pub fn prune_lapsed(&mut self, grace: std::time::Duration, now: std::time::Instant) -> bool {
+        let before = self.lapsed.len();
+        let rtt = &self.metrics.rtt;
+        self.lapsed.retain(|name, l| {
+            let keep = now.duration_since(l.since) < grace && rtt.contains_key(name);
+            if !keep {
+                tracing::warn!(node = %name, "lapsed node left: grace over or no more echoes");
+            }
+            keep
+        });
+        self.lapsed.len() != before
+    }
+
+    /// The store's state with the lapsed nodes and their instances in it.
+    pub fn cluster_with_lapsed(&self) -> ClusterState {
+        let mut s = self.cluster.clone();
+        for l in self.lapsed.values() {
+            s.nodes.push(l.node.clone());
+            s.instances.extend(l.instances.iter().cloned());
+        }
+        s
+    }
 }
 
 /// The dataplane and what `reconcile::apply` last wrote to it.
@@ -173,7 +233,7 @@ impl Agent {
 
     /// The cluster state plus this node and its own instances.
     fn merged_state(&self, st: &State) -> ClusterState {
-        let mut s = st.cluster.clone();
+        let mut s = st.cluster_with_lapsed();
         if s.node(&self.node.name).is_none() {
             s.nodes.push(self.node.spec());
         }
@@ -295,6 +355,64 @@ pub async fn instances_undeploy(shared: &Shared, service: &str, instance: u32) -
 mod tests {
     use super::*;
     use crate::model::ServiceSpec;
+
+    fn node(name: &str, o: u8) -> crate::model::NodeSpec {
+        crate::model::NodeSpec {
+            name: name.into(),
+            ip: Ipv4Addr::new(192, 0, 2, o),
+            ewp: 50103,
+            subnet: format!("10.30.{o}.0/24").parse().unwrap(),
+            location: None,
+        }
+    }
+
+    /// A node that leaves the store while it answers probes stays, with its
+    /// instances, until the grace is over or its echoes stop; one that
+    /// answers no probes leaves at once.
+    #[test]
+    fn a_lapsed_node_that_answers_probes_stays_for_the_grace() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let mut st = State::default();
+        let inst = InstanceSpec {
+            service: "a.b.c.d".into(),
+            instance: 1,
+            node: "n2".into(),
+            nsip: Ipv4Addr::new(10, 30, 2, 2),
+            fixed_ip: None,
+        };
+        let full = ClusterState {
+            nodes: vec![node("n1", 1), node("n2", 2), node("n3", 3)],
+            instances: vec![inst.clone()],
+            ..Default::default()
+        };
+        st.take_cluster(full, "n1", t0);
+        st.metrics.rtt.insert("n2".into(), 300);
+        let without = ClusterState {
+            nodes: vec![node("n1", 1)],
+            ..Default::default()
+        };
+        st.take_cluster(without.clone(), "n1", t0);
+        let merged = st.cluster_with_lapsed();
+        assert!(merged.node("n2").is_some() && merged.node("n3").is_none());
+        assert_eq!(merged.instances, vec![inst]);
+        let grace = Duration::from_secs(60);
+        assert!(!st.prune_lapsed(grace, t0 + Duration::from_secs(59)));
+        assert!(st.prune_lapsed(grace, t0 + grace), "the grace is over");
+        // Lapsed again, then the echoes stop.
+        st.take_cluster(
+            ClusterState {
+                nodes: vec![node("n2", 2)],
+                ..without.clone()
+            },
+            "n1",
+            t0,
+        );
+        st.take_cluster(without, "n1", t0);
+        assert_eq!(st.lapsed.len(), 1);
+        st.metrics.rtt.clear();
+        assert!(st.prune_lapsed(grace, t0), "no echoes, no grace");
+    }
 
     /// An instance restored before the desired state arrived (service id 0)
     /// gets its service's id once the state is there.

@@ -184,7 +184,7 @@ async fn follow(agent: Shared, mut rx: watch::Receiver<ClusterState>, changed: A
             let mut st = agent.state();
             // Other nodes' measurements move weights all the time: not worth a log line.
             let quiet = from_store && st.synced && st.cluster.same_but_measurements(&new);
-            st.cluster = new;
+            st.take_cluster(new, &agent.node.name, std::time::Instant::now());
             st.synced = true;
             quiet
         };
