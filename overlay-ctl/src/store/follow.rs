@@ -89,7 +89,9 @@ async fn run(access: &Access, prefix: &str, tx: &watch::Sender<ClusterState>) {
                     store.endpoint(),
                     m.revision
                 );
-                publish(tx, m.state());
+                // Announced even when equal to what the receivers hold (an
+                // empty store at start): they learn that this is the state.
+                tx.send_replace(m.state());
                 mirror = Some(m);
             }
             let m = mirror.as_mut().expect("mirror was just read");

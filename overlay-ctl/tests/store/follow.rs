@@ -276,3 +276,24 @@ impl LogBuf {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
+
+/// An empty store is a state too: the follower announces it at once, so an
+/// agent starting against a fresh cluster does not wait for a change.
+#[test]
+fn follow_announces_an_empty_store() {
+    let c = cluster("st-empty");
+    let endpoint = c.etcd.endpoint();
+    c.ns.enter(move || {
+        runtime().block_on(async move {
+            let (tx, mut rx) = watch::channel(ClusterState::default());
+            let follower = tokio::spawn(async move { store::follow(&endpoint, tx).await });
+            let announced = tokio::time::timeout(Duration::from_secs(3), rx.changed()).await;
+            assert!(
+                matches!(announced, Ok(Ok(()))),
+                "the first snapshot is announced"
+            );
+            follower.abort();
+        })
+    })
+    .unwrap();
+}
