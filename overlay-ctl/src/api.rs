@@ -30,7 +30,7 @@ struct Ctx {
 impl IntoResponse for AgentError {
     fn into_response(self) -> Response {
         let status = match &self {
-            AgentError::UnknownService(_) => StatusCode::NOT_FOUND,
+            AgentError::UnknownService(_) | AgentError::NoSuchInstance(..) => StatusCode::NOT_FOUND,
             AgentError::BadRequest(_)
             | AgentError::Link(
                 crate::netns::Error::InvalidNetns { .. } | crate::netns::Error::OpenNetns { .. },
@@ -139,14 +139,14 @@ async fn undeploy(
     State(c): State<Ctx>,
     UrlPath((service, instance)): UrlPath<(String, u32)>,
 ) -> Result<StatusCode, AgentError> {
+    let name = service.clone();
     let found = c
         .change(|agent| async move { agent::instances_undeploy(&agent, &service, instance).await })
         .await?;
-    Ok(if found {
-        StatusCode::NO_CONTENT
-    } else {
-        StatusCode::NOT_FOUND
-    })
+    match found {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(AgentError::NoSuchInstance(name, instance)),
+    }
 }
 
 /// Client side: errors a CLI user can act on.

@@ -192,6 +192,10 @@ impl AgentConfig {
         if !crate::model::is_plain_name(&self.node_id) {
             return Err(bad("node_id", "must be 1-63 letters, digits, '-' or '_'"));
         }
+        // With a store the name is a label of its keys: no '_'.
+        if let (Some(_), Err(why)) = (&self.store, crate::descriptor::check_label(&self.node_id)) {
+            return Err(bad("node_id", &format!("with a store, {why}")));
+        }
         if self.uplink.is_empty() || self.uplink.len() > 15 || self.uplink.contains('/') {
             return Err(bad(
                 "uplink",
@@ -286,6 +290,10 @@ mod tests {
         assert!(parse(&sub).unwrap_err().to_string().contains("subnet"));
         let id = GOOD.replace("\"n1\"", "\"n 1\"");
         assert!(parse(&id).unwrap_err().to_string().contains("node_id"));
+        let store = "store = \"http://192.0.2.254:2379\"\n";
+        let under = format!("{store}{}", GOOD.replace("\"n1\"", "\"n_1\""));
+        let e = parse(&under).unwrap_err().to_string();
+        assert!(e.contains("node_id") && e.contains("with a store"), "{e}");
         let loc = format!("{GOOD}\nlocation = {{ lat = 95.0, lon = 11.0 }}");
         let e = parse(&loc).unwrap_err().to_string();
         assert!(e.contains("location") && e.contains("latitude"), "{e}");

@@ -358,6 +358,13 @@ fn masquerade_and_clear_errors() {
         1,
         "nothing half-deployed"
     );
+    let out = a.ctl(&["instance", "rm", SVC, "--instance", "9"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("404") && stderr.contains("no instance 9 of"),
+        "{stderr}"
+    );
 
     let bad = s.work.dir.join("bad.toml");
     std::fs::write(

@@ -43,17 +43,20 @@ pub enum AgentError {
     SubnetFull(Subnet),
     /// A file of the state directory (or the desired-state file) could
     /// not be read or written.
-    #[error("state directory: {}: {source}", path.display())]
+    #[error("{}: {source}", path.display())]
     StateFile { path: PathBuf, source: io::Error },
     /// Such a file holds something that is not what the agent wrote.
-    #[error("state directory: {}: {source}", path.display())]
+    #[error("{}: not what the agent wrote: {source}", path.display())]
     StateFormat {
         path: PathBuf,
         source: serde_json::Error,
     },
     /// No source of desired state is configured.
-    #[error("state directory: {0}")]
+    #[error("no desired state: {0}")]
     NoSource(&'static str),
+    /// An undeploy of an instance this node does not run.
+    #[error("no instance {1} of `{0}` runs on this node")]
+    NoSuchInstance(String, u32),
     /// The agent stopped before the operation could finish.
     #[error("the agent is stopping")]
     Stopping,
