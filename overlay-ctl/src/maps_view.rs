@@ -19,6 +19,9 @@ pub enum Table {
     Gateways,
     Conntrack,
     Stats,
+    /// Every pinned map of the registry: kind, sizes, capacity, and the
+    /// layout version recorded in the pins beside this build's.
+    Layout,
 }
 
 fn mac(m: &[u8; 6]) -> String {
@@ -106,6 +109,17 @@ pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
                         "idle_s": matches!(e.dir, ct::FORWARD | ct::NS_FORWARD)
                             .then(|| now.wrapping_sub(e.seen) as u64 * ct::TICK_NS / 1_000_000_000),
                     })
+                })
+                .collect()
+        }
+        Table::Layout => {
+            let recorded = t.layout();
+            overlay_common::registry::PINNED
+                .iter()
+                .map(|d| {
+                    json!({"map": d.name, "kind": format!("{:?}", d.kind), "key": d.key_size,
+                           "value": d.value_size, "capacity": d.max_entries,
+                           "version": d.version, "pinned_version": recorded.get(d.name)})
                 })
                 .collect()
         }

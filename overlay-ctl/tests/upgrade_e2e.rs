@@ -190,6 +190,14 @@ fn assert_new_layout(agent: &Agent) {
         let rows = agent.maps_json(table);
         assert!(rows.is_array(), "maps {table}: {rows}");
     }
+    // What an operator sees: every map's pinned layout is this build's.
+    let layout = agent.maps_json("layout");
+    let rows = layout.as_array().expect("maps layout");
+    assert_eq!(rows.len(), registry.len(), "{layout}");
+    assert!(
+        rows.iter().all(|r| r["version"] == r["pinned_version"]),
+        "{layout}"
+    );
 }
 
 /// Connects to `to` from inside `ns`, with a read timeout that fails a
