@@ -69,8 +69,12 @@ pub async fn measure(agent: Shared, prober: Option<Prober>, scan: Arc<Tables>, p
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let window = window_ticks(agent.cfg.load_window_s);
+    let mut keys = super::probe_keys::KeyFollower::default();
     loop {
         ticker.tick().await;
+        if let (Some(p), Some(link)) = (&prober, &agent.store) {
+            keys.refresh(&link.store, p).await;
+        }
         let rtt = match &prober {
             Some(p) => {
                 p.set_peers(peers(

@@ -14,6 +14,7 @@ mod host;
 mod instances;
 mod metrics;
 mod name_service;
+mod probe_keys;
 mod run;
 mod source;
 

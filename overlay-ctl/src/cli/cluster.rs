@@ -208,6 +208,10 @@ pub enum ClusterCmd {
         #[command(subcommand)]
         setting: Setting,
     },
+    /// Replace the key that authenticates RTT probes, without losing probes:
+    /// publishes the next key, waits until every agent accepts it, then
+    /// makes it current (about 15 s).
+    RotateProbeKey,
 }
 
 #[derive(Subcommand)]
@@ -240,6 +244,15 @@ pub fn settings(cmd: ClusterCmd, access: &Access) -> anyhow::Result<()> {
             settings.default_deny = Some(value);
             rt.block_on(store.set_settings(&settings))?;
             println!("default-deny  {}", if value { "on" } else { "off" });
+        }
+        ClusterCmd::RotateProbeKey => {
+            rt.block_on(store.begin_probe_key_rotation(crate::probe::generate_key()))?;
+            // Two reads of every agent: each accepts the next key by then.
+            let wait = crate::probe::KEY_REFRESH * 3;
+            println!("probe key: next key published; every agent accepts it within {wait:?}");
+            std::thread::sleep(wait);
+            rt.block_on(store.finish_probe_key_rotation())?;
+            println!("probe key: rotated (agents sign with the new key from their next read)");
         }
     }
     Ok(())

@@ -40,6 +40,9 @@ pub use wire::{PROBE_LEN, PROBE_MAGIC};
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// A peer without an echo for this many intervals is not reported.
 pub const STALE_INTERVALS: u32 = 5;
+/// How often an agent reads the cluster's probe keys (a rotation is seen
+/// within this time).
+pub const KEY_REFRESH: Duration = Duration::from_secs(5);
 
 /// What a [`Prober`] needs to run.
 #[derive(Clone, Debug)]
@@ -117,7 +120,10 @@ struct Shared {
     socket: UdpSocket,
     local: SocketAddrV4,
     node_id: u32,
-    key: hmac::Key,
+    /// The key probes and echoes are signed with, and the keys accepted
+    /// (during a rotation: the current, the next and the previous one).
+    /// A std lock: held for a MAC, never across an `.await`.
+    keys: std::sync::RwLock<Keys>,
     interval: Duration,
     echo_delay: Duration,
     /// Zero of the clock whose readings the probes carry.
@@ -145,7 +151,7 @@ impl Prober {
             socket,
             local: SocketAddrV4::new(*cfg.bind.ip(), port),
             node_id: cfg.node_id,
-            key: wire::mac_key(&cfg.key),
+            keys: std::sync::RwLock::new(Keys::new(&cfg.key, &[])),
             interval: cfg.interval,
             echo_delay: cfg.echo_delay,
             epoch: Instant::now(),
@@ -166,6 +172,16 @@ impl Prober {
         let own = self.shared.node_id;
         let peers = peers.into_iter().filter(|p| p.node_id != own).collect();
         self.shared.peers().set(peers);
+    }
+
+    /// Signs with `sign` from now on, and accepts it and every one of
+    /// `accept` (a key rotation in progress).
+    pub fn set_keys(&self, sign: &[u8; 32], accept: &[[u8; 32]]) {
+        *self
+            .shared
+            .keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Keys::new(sign, accept);
     }
 
     /// The RTTs of the peers that answered recently, by peer name.
@@ -209,7 +225,42 @@ impl fmt::Debug for Prober {
     }
 }
 
+/// The probe keys of one moment.
+struct Keys {
+    sign: hmac::Key,
+    accept: Vec<hmac::Key>,
+}
+
+impl Keys {
+    fn new(sign: &[u8; 32], more: &[[u8; 32]]) -> Keys {
+        let mut accept = vec![wire::mac_key(sign)];
+        accept.extend(more.iter().filter(|k| *k != sign).map(|k| wire::mac_key(k)));
+        Keys {
+            sign: wire::mac_key(sign),
+            accept,
+        }
+    }
+}
+
 impl Shared {
+    fn encode(&self, kind: Kind, seq: u32, t_ns: u64) -> [u8; PROBE_LEN] {
+        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+        wire::encode(kind, self.node_id, seq, t_ns, &keys.sign)
+    }
+
+    /// The message, if one of the accepted keys signed it.
+    fn decode(&self, buf: &[u8]) -> Result<Message, wire::WireError> {
+        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+        let mut result = wire::decode(buf, &keys.accept[0]);
+        for key in &keys.accept[1..] {
+            if result.is_ok() {
+                break;
+            }
+            result = wire::decode(buf, key);
+        }
+        result
+    }
+
     /// Nothing panics while holding the lock, but a poisoned table is still
     /// consistent enough to measure with.
     fn peers(&self) -> MutexGuard<'_, Peers> {
@@ -243,7 +294,7 @@ async fn send_loop(shared: Arc<Shared>) {
         let round = shared.peers().next_round(now);
         let t_ns = shared.clock_ns(now);
         for (addr, seq) in round {
-            let probe = wire::encode(Kind::Probe, shared.node_id, seq, t_ns, &shared.key);
+            let probe = shared.encode(Kind::Probe, seq, t_ns);
             shared.send(&probe, addr).await;
         }
     }
@@ -271,7 +322,7 @@ async fn receive_loop(shared: Arc<Shared>) {
             shared.reject(from, &"not IPv4");
             continue;
         };
-        match wire::decode(&buf[..len], &shared.key) {
+        match shared.decode(&buf[..len]) {
             Ok(msg) if msg.sender == shared.node_id => shared.reject(from, &"our own node id"),
             Ok(msg) if msg.kind == Kind::Probe => answer(&shared, &msg, from_v4, &mut echoes).await,
             Ok(msg) => take_echo(&shared, &msg, from_v4),
@@ -282,13 +333,7 @@ async fn receive_loop(shared: Arc<Shared>) {
 
 /// Echoes a probe back to its sender, after the configured delay.
 async fn answer(shared: &Arc<Shared>, probe: &Message, to: SocketAddrV4, echoes: &mut JoinSet<()>) {
-    let echo = wire::encode(
-        Kind::Echo,
-        shared.node_id,
-        probe.seq,
-        probe.t_ns,
-        &shared.key,
-    );
+    let echo = shared.encode(Kind::Echo, probe.seq, probe.t_ns);
     if shared.echo_delay.is_zero() {
         shared.send(&echo, to).await;
         return;
