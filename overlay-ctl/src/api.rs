@@ -57,6 +57,7 @@ pub async fn serve(
     let (inflight, mut drained) = mpsc::channel(1);
     let app = Router::new()
         .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/v1/instances", get(list).post(deploy))
         .route("/v1/instances/{service}/{instance}", delete(undeploy))
         .with_state(Ctx {
@@ -117,6 +118,45 @@ async fn status(State(c): State<Ctx>) -> Json<Value> {
         // Map entries the last reconciliation could not apply, and how many
         // failures started since the agent did.
         "reconcile": { "failing": failing, "failures_total": failures_total },
+    }))
+}
+
+async fn metrics(State(c): State<Ctx>) -> Response {
+    scrape(c.agent).await
+}
+
+/// The Prometheus exposition of the node, read off the async workers.
+pub async fn scrape(agent: Shared) -> Response {
+    match tokio::task::spawn_blocking(move || crate::telemetry::render(&agent, &agent.scan)).await {
+        Ok(text) => (
+            [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Serves `/metrics` alone on `addr` (the `metrics` setting) until `stop`.
+pub async fn serve_metrics(
+    agent: Shared,
+    addr: std::net::SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, AgentError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(host(format!("binding the metrics address {addr}")))?;
+    let app = Router::new().route("/metrics", get(move || scrape(agent.clone())));
+    Ok(tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
+            tracing::error!("metrics server stopped: {e}");
+        }
     }))
 }
 

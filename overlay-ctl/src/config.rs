@@ -41,6 +41,8 @@ pub struct AgentConfig {
     pub public: Option<SocketAddrV4>,
     /// etcd endpoints, comma-separated; absent: `state_file` and `subnet`.
     pub store: Option<String>,
+    /// Serve `/metrics` (Prometheus) on this TCP address; off when absent.
+    pub metrics: Option<std::net::SocketAddr>,
     /// PEM CA of the store's certificate (`https://` endpoints).
     pub store_ca: Option<PathBuf>,
     /// This node's client certificate and key for the store (PEM).

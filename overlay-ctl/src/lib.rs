@@ -18,6 +18,7 @@
 //! * [`store`]: the cluster store (etcd): allocations, node registration, following.
 //! * [`dns`]: the name service: `*.local` names over unicast DNS and mDNS.
 //! * [`probe`]: RTT probes to the other nodes over the East-West port.
+//! * [`telemetry`]: `/metrics`, the node in the Prometheus text format.
 
 pub mod agent;
 pub mod api;
@@ -33,3 +34,4 @@ pub mod netns;
 pub mod probe;
 pub mod reconcile;
 pub mod store;
+pub mod telemetry;

@@ -29,7 +29,11 @@ fn the_probe_key_rotates_without_losing_probes() {
         let rotate = s.spawn(|| c.ctl(&["cluster", "rotate-probe-key"]));
         while !rotate.is_finished() {
             let peers = measured(&c, "n1");
-            assert_eq!(peers, ["n2", "n3"], "a peer's RTT lapsed during the rotation");
+            assert_eq!(
+                peers,
+                ["n2", "n3"],
+                "a peer's RTT lapsed during the rotation"
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
         rotate.join().unwrap()
@@ -43,16 +47,25 @@ fn the_probe_key_rotates_without_losing_probes() {
     c.agents[2].kill9();
     // Its registration and measurements expire first: what n3 publishes
     // next, it measured after its restart.
-    wait_until(Duration::from_secs(TTL + 10), "n3's registration expires", || {
-        !c.ctl_ok(&["node", "ls"]).contains("n3")
-    })
+    wait_until(
+        Duration::from_secs(TTL + 10),
+        "n3's registration expires",
+        || !c.ctl_ok(&["node", "ls"]).contains("n3"),
+    )
     .unwrap();
     c.agents[2].start(c.topo.node(3).ns());
     let restarted = Instant::now();
-    wait_until(Duration::from_secs(20), "n3 measures n1 with the new key", || {
-        measured(&c, "n3").contains(&"n1".to_string())
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "n3 measures n1 with the new key",
+        || measured(&c, "n3").contains(&"n1".to_string()),
+    )
     .unwrap();
-    wait_until(Duration::from_secs(10), "n1 measures the restarted n3", || all(&c)).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "n1 measures the restarted n3",
+        || all(&c),
+    )
+    .unwrap();
     println!("restarted node measured after {:?}", restarted.elapsed());
 }

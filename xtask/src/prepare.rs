@@ -22,6 +22,8 @@ pub const PACKAGES: &[(&str, &str)] = &[
     // The bench's DNS row: the load tool and the server compared with ours.
     ("dnsperf", "dnsperf"),
     ("dnsmasq", "dnsmasq-base"),
+    // Checks the agent's /metrics exposition.
+    ("promtool", "prometheus"),
 ];
 
 /// Where the kernel's BPF file system belongs.

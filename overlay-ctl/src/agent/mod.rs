@@ -112,6 +112,9 @@ pub struct Agent {
     store: Option<cluster::Link>,
     /// DNS and mDNS for the instances (unless `dns = false`).
     names: Option<name_service::NameService>,
+    /// A read-only handle of its own on the pinned maps, for whole-map
+    /// reads (conntrack scans, `/metrics`) that take no lock of the writers.
+    pub scan: Arc<crate::dataplane::Tables>,
 }
 
 /// The agent's in-memory view: desired state, own instances, measurements.

@@ -39,6 +39,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let shared: Shared = Arc::new(agent);
     let changed = Arc::new(Notify::new());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics_server = match shared.cfg.metrics {
+        Some(addr) => Some(crate::api::serve_metrics(shared.clone(), addr, stop_rx.clone()).await?),
+        None => None,
+    };
     let server = crate::api::serve(shared.clone(), changed.clone(), stop_rx).await?;
     let follow = tokio::spawn(follow(shared.clone(), cluster_rx, changed));
     let period = Duration::from_millis(match shared.cfg.probe_interval_ms {
@@ -53,6 +57,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let _ = stop_tx.send(true);
     if tokio::time::timeout(DRAIN, server).await.is_err() {
         tracing::warn!("API calls still running after {DRAIN:?}; stopping without them");
+    }
+    if let Some(m) = metrics_server {
+        let _ = m.await;
     }
     for task in [measure, follow] {
         task.abort();
@@ -131,6 +138,7 @@ async fn start(cfg: AgentConfig) -> Result<Started> {
         linking: tokio::sync::Mutex::new(()),
         store: link,
         names,
+        scan: scan.clone(),
     };
     Ok(Started {
         agent,

@@ -33,6 +33,23 @@ macro_rules! user_type {
     ($kind:ident, $k:ty, $v:ty) => { $kind<MapData, $k, $v> };
 }
 
+/// How many entries a map of the registry's `kind` holds: an array always
+/// holds its capacity; the conntrack LRU is read in batches.
+macro_rules! entries {
+    (Array, $m:expr, $d:expr) => {
+        $d.max_entries as usize
+    };
+    (PerCpuArray, $m:expr, $d:expr) => {
+        $d.max_entries as usize
+    };
+    (LruHashMap, $m:expr, $d:expr) => {
+        read_all(&$m).len()
+    };
+    ($kind:ident, $m:expr, $d:expr) => {
+        $m.keys().filter(|k| k.is_ok()).count()
+    };
+}
+
 /// `Tables`: one typed handle per pinned map of the registry (the private
 /// maps are the programs' alone).
 macro_rules! tables {
@@ -50,6 +67,11 @@ macro_rules! tables {
                 mut get: impl FnMut(&'static MapDef) -> Result<Option<Map>>,
             ) -> Result<Self> {
                 Ok(Tables { $( $field: typed(&def::$name, get(&def::$name)?)?, )* })
+            }
+
+            /// How many entries each pinned map holds (reads whole maps).
+            pub fn fill(&self) -> Vec<(&'static MapDef, usize)> {
+                vec![ $( (&def::$name, entries!($kind, self.$field, def::$name)), )* ]
             }
         }
     };

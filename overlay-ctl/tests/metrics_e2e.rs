@@ -1,0 +1,102 @@
+//! `/metrics` of a running cluster: a scrape `promtool` accepts, exact
+//! denied-flow counts, an RTT gauge per peer.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use common::store_cluster::*;
+use overlay_testnet::{Netns, wait_until};
+
+/// `GET /metrics` from node `i`'s agent (it listens on its namespace's loopback).
+fn scrape(c: &Cluster, i: usize) -> String {
+    let ns = c.topo.node(i).ns();
+    ns.enter(|| {
+        let mut s = TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, 9464)))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok::<_, std::io::Error>(out)
+    })
+    .unwrap()
+    .unwrap()
+}
+
+fn body(answer: &str) -> &str {
+    answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// The value of the sample `name{labels}` in an exposition, if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+fn metrics_count_exactly_and_pass_promtool() {
+    let c = Cluster::with_config("metrics", |_| "metrics = \"127.0.0.1:9464\"\n".into());
+    c.deploy_service(&access("api", &[8080], false, false, &[]));
+    let web = c.deploy_service(&access("web", &[], false, false, &[API]));
+    let other = c.deploy_service(&access("db", &[5432], false, false, &[]));
+    let db_vip = servip(&other, "roundrobin");
+    let (w1, d2) = (Netns::new("w1").unwrap(), Netns::new("d2").unwrap());
+    c.agents[0].deploy(WEB, 1, &w1);
+    c.agents[1].deploy(DB, 1, &d2);
+    let name = web["name"].as_str().unwrap().to_string();
+    let denied = format!("overlay_flows_denied_total{{service=\"{name}\"}}");
+    wait_until(Duration::from_secs(20), "RTT gauges for both peers", || {
+        let text = scrape(&c, 1);
+        ["n2", "n3"]
+            .iter()
+            .all(|p| sample(&text, &format!("overlay_peer_rtt_seconds{{peer=\"{p}\"}}")).is_some())
+    })
+    .unwrap();
+    let before = sample(body(&scrape(&c, 1)), &denied).unwrap_or(0.0);
+
+    // web may open flows to api only: 100 new flows to db, one datagram each.
+    w1.enter(|| {
+        for _ in 0..100 {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.send_to(b"x", (db_vip, 5432)).unwrap();
+        }
+    })
+    .unwrap();
+    wait_until(Duration::from_secs(5), "100 denied flows counted", || {
+        sample(body(&scrape(&c, 1)), &denied) == Some(before + 100.0)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", body(&scrape(&c, 1))));
+
+    let answer = scrape(&c, 1);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("text/plain; version=0.0.4"), "{answer}");
+    let text = body(&answer);
+    for series in [
+        "overlay_packets_total{reason=\"deliver_local\"}",
+        "overlay_map_capacity{map=\"CONNTRACK\"}",
+        "overlay_map_entries{map=\"SERVIPS\"}",
+        "overlay_reconcile_failing_entries",
+    ] {
+        assert!(sample(text, series).is_some(), "{series} in\n{text}");
+    }
+    let file = c.work.dir.join("scrape.prom");
+    std::fs::write(&file, text).unwrap();
+    let check = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("promtool check metrics < {}", file.display()))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
