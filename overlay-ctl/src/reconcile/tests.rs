@@ -3,7 +3,7 @@
 use super::*;
 use crate::model::{NodeSpec, ServiceSpec};
 
-fn node(name: &str, o: u8) -> NodeSpec {
+pub(super) fn node(name: &str, o: u8) -> NodeSpec {
     NodeSpec {
         name: name.into(),
         ip: Ipv4Addr::new(192, 0, 2, 10 + o),

@@ -237,16 +237,7 @@ fn check_nsip(ip: Ipv4Addr, node: &NodeSpec, seen: &BTreeSet<Ipv4Addr>) -> Resul
 mod tests {
     use super::*;
     use crate::model::{FixedIp, GatewaySpec, InstanceSpec, Policy};
-
-    fn node(name: &str, o: u8) -> NodeSpec {
-        NodeSpec {
-            name: name.into(),
-            ip: Ipv4Addr::new(192, 0, 2, 10 + o),
-            ewp: 50103,
-            subnet: format!("10.30.{o}.0/24").parse().unwrap(),
-            location: None,
-        }
-    }
+    use crate::reconcile::tests::node;
 
     fn service(name: &str, id: u32, first: u8) -> ServiceSpec {
         ServiceSpec {
