@@ -106,6 +106,14 @@ fn pins_without_a_layout_record_are_adopted() {
     first_load(&dir);
     std::fs::remove_file(dir.join(def::LAYOUT.name)).unwrap();
     let id = map_id(&dir, def::SERVIPS.name);
+    // `overlay-ctl maps` reads such pins before the new agent ever ran.
+    let old = Tables::open_pinned(&dir).expect("pins of the previous release open");
+    assert_eq!(old.servips().len(), 1);
+    assert!(old.layout().is_empty(), "no versions recorded yet");
+    assert!(
+        !dir.join(def::LAYOUT.name).exists(),
+        "reading pins creates none"
+    );
 
     let dp = Dataplane::load(Some(&dir)).expect("adopted");
     assert_eq!(map_id(&dir, def::SERVIPS.name), id);

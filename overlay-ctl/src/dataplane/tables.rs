@@ -91,6 +91,18 @@ fn map_err(d: &'static MapDef) -> impl Fn(MapError) -> Error {
     }
 }
 
+/// A new, unpinned, empty map as `d` declares it.
+fn create(d: &'static MapDef) -> Result<MapData> {
+    let obj = aya_obj::Map::new_from_params(
+        d.kind as u32,
+        d.key_size,
+        d.value_size,
+        d.max_entries,
+        d.flags,
+    );
+    MapData::create(obj, d.name, None).map_err(map_err(d))
+}
+
 /// A pinned map's data as the `Map` of its kind.
 fn wrap(d: &MapDef, data: MapData) -> Map {
     match d.kind {
@@ -109,11 +121,16 @@ impl Tables {
         Self::build(|d| Ok(ebpf.take_map(d.name)))
     }
 
-    /// Opens the maps pinned in `dir` (by an agent, possibly no longer running).
+    /// Opens the maps pinned in `dir` (by an agent, possibly no longer
+    /// running). Pins of the release before layout versions were recorded
+    /// have no `LAYOUT`: an empty one stands in (read as "version 1").
     pub fn open_pinned(dir: &Path) -> Result<Self> {
         Self::build(|d| {
             let path = dir.join(d.name);
-            let data = MapData::from_pin(&path).map_err(|source| Error::Pinned { path, source })?;
+            let data = match MapData::from_pin(&path) {
+                Err(_) if d.name == def::LAYOUT.name && !path.exists() => create(d)?,
+                other => other.map_err(|source| Error::Pinned { path, source })?,
+            };
             Ok(Some(wrap(d, data)))
         })
     }
