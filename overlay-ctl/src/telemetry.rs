@@ -129,6 +129,18 @@ fn agent_state(reg: &Registry, agent: &Agent) {
         "Smoothed RTT of the probes to each peer node",
         &["peer"],
     );
+    let sent = counters(
+        reg,
+        "probes_sent_total",
+        "RTT probes sent to each peer",
+        &["peer"],
+    );
+    let answered = counters(
+        reg,
+        "probes_answered_total",
+        "RTT probes to each peer whose echo came back in time (loss: sent minus answered)",
+        &["peer"],
+    );
     let lapsed = gauges(
         reg,
         "peer_lapsed",
@@ -139,6 +151,10 @@ fn agent_state(reg: &Registry, agent: &Agent) {
         let st = agent.state();
         for (peer, us) in &st.metrics.rtt {
             rtt.with_label_values(&[peer]).set(*us as f64 / 1e6);
+        }
+        for (peer, c) in &st.metrics.probes {
+            sent.with_label_values(&[peer]).inc_by(c.sent);
+            answered.with_label_values(&[peer]).inc_by(c.answered);
         }
         for peer in st.lapsed.keys() {
             lapsed.with_label_values(&[peer]).set(1.0);

@@ -78,6 +78,12 @@ fn metrics_count_exactly_and_pass_promtool() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("text/plain; version=0.0.4"), "{answer}");
     let text = body(&answer);
+    let probes = |what: &str| sample(text, &format!("overlay_probes_{what}_total{{peer=\"n2\"}}"));
+    let (sent, answered) = (probes("sent").unwrap(), probes("answered").unwrap());
+    assert!(
+        sent >= answered && answered > 0.0,
+        "{sent} sent, {answered} answered"
+    );
     for series in [
         "overlay_packets_total{reason=\"deliver_local\"}",
         "overlay_map_capacity{map=\"CONNTRACK\"}",

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub rtt: BTreeMap<String, u32>,
     /// Instance NamespaceIP → active flows from this node.
     pub load: BTreeMap<Ipv4Addr, u32>,
+    /// Peer node → probes sent and answered (for `/metrics`, not published).
+    pub probes: BTreeMap<String, crate::probe::ProbeCounts>,
 }
 
 impl Metrics {
@@ -96,6 +98,9 @@ pub async fn measure(agent: Shared, prober: Option<Prober>, scan: Arc<Tables>, p
         let grace = Duration::from_secs(agent.cfg.node_grace);
         let (rtt_moved, load_moved, lapsed_left, now) = {
             let mut st = agent.state();
+            if let Some(p) = &prober {
+                st.metrics.probes = p.counts();
+            }
             let rtt_moved = st.metrics.take_rtt(rtt);
             let load_moved = st.metrics.take_load(load);
             let left = st.prune_lapsed(grace, std::time::Instant::now());

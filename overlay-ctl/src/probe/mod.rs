@@ -32,6 +32,7 @@ use tokio::net::UdpSocket;
 use tokio::task::{JoinHandle, JoinSet};
 
 use state::Peers;
+pub use state::ProbeCounts;
 use wire::{Kind, Message};
 
 pub use wire::{PROBE_LEN, PROBE_MAGIC};
@@ -188,6 +189,11 @@ impl Prober {
     pub fn rtts(&self) -> BTreeMap<String, Rtt> {
         let max_age = self.shared.interval * STALE_INTERVALS;
         self.shared.peers().fresh(Instant::now(), max_age)
+    }
+
+    /// Probes sent to each peer and echoes taken back, by peer name.
+    pub fn counts(&self) -> BTreeMap<String, ProbeCounts> {
+        self.shared.peers().counts()
     }
 
     /// The address the socket is bound to.

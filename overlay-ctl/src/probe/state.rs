@@ -26,6 +26,16 @@ struct PeerState {
     /// Sequence number -> send time, of the probes awaiting their echo.
     outstanding: BTreeMap<u32, Instant>,
     rtt: Option<Rtt>,
+    /// Probes sent to the peer and echoes taken from it (the loss is
+    /// the difference), since it became a peer.
+    counts: ProbeCounts,
+}
+
+/// Probes sent to one peer, and their echoes that came back in time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeCounts {
+    pub sent: u64,
+    pub answered: u64,
 }
 
 /// Why an echo was not used.
@@ -67,6 +77,7 @@ impl Peers {
                     .retain(|_, sent| now.saturating_duration_since(*sent) < OUTSTANDING_TTL);
                 let seq = peer.next_seq;
                 peer.next_seq = seq.wrapping_add(1);
+                peer.counts.sent += 1;
                 peer.outstanding.insert(seq, now);
                 (peer.addr, seq)
             })
@@ -96,7 +107,16 @@ impl Peers {
         }
         let rtt = add_sample(peer.rtt, micros(elapsed), now);
         peer.rtt = Some(rtt);
+        peer.counts.answered += 1;
         Ok(rtt)
+    }
+
+    /// Every peer's probe counts, by name.
+    pub(super) fn counts(&self) -> BTreeMap<String, ProbeCounts> {
+        self.by_id
+            .values()
+            .map(|p| (p.name.clone(), p.counts))
+            .collect()
     }
 
     /// The RTTs of peers that answered within `max_age` of `now`, by name.
@@ -119,6 +139,7 @@ impl PeerState {
             next_seq: random_seq(),
             outstanding: BTreeMap::new(),
             rtt: None,
+            counts: ProbeCounts::default(),
         }
     }
 }
@@ -214,6 +235,19 @@ mod tests {
             peers.echo(2, addr(12), s0, t0 + MS),
             Err(Unused::NotOutstanding)
         );
+    }
+
+    /// Probe loss shows as sent minus answered; a rejected echo counts as none.
+    #[test]
+    fn probes_sent_and_answered_are_counted() {
+        let (mut peers, t0) = one_peer();
+        let s0 = seq(peers.next_round(t0));
+        peers.next_round(t0 + 100 * MS);
+        peers.echo(2, addr(12), s0, t0 + MS).unwrap();
+        let _ = peers.echo(2, addr(13), s0.wrapping_add(1), t0 + MS);
+        let counts = peers.counts();
+        let c = counts.values().next().unwrap();
+        assert_eq!((c.sent, c.answered), (2, 1));
     }
 
     #[test]
