@@ -232,6 +232,8 @@ pub async fn undeploy(agent: &Agent, service: &str, instance: u32) -> Result<boo
             .remove(&(service.to_ascii_lowercase(), instance));
         if let Some(inst) = &inst {
             st.endpoints.remove(&inst.nsip);
+            st.freed.retain(|_, t| t.elapsed() < QUARANTINE);
+            st.freed.insert(inst.nsip, std::time::Instant::now());
         }
         inst
     };
@@ -258,11 +260,24 @@ pub async fn undeploy(agent: &Agent, service: &str, instance: u32) -> Result<boo
     Ok(true)
 }
 
-/// The lowest free host address of the node subnet (.0, .1 and the last are kept).
+/// How long a removed instance's NamespaceIP stays out of circulation:
+/// every node ends its flows when it sees the instance go (well within a
+/// second), and packets already on their way arrive meanwhile.
+const QUARANTINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The lowest free host address of the node subnet (.0, .1 and the last are
+/// kept), other than the ones freed within [`QUARANTINE`]: a new instance
+/// must not receive an old flow that still seems to come from a ServIP.
 fn free_nsip(st: &State, subnet: crate::model::Subnet) -> Result<Ipv4Addr> {
+    let now = std::time::Instant::now();
+    let resting = |ip: &Ipv4Addr| {
+        st.freed
+            .get(ip)
+            .is_some_and(|t| now.duration_since(*t) < QUARANTINE)
+    };
     (2..subnet.size().saturating_sub(1))
         .map(|n| subnet.host(n))
-        .find(|ip| st.instances.values().all(|i| i.nsip != *ip))
+        .find(|ip| st.instances.values().all(|i| i.nsip != *ip) && !resting(ip))
         .ok_or(AgentError::SubnetFull(subnet))
 }
 
@@ -305,5 +320,19 @@ mod tests {
         assert_eq!(path, &dir.join(FILE));
         assert_eq!(source.raw_os_error(), Some(libc::EISDIR));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A NamespaceIP freed a moment ago is not handed out again; later it is.
+    #[test]
+    fn a_freed_namespace_ip_rests_before_reuse() {
+        let subnet: crate::model::Subnet = "10.30.1.0/24".parse().unwrap();
+        let mut st = State::default();
+        let first = subnet.host(2);
+        assert_eq!(free_nsip(&st, subnet).unwrap(), first);
+        st.freed.insert(first, std::time::Instant::now());
+        assert_eq!(free_nsip(&st, subnet).unwrap(), subnet.host(3));
+        let long_ago = std::time::Instant::now() - QUARANTINE - std::time::Duration::from_secs(1);
+        st.freed.insert(first, long_ago);
+        assert_eq!(free_nsip(&st, subnet).unwrap(), first);
     }
 }

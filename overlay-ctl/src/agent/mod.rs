@@ -131,6 +131,9 @@ pub struct State {
     pub metrics: metrics::Metrics,
     /// Nodes whose registration lapsed while they still answer probes.
     pub lapsed: BTreeMap<String, Lapsed>,
+    /// NamespaceIPs of instances removed lately: not handed out again while
+    /// packets of their flows may still be on their way.
+    pub freed: BTreeMap<Ipv4Addr, std::time::Instant>,
 }
 
 /// A node that left the store while its probe echoes kept coming: kept,
@@ -264,6 +267,7 @@ impl Agent {
             tracing::info!(
                 written = changes.written,
                 removed = changes.removed,
+                flows_ended = changes.flows_ended,
                 "maps reconciled"
             );
         }

@@ -448,6 +448,34 @@ impl Tables {
     pub fn conntrack(&self) -> Vec<(CtKey, CtEntry)> {
         read_all(&self.conntrack)
     }
+
+    /// Ends the flows of backends that are gone (their instance left): both
+    /// directions' entries, so that the client's next packet is a new flow,
+    /// balanced to a live backend (a TCP client then gets a reset from it, a
+    /// UDP flow simply moves; a fixed IP without its instance fails fast).
+    /// Gives the number of entries removed.
+    pub fn end_flows_of(
+        &mut self,
+        backends: &std::collections::BTreeSet<Ipv4Addr>,
+    ) -> Result<usize> {
+        if backends.is_empty() {
+            return Ok(0);
+        }
+        let gone: std::collections::BTreeSet<u32> =
+            backends.iter().map(|b| ip::to_wire(*b)).collect();
+        let mut ended = 0;
+        for (k, e) in read_all(&self.conntrack) {
+            let dead = match e.dir {
+                ct::FORWARD | ct::NS_FORWARD => gone.contains(&e.nat_addr),
+                _ => gone.contains(&k.saddr),
+            };
+            if dead {
+                ignore_missing(self.conntrack.remove(&k)).map_err(map_err(&def::CONNTRACK))?;
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
 }
 
 /// A tunnel endpoint (a node, or a gateway) as the maps hold it.

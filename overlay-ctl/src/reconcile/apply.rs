@@ -43,6 +43,8 @@ pub struct Failure {
 pub struct Changes {
     pub written: usize,
     pub removed: usize,
+    /// Conntrack entries of removed backends, ended.
+    pub flows_ended: usize,
     /// Entries left as they were, each with why.
     pub failed: Vec<Failure>,
 }
@@ -50,7 +52,7 @@ pub struct Changes {
 impl Changes {
     /// Whether the pass touched or failed anything.
     pub fn is_empty(&self) -> bool {
-        self.written == 0 && self.removed == 0 && self.failed.is_empty()
+        self.written == 0 && self.removed == 0 && self.flows_ended == 0 && self.failed.is_empty()
     }
 }
 
@@ -389,6 +391,7 @@ pub fn apply(t: &mut Tables, have: &MapSet, want: &MapSet) -> (Changes, MapSet) 
     for step in ORDER.iter().rev() {
         step.remove(t, &mut p);
     }
+    end_flows(t, &mut p);
     p.now.refused = want.refused.clone();
     (p.changes, p.now)
 }
@@ -407,6 +410,24 @@ mod tests {
         for d in registry::PINNED.iter().filter(|d| !elsewhere.contains(d)) {
             let n = super::ORDER.iter().filter(|t| t.maps().contains(d)).count();
             assert_eq!(n, 1, "{} is written by {n} tables of the order", d.name);
+        }
+    }
+}
+
+/// Ends the flows of the backends this pass removed (their instance left).
+fn end_flows(t: &mut Tables, p: &mut Pass) {
+    let gone: BTreeSet<Ipv4Addr> = p
+        .have
+        .backends
+        .iter()
+        .filter(|(id, _)| !p.now.backends.contains_key(id))
+        .map(|(_, (nsip, _))| *nsip)
+        .collect();
+    match t.end_flows_of(&gone) {
+        Ok(n) => p.changes.flows_ended += n,
+        Err(e) => {
+            let key = format!("{gone:?}");
+            p.fail("conntrack", &key, error_chain(&e));
         }
     }
 }
