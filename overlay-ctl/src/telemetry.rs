@@ -123,6 +123,15 @@ fn dataplane(reg: &Registry, agent: &Agent, maps: &Tables) {
 /// Peer RTTs, lapsed peers, reconcile failures.
 fn agent_state(reg: &Registry, agent: &Agent) {
     let (failing, total) = agent.failures();
+    let dns = counters(
+        reg,
+        "dns_queries_total",
+        "Queries the node's DNS server (.local names, unicast) answered, by result",
+        &["result"],
+    );
+    for (result, n) in agent.dns_counts() {
+        dns.with_label_values(&[&result]).inc_by(n);
+    }
     let rtt = gauges(
         reg,
         "peer_rtt_seconds",

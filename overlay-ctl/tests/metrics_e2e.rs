@@ -74,6 +74,24 @@ fn metrics_count_exactly_and_pass_promtool() {
     })
     .unwrap_or_else(|e| panic!("{e}: {}", body(&scrape(&c, 1))));
 
+    // Name queries by result: one known name, one unknown.
+    let dns = |result: &str| {
+        sample(
+            body(&scrape(&c, 1)),
+            &format!("overlay_dns_queries_total{{result=\"{result}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let (ok0, nx0) = (dns("noerror"), dns("nxdomain"));
+    for name in [
+        "demo.prod.api.v1.any.closest.local",
+        "demo.prod.nope.v1.any.closest.local",
+    ] {
+        w1.run("dig", ["@169.254.1.1", "+short", "+tries=1", name])
+            .unwrap();
+    }
+    assert_eq!((dns("noerror"), dns("nxdomain")), (ok0 + 1.0, nx0 + 1.0));
+
     let answer = scrape(&c, 1);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("text/plain; version=0.0.4"), "{answer}");

@@ -293,6 +293,14 @@ impl Agent {
         Ok(changes)
     }
 
+    /// DNS replies of this node's name service by result (none without it).
+    pub fn dns_counts(&self) -> Vec<(String, u64)> {
+        self.names
+            .as_ref()
+            .map(|n| n.counts().snapshot())
+            .unwrap_or_default()
+    }
+
     /// The map entries the last reconcile could not apply, and how many
     /// failures started since the agent did.
     pub fn failures(&self) -> (Vec<reconcile::Failure>, u64) {

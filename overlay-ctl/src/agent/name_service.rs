@@ -17,6 +17,11 @@ pub struct NameService {
 }
 
 impl NameService {
+    /// The unicast DNS server's replies by result.
+    pub fn counts(&self) -> std::sync::Arc<dns::DnsCounts> {
+        self._dns.counts()
+    }
+
     /// Puts the gateway address on the node's loopback and starts serving.
     pub async fn start(
         cfg: &AgentConfig,

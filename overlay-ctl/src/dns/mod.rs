@@ -49,7 +49,7 @@ use crate::model::{ClusterState, Policy};
 pub use error::{DnsError, Result};
 pub use mdns::{MDNS_ADDR, MDNS_PORT, Mdns};
 pub use resolv_conf::{remove_resolv_conf, resolv_conf_path, write_resolv_conf};
-pub use server::{DnsOptions, DnsServer};
+pub use server::{DnsCounts, DnsOptions, DnsServer};
 
 /// TTL of every answer, in seconds, unless configured otherwise: short, as
 /// ServIPs and instances come and go.

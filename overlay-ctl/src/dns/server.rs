@@ -58,6 +58,7 @@ pub struct DnsServer {
     /// UDP, on ours (`udp.rs`).
     udp: JoinHandle<()>,
     addr: SocketAddr,
+    counts: Arc<DnsCounts>,
 }
 
 impl DnsServer {
@@ -97,11 +98,23 @@ impl DnsServer {
             edns,
             upstream: options.upstream,
             upstream_timeout: options.upstream_timeout,
+            counts: Arc::default(),
         };
+        let counts = handler.counts.clone();
         let mut server = Server::new(handler.clone());
         server.register_listener(tcp, options.tcp_timeout, 64 * 1024);
         let udp = tokio::spawn(super::udp::serve(Arc::new(udp), Arc::new(handler)));
-        Ok(DnsServer { server, udp, addr })
+        Ok(DnsServer {
+            server,
+            udp,
+            addr,
+            counts,
+        })
+    }
+
+    /// Replies sent so far, by result.
+    pub fn counts(&self) -> Arc<DnsCounts> {
+        self.counts.clone()
     }
 
     /// The address served (UDP and TCP).
@@ -181,6 +194,43 @@ pub(super) struct Handler {
     edns: Edns,
     upstream: Option<SocketAddr>,
     upstream_timeout: Duration,
+    /// Replies sent, by result (shared by the UDP and TCP paths).
+    pub(super) counts: Arc<DnsCounts>,
+}
+
+/// Replies of one DNS server by result code (`/metrics`).
+#[derive(Debug, Default)]
+pub struct DnsCounts {
+    by_code: [std::sync::atomic::AtomicU64; 16],
+}
+
+impl DnsCounts {
+    /// Counts a reply with response code `code` (its low four bits).
+    pub fn count(&self, code: u16) {
+        self.by_code[(code & 0xf) as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Replies so far by result name (`noerror`, `nxdomain`, ...), those seen.
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        self.by_code
+            .iter()
+            .enumerate()
+            .map(|(code, n)| (code, n.load(std::sync::atomic::Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .map(|(code, n)| {
+                let name = match code {
+                    0 => "noerror".to_string(),
+                    1 => "formerr".into(),
+                    2 => "servfail".into(),
+                    3 => "nxdomain".into(),
+                    4 => "notimp".into(),
+                    5 => "refused".into(),
+                    other => format!("rcode{other}"),
+                };
+                (name, n)
+            })
+            .collect()
+    }
 }
 
 /// What the handler decided, before any record is built.
@@ -337,13 +387,15 @@ impl RequestHandler for Handler {
                 }
             }
         };
-        sent.unwrap_or_else(|e| {
+        let info = sent.unwrap_or_else(|e| {
             tracing::debug!("sending a DNS response: {e}");
             metadata.response_code = ResponseCode::ServFail;
             ResponseInfo::from(Header {
                 metadata,
                 counts: HeaderCounts::default(),
             })
-        })
+        });
+        self.counts.count(u16::from(info.response_code));
+        info
     }
 }

@@ -51,6 +51,8 @@ pub(super) async fn serve(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
                 continue;
             }
             if let Some(n) = handler.fast_answer(&buf[..len], &mut out) {
+                // The reply's RCODE: the low bits of header byte 3.
+                handler.counts.count(u16::from(out[3] & 0xf));
                 if let Err(e) = socket.send_to(&out[..n], src).await {
                     tracing::debug!("DNS: replying to {src}: {e}");
                 }
@@ -59,6 +61,7 @@ pub(super) async fn serve(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
             let request = match Request::from_bytes(buf[..len].to_vec(), src, Protocol::Udp) {
                 Ok(request) => request,
                 Err(_) => {
+                    handler.counts.count(u16::from(ResponseCode::FormErr));
                     form_error(&socket, &buf[..len], src).await;
                     continue;
                 }
