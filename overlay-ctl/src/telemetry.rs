@@ -123,6 +123,27 @@ fn dataplane(reg: &Registry, agent: &Agent, maps: &Tables) {
 /// Peer RTTs, lapsed peers, reconcile failures.
 fn agent_state(reg: &Registry, agent: &Agent) {
     let (failing, total) = agent.failures();
+    if let Some(h) = &agent.store_health {
+        use std::sync::atomic::Ordering::Relaxed;
+        let none: [&str; 0] = [];
+        let connected = h.connected.load(Relaxed) as u8 as f64;
+        gauges(
+            reg,
+            "store_connected",
+            "Whether the agent's watch on the store is established",
+            &none,
+        )
+        .with_label_values(&none)
+        .set(connected);
+        gauges(
+            reg,
+            "store_revision",
+            "The store revision the agent's desired state is at",
+            &none,
+        )
+        .with_label_values(&none)
+        .set(h.revision.load(Relaxed) as f64);
+    }
     let dns = counters(
         reg,
         "dns_queries_total",

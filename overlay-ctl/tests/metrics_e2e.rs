@@ -96,6 +96,8 @@ fn metrics_count_exactly_and_pass_promtool() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("text/plain; version=0.0.4"), "{answer}");
     let text = body(&answer);
+    assert_eq!(sample(text, "overlay_store_connected"), Some(1.0), "{text}");
+    assert!(sample(text, "overlay_store_revision").is_some_and(|r| r > 0.0));
     let probes = |what: &str| sample(text, &format!("overlay_probes_{what}_total{{peer=\"n2\"}}"));
     let (sent, answered) = (probes("sent").unwrap(), probes("answered").unwrap());
     assert!(

@@ -49,10 +49,15 @@ pub async fn lease_subnet(store: &Store, cfg: &AgentConfig) -> Result<Subnet> {
 
 /// Follows the store into a watch channel; `true` when the first snapshot
 /// arrived within a few seconds (else the maps stay as they are until it does).
-pub async fn follow(access: &store::Access) -> (watch::Receiver<ClusterState>, bool) {
+pub async fn follow(
+    access: &store::Access,
+    health: std::sync::Arc<store::FollowHealth>,
+) -> (watch::Receiver<ClusterState>, bool) {
     let (tx, mut rx) = watch::channel(ClusterState::default());
     let access = access.clone();
-    tokio::spawn(async move { store::follow(access, tx).await });
+    tokio::spawn(async move {
+        store::follow_with_health(access, store::DEFAULT_PREFIX, tx, health).await
+    });
     let synced = matches!(
         tokio::time::timeout(Duration::from_secs(5), rx.changed()).await,
         Ok(Ok(()))

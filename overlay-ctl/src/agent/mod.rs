@@ -115,6 +115,8 @@ pub struct Agent {
     /// A read-only handle of its own on the pinned maps, for whole-map
     /// reads (conntrack scans, `/metrics`) that take no lock of the writers.
     pub scan: Arc<crate::dataplane::Tables>,
+    /// How the store follower is doing (with a store).
+    pub store_health: Option<Arc<crate::store::FollowHealth>>,
 }
 
 /// The agent's in-memory view: desired state, own instances, measurements.

@@ -105,8 +105,9 @@ async fn start(cfg: AgentConfig) -> Result<Started> {
     let scan = Arc::new(Tables::open_pinned(&cfg.bpf_pin_dir)?);
     let applied = reconcile::read(&dp.tables);
     tracing::info!(node = %node.name, ip = %node.ip, subnet = %node.subnet, adopted = applied.servips.len() + applied.endpoints.len(), "dataplane loaded");
+    let store_health = Arc::new(crate::store::FollowHealth::default());
     let (mut cluster_rx, synced) = match (&store, &access) {
-        (Some(_), Some(access)) => cluster::follow(access).await,
+        (Some(_), Some(access)) => cluster::follow(access, store_health.clone()).await,
         _ => (source::spawn(&cfg)?, true),
     };
     let cluster = cluster_rx.borrow_and_update().clone();
@@ -139,6 +140,7 @@ async fn start(cfg: AgentConfig) -> Result<Started> {
         store: link,
         names,
         scan: scan.clone(),
+        store_health: access.is_some().then_some(store_health),
     };
     Ok(Started {
         agent,

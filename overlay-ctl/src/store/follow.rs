@@ -6,6 +6,8 @@
 //! reached, the channel keeps the last state: the dataplane keeps forwarding.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -51,6 +53,15 @@ enum WatchEnd {
     Failed(StoreError),
 }
 
+/// How a follower's connection to the store is doing, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct FollowHealth {
+    /// Whether the watch is established (false from the first failure on).
+    pub connected: std::sync::atomic::AtomicBool,
+    /// The store revision the follower's state is at.
+    pub revision: std::sync::atomic::AtomicI64,
+}
+
 /// [`follow_prefix`] under [`DEFAULT_PREFIX`].
 pub async fn follow(access: impl Into<Access>, tx: watch::Sender<ClusterState>) {
     follow_prefix(access, DEFAULT_PREFIX, tx).await
@@ -65,16 +76,31 @@ pub async fn follow_prefix(
     prefix: &str,
     tx: watch::Sender<ClusterState>,
 ) {
+    follow_with_health(access, prefix, tx, Arc::default()).await
+}
+
+/// [`follow_prefix`], reporting its connection in `health`.
+pub async fn follow_with_health(
+    access: impl Into<Access>,
+    prefix: &str,
+    tx: watch::Sender<ClusterState>,
+    health: Arc<FollowHealth>,
+) {
     let access = access.into();
     let prefix = normalise_prefix(prefix);
     let closed = tx.clone();
     tokio::select! {
         _ = closed.closed() => tracing::debug!("store: nobody follows the state any more"),
-        _ = run(&access, &prefix, &tx) => {}
+        _ = run(&access, &prefix, &tx, &health) => {}
     }
 }
 
-async fn run(access: &Access, prefix: &str, tx: &watch::Sender<ClusterState>) {
+async fn run(
+    access: &Access,
+    prefix: &str,
+    tx: &watch::Sender<ClusterState>,
+    health: &FollowHealth,
+) {
     let mut mirror: Option<Mirror> = None;
     let mut backoff = BACKOFF_MIN;
     // Starts true so that a store unreachable from the start is reported too.
@@ -95,7 +121,7 @@ async fn run(access: &Access, prefix: &str, tx: &watch::Sender<ClusterState>) {
                 mirror = Some(m);
             }
             let m = mirror.as_mut().expect("mirror was just read");
-            Ok::<_, StoreError>(watch(&store, m, tx, &mut connected, &mut backoff).await)
+            Ok::<_, StoreError>(watch(&store, m, tx, &mut connected, &mut backoff, health).await)
         }
         .await;
         let end = match result {
@@ -109,6 +135,7 @@ async fn run(access: &Access, prefix: &str, tx: &watch::Sender<ClusterState>) {
                 continue;
             }
             WatchEnd::Failed(e) => {
+                health.connected.store(false, Ordering::Relaxed);
                 if connected {
                     tracing::warn!(
                         "store: cannot follow the store: {e}; keeping the last state, retrying"
@@ -149,6 +176,7 @@ async fn watch(
     tx: &watch::Sender<ClusterState>,
     connected: &mut bool,
     backoff: &mut Duration,
+    health: &FollowHealth,
 ) -> WatchEnd {
     let create = proto::WatchCreateRequest {
         key: store.prefix.clone().into_bytes(),
@@ -205,6 +233,7 @@ async fn watch(
             );
             *connected = true;
             *backoff = BACKOFF_MIN;
+            health.connected.store(true, Ordering::Relaxed);
         }
         if resp.events.is_empty() {
             // A progress notification: everything up to here was sent.
@@ -212,6 +241,7 @@ async fn watch(
                 let revision = resp.header.as_ref().map_or(0, |h| h.revision);
                 mirror.revision = mirror.revision.max(revision);
             }
+            health.revision.store(mirror.revision, Ordering::Relaxed);
             continue;
         }
         for event in resp.events {
@@ -232,5 +262,6 @@ async fn watch(
             }
         }
         publish(tx, mirror.state());
+        health.revision.store(mirror.revision, Ordering::Relaxed);
     }
 }

@@ -37,7 +37,7 @@ use crate::model::{ClusterState, InstanceSpec, Subnet};
 use client::Client;
 use state::{build_state, is_state_key};
 
-pub use follow::{follow, follow_prefix};
+pub use follow::{FollowHealth, follow, follow_prefix, follow_with_health};
 pub use pool::AddressClaim;
 pub use registration::Registration;
 pub use state::NodeRecord;
