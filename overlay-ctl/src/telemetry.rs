@@ -84,8 +84,7 @@ fn dataplane(reg: &Registry, agent: &Agent, maps: &Tables) {
         "Flows this node has open toward each service's backends (used within the load window)",
         &["service"],
     );
-    let window = (agent.cfg.load_window_s as u64 * 1_000_000_000)
-        .div_ceil(overlay_common::maps::ct::TICK_NS) as u32;
+    let window = crate::agent::window_ticks(agent.cfg.load_window_s);
     let of_backend = backend_services(agent);
     let mut per_service: BTreeMap<String, f64> = BTreeMap::new();
     for (nsip, n) in maps.active_flows(window) {

@@ -10,9 +10,18 @@ use std::time::{Duration, Instant};
 use common::store_cluster::*;
 use overlay_testnet::{Netns, servers};
 
-#[test]
-fn a_udp_flow_moves_when_its_backend_leaves() {
-    let c = Cluster::new("deadbe");
+/// Field order is drop order: the instances' namespaces before the cluster.
+struct Setup {
+    _api: [Netns; 2],
+    w1: Netns,
+    rr: SocketAddr,
+    c: Cluster,
+}
+
+/// api 2 on n2 and api 3 on n3, each answering with its name through
+/// `serve` on port 8080, and a client instance of web on n1.
+fn setup(label: &str, serve: fn(&Netns, u16, &'static str)) -> Setup {
+    let c = Cluster::new(label);
     let api = c.deploy_service(&descriptor("api", &[8080], false));
     c.deploy_service(&descriptor("web", &[], false));
     let rr = SocketAddr::from((servip(&api, "roundrobin"), 8080));
@@ -24,12 +33,23 @@ fn a_udp_flow_moves_when_its_backend_leaves() {
     c.agents[1].deploy(API, 2, &a2);
     let i3 = c.agents[2].deploy(API, 3, &a3);
     c.agents[0].deploy(WEB, 1, &w1);
-    servers::udp(&a2, 8080, "api2");
-    servers::udp(&a3, 8080, "api3");
+    serve(&a2, 8080, "api2");
+    serve(&a3, 8080, "api3");
     overlay_testnet::wait_until(Duration::from_secs(5), "api3 everywhere", || {
         c.everywhere(i3.nsip, true)
     })
     .unwrap();
+    Setup {
+        _api: [a2, a3],
+        w1,
+        rr,
+        c,
+    }
+}
+
+#[test]
+fn a_udp_flow_moves_when_its_backend_leaves() {
+    let Setup { c, rr, w1, .. } = setup("deadbe", servers::udp);
 
     // One client socket, one source port: one flow for its whole life.
     let sock = w1.enter(|| UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
@@ -67,24 +87,7 @@ fn a_udp_flow_moves_when_its_backend_leaves() {
 #[test]
 fn a_tcp_connection_is_reset_when_its_backend_leaves() {
     use std::io::{BufRead, BufReader, Write};
-    let c = Cluster::new("deadtcp");
-    let api = c.deploy_service(&descriptor("api", &[8080], false));
-    c.deploy_service(&descriptor("web", &[], false));
-    let rr = SocketAddr::from((servip(&api, "roundrobin"), 8080));
-    let (a2, a3, w1) = (
-        Netns::new("a2").unwrap(),
-        Netns::new("a3").unwrap(),
-        Netns::new("w1").unwrap(),
-    );
-    c.agents[1].deploy(API, 2, &a2);
-    let i3 = c.agents[2].deploy(API, 3, &a3);
-    c.agents[0].deploy(WEB, 1, &w1);
-    servers::tcp(&a2, 8080, "api2");
-    servers::tcp(&a3, 8080, "api3");
-    overlay_testnet::wait_until(Duration::from_secs(5), "api3 everywhere", || {
-        c.everywhere(i3.nsip, true)
-    })
-    .unwrap();
+    let Setup { c, rr, w1, .. } = setup("deadtcp", servers::tcp);
     let conn = w1
         .enter(|| std::net::TcpStream::connect_timeout(&rr, Duration::from_secs(3)))
         .unwrap()

@@ -56,7 +56,7 @@ fn take<K: Ord>(have: &mut BTreeMap<K, u32>, fresh: BTreeMap<K, u32>, pct: u32, 
 }
 
 /// Conntrack ticks (2^30 ns) covering `seconds`.
-fn window_ticks(seconds: u32) -> u32 {
+pub(crate) fn window_ticks(seconds: u32) -> u32 {
     (seconds as u64 * 1_000_000_000).div_ceil(overlay_common::maps::ct::TICK_NS) as u32
 }
 

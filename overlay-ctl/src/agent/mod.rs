@@ -13,6 +13,7 @@ mod error;
 mod host;
 mod instances;
 mod metrics;
+pub(crate) use metrics::window_ticks;
 mod name_service;
 mod probe_keys;
 mod run;

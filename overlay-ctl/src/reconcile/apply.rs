@@ -49,13 +49,6 @@ pub struct Changes {
     pub failed: Vec<Failure>,
 }
 
-impl Changes {
-    /// Whether the pass touched or failed anything.
-    pub fn is_empty(&self) -> bool {
-        self.written == 0 && self.removed == 0 && self.flows_ended == 0 && self.failed.is_empty()
-    }
-}
-
 /// A keyed collection of a [`MapSet`]: a map, or a set (unit values).
 trait Entries {
     type K: Ord + Clone + Debug;
