@@ -111,11 +111,23 @@ async fn publish(agent: &Agent, inst: &LocalInstance) -> Result<()> {
 /// the desired-state file.
 async fn fixed_ip(agent: &Agent, service: &ServiceSpec, instance: u32) -> Result<Option<Ipv4Addr>> {
     match &agent.store {
-        Some(link) if service.stateful => Ok(Some(
-            link.store
-                .allocate_fixed_ip(&service.name, instance, crate::store::DEFAULT_SERVICE_POOL)
-                .await?,
-        )),
+        Some(link) if service.stateful => link
+            .store
+            .allocate_fixed_ip(&service.name, instance, crate::store::DEFAULT_SERVICE_POOL)
+            .await
+            .map(Some)
+            .map_err(|e| match e {
+                // Only the orchestrator allocates where the store controls access.
+                crate::store::StoreError::PermissionDenied { .. } => {
+                    AgentError::BadRequest(format!(
+                        "instance {instance} of {} has no fixed IP yet, and nodes may not allocate \
+                     one: run `overlay-ctl service deploy DESCRIPTOR --instances {instance}` \
+                     as the orchestrator",
+                        service.name
+                    ))
+                }
+                e => e.into(),
+            }),
         // Fail before touching the node when the store is not answering.
         Some(link) => link
             .store

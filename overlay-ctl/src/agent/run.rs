@@ -80,8 +80,13 @@ async fn start(cfg: AgentConfig) -> Result<Started> {
         Some(access) => Some(cluster::connect(access).await),
         None => None,
     };
-    let subnet = match &store {
-        Some(s) => cluster::lease_subnet(s, &cfg).await?,
+    let joined = match (&store, &access) {
+        (Some(s), Some(access)) => Some(cluster::join(s, access, &cfg).await?),
+        _ => None,
+    };
+    let v1_nodes = joined.as_ref().is_some_and(|j| j.v1_nodes);
+    let subnet = match &joined {
+        Some(j) => j.subnet,
         None => cfg
             .subnet
             .ok_or_else(|| AgentError::Unfit("no node subnet configured".into()))?,
@@ -107,7 +112,7 @@ async fn start(cfg: AgentConfig) -> Result<Started> {
     tracing::info!(node = %node.name, ip = %node.ip, subnet = %node.subnet, adopted = applied.servips.len() + applied.endpoints.len(), "dataplane loaded");
     let store_health = Arc::new(crate::store::FollowHealth::default());
     let (mut cluster_rx, synced) = match (&store, &access) {
-        (Some(_), Some(access)) => cluster::follow(access, store_health.clone()).await,
+        (Some(_), Some(access)) => cluster::follow(access, store_health.clone(), v1_nodes).await,
         _ => (source::spawn(&cfg)?, true),
     };
     let cluster = cluster_rx.borrow_and_update().clone();
@@ -120,7 +125,7 @@ async fn start(cfg: AgentConfig) -> Result<Started> {
         None => None,
     };
     let link = match store {
-        Some(s) => Some(cluster::register(s, &node, &cfg).await?),
+        Some(s) => Some(cluster::register(s, &node, &cfg, v1_nodes).await?),
         None => None,
     };
     let agent = Agent {

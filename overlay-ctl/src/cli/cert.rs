@@ -11,10 +11,14 @@ use crate::store::{self, Issued};
 
 #[derive(Subcommand)]
 pub enum CertCmd {
-    /// Create the cluster's CA (DIR/ca.crt, DIR/ca.key); refuses to replace one.
+    /// Create the cluster's CA (DIR/ca.crt, DIR/ca.key) and the certificates
+    /// of etcd's `root` and of the orchestrator; refuses to replace any file.
     Ca {
         #[arg(long)]
         dir: PathBuf,
+        /// The orchestrator's identity (the etcd user `store setup` creates).
+        #[arg(long, default_value = store::DEFAULT_ORCHESTRATOR)]
+        orchestrator: String,
     },
     /// Issue DIR/NAME.crt and DIR/NAME.key, signed by DIR/ca.*: NAME is the
     /// node id for a node, or the identity of an etcd member or an orchestrator.
@@ -33,10 +37,15 @@ pub enum CertCmd {
 
 pub fn cert(cmd: CertCmd) -> anyhow::Result<()> {
     match cmd {
-        CertCmd::Ca { dir } => {
+        CertCmd::Ca { dir, orchestrator } => {
+            check_name(&orchestrator)?;
             let ca = store::new_ca("EdgeIO overlay cluster CA")?;
             write(&dir, "ca", &ca)?;
             println!("{}", dir.join("ca.crt").display());
+            for name in [store::ROOT, orchestrator.as_str()] {
+                write(&dir, name, &store::issue(&ca, name, &[], &[])?)?;
+                println!("{}", dir.join(format!("{name}.crt")).display());
+            }
         }
         CertCmd::Issue {
             name,
@@ -44,24 +53,49 @@ pub fn cert(cmd: CertCmd) -> anyhow::Result<()> {
             ips,
             dns,
         } => {
-            if !crate::model::is_plain_name(&name) {
-                bail!("certificate name `{name}`: must be 1-63 letters, digits, '-' or '_'");
-            }
-            let read = |file: &str| {
-                let path = dir.join(file);
-                std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading the CA: {}", path.display()))
-            };
-            let ca = Issued {
-                cert: read("ca.crt")?,
-                key: read("ca.key")?,
-            };
-            let issued = store::issue(&ca, &name, &ips, &dns)?;
+            check_name(&name)?;
+            let issued = store::issue(&read_ca(&dir)?, &name, &ips, &dns)?;
             write(&dir, &name, &issued)?;
             println!("{}", dir.join(format!("{name}.crt")).display());
         }
     }
     Ok(())
+}
+
+fn check_name(name: &str) -> anyhow::Result<()> {
+    if !crate::model::is_plain_name(name) {
+        bail!("certificate name `{name}`: must be 1-63 letters, digits, '-' or '_'");
+    }
+    Ok(())
+}
+
+/// DIR/ca.crt and DIR/ca.key.
+fn read_ca(dir: &Path) -> anyhow::Result<Issued> {
+    let read = |file: &str| {
+        let path = dir.join(file);
+        std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the CA: {}", path.display()))
+    };
+    Ok(Issued {
+        cert: read("ca.crt")?,
+        key: read("ca.key")?,
+    })
+}
+
+/// DIR/NAME.crt and .key, issued by the CA in DIR unless NAME.crt exists
+/// already (then it must name NAME). Returns whether it was issued.
+pub fn ensure(dir: &Path, name: &str) -> anyhow::Result<bool> {
+    check_name(name)?;
+    let path = dir.join(format!("{name}.crt"));
+    if let Ok(pem) = std::fs::read_to_string(&path) {
+        let named = store::certificate_name(&pem)?;
+        if named != name {
+            bail!("{} names `{named}`, not `{name}`", path.display());
+        }
+        return Ok(false);
+    }
+    write(dir, name, &store::issue(&read_ca(dir)?, name, &[], &[])?)?;
+    Ok(true)
 }
 
 /// Writes NAME.crt and NAME.key (the key readable by its owner only),

@@ -16,6 +16,10 @@ pub enum ServiceCmd {
         descriptor: std::path::PathBuf,
         #[arg(long)]
         json: bool,
+        /// For a stateful service: allocate the fixed IPs of instances 1..=N
+        /// (nodes may not allocate them themselves).
+        #[arg(long, value_name = "N")]
+        instances: Option<u32>,
     },
     /// Remove a service; its addresses return to the pool after a grace period.
     Rm {
@@ -29,6 +33,9 @@ pub enum ServiceCmd {
     },
 }
 
+/// How many fixed IPs one `service deploy --instances` allocates at most.
+const MAX_INSTANCES: u32 = 1024;
+
 pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -38,14 +45,33 @@ pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn service(cmd: ServiceCmd, access: &Access) -> anyhow::Result<()> {
     let rt = runtime()?;
     match cmd {
-        ServiceCmd::Deploy { descriptor, json } => {
+        ServiceCmd::Deploy {
+            descriptor,
+            json,
+            instances,
+        } => {
             // Validate before contacting anything.
             let d = read_descriptor(&descriptor)?;
+            if instances.is_some() && !d.stateful {
+                anyhow::bail!("--instances: only a stateful service has fixed instance IPs");
+            }
+            if instances.is_some_and(|n| n > MAX_INSTANCES) {
+                anyhow::bail!("--instances: at most {MAX_INSTANCES} fixed IPs at once");
+            }
             let rec = rt.block_on(async {
-                Store::connect(access)
-                    .await?
+                let store = Store::connect(access).await?;
+                let rec = store
                     .deploy_service(&d, store::DEFAULT_SERVICE_POOL)
-                    .await
+                    .await?;
+                for n in 1..=instances.unwrap_or(0) {
+                    let ip = store
+                        .allocate_fixed_ip(&rec.name, n, store::DEFAULT_SERVICE_POOL)
+                        .await?;
+                    if !json {
+                        println!("instance {n}: fixed IP {ip}");
+                    }
+                }
+                Ok::<_, store::StoreError>(rec)
             })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rec)?);

@@ -3,6 +3,7 @@
 mod cert;
 mod cluster;
 mod gateway;
+mod store;
 
 use std::path::PathBuf;
 
@@ -53,7 +54,7 @@ enum Cmd {
         #[command(flatten)]
         store: StoreArg,
     },
-    /// List the cluster's nodes.
+    /// List, admit and remove the cluster's nodes.
     Node {
         #[command(subcommand)]
         cmd: NodeCmd,
@@ -77,6 +78,13 @@ enum Cmd {
     /// Resolve `app.appns.svc.svcns.instance.policy.local` from the cluster store.
     Resolve {
         name: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Set the store up: access control, the v2 key schema, the probe key.
+    Store {
+        #[command(subcommand)]
+        cmd: store::StoreCmd,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -140,6 +148,16 @@ enum NodeCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Admit a node (root certificate): its etcd user and role, which let it
+    /// write only its own keys, and its subnetwork; with --dir, also its
+    /// certificate DIR/NAME.crt from the CA in DIR.
+    Add {
+        name: String,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Withdraw a stopped node's identity and give its subnetwork back.
+    Rm { name: String },
 }
 
 #[derive(Subcommand)]
@@ -186,6 +204,15 @@ pub fn main() -> anyhow::Result<()> {
             cmd: NodeCmd::Ls { json },
             store,
         } => cluster::node_ls(&store.access()?, json)?,
+        Cmd::Node {
+            cmd: NodeCmd::Add { name, dir },
+            store: s,
+        } => store::node_add(&name, dir.as_ref(), &s.access()?)?,
+        Cmd::Node {
+            cmd: NodeCmd::Rm { name },
+            store: s,
+        } => store::node_rm(&name, &s.access()?)?,
+        Cmd::Store { cmd, store: s } => store::store_cmd(cmd, &s.access()?)?,
         Cmd::Cluster { cmd, store } => cluster::settings(cmd, &store.access()?)?,
         Cmd::Gateway { cmd, store } => gateway::gateway(cmd, &store.access()?)?,
         Cmd::Cert { cmd } => cert::cert(cmd)?,

@@ -154,6 +154,14 @@ impl Client {
         {
             return StoreError::Compacted;
         }
+        if status.code() == tonic::Code::PermissionDenied
+            || status.message().contains("user name not found")
+        {
+            return StoreError::PermissionDenied {
+                op,
+                reason: status.message().to_owned(),
+            };
+        }
         let reason = match status.code() {
             tonic::Code::Unavailable | tonic::Code::Unknown => {
                 // The transport error's chain, without repeating the message.
@@ -196,6 +204,24 @@ impl Client {
             .unary("compact", "/etcdserverpb.KV/Compact", req)
             .await?;
         Ok(())
+    }
+
+    /// One call of etcd's `Auth` service. Adding a user or role that
+    /// exists already, or granting what is granted, is not an error: setting
+    /// up the store may be repeated.
+    pub async fn auth<Q>(
+        &self,
+        op: &'static str,
+        path: &'static str,
+        req: Q,
+    ) -> Result<(), StoreError>
+    where
+        Q: prost::Message + Clone + Send + Sync + 'static,
+    {
+        match self.unary::<Q, proto::AuthResponse>(op, path, req).await {
+            Err(StoreError::Rpc { reason, .. }) if reason.contains("already exists") => Ok(()),
+            other => other.map(|_| ()),
+        }
     }
 
     /// Grants a lease of `ttl` seconds; returns its id.

@@ -1,42 +1,66 @@
 //! Cluster-wide keys:
-//! * `cluster/probe-key`: a random secret the first agent creates and every
-//!   agent reads, so that RTT probes between nodes are authenticated without
-//!   an operator distributing a key;
-//! * `cluster/probe-key-next`: during a rotation, the key that replaces it;
+//! * `secret/probe-key`: a random secret that `store setup` (or, on a store
+//!   without access control, the first agent) creates and every agent reads,
+//!   so that RTT probes between nodes are authenticated without an operator
+//!   distributing a key;
+//! * `secret/probe-key-next`: during a rotation, the key that replaces it;
 //! * `cluster/settings`: settings every node applies (`ClusterSettings`).
 
 use super::ops::{absent, delete, ops, put};
-use super::{Result, Store, StoreError, proto};
+use super::{Result, Store, StoreError, keys, proto};
 use crate::model::ClusterSettings;
 
-const KEY: &str = "cluster/probe-key";
-const NEXT: &str = "cluster/probe-key-next";
+const KEY: &str = keys::PROBE_KEY;
+const NEXT: &str = keys::PROBE_KEY_NEXT;
 pub(crate) const SETTINGS: &str = "cluster/settings";
 
 impl Store {
     /// The cluster's probe key; `fresh` becomes it if there is none yet
-    /// (created in a transaction, so concurrent agents agree on one).
+    /// (created in a transaction, so concurrent agents agree on one). A node
+    /// may not create it where the store controls access: `store setup` does.
     pub async fn probe_key(&self, fresh: [u8; 32]) -> Result<[u8; 32]> {
+        if let Some(key) = self.stored_probe_key().await? {
+            return Ok(key);
+        }
         let key = self.key(KEY);
-        let hex: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
-        let value = serde_json::to_vec(&hex).expect("strings serialise");
         let txn = proto::TxnRequest {
             compare: vec![absent(&key)],
-            success: ops([put(&key, value, 0)]),
+            success: ops([put(&key, hex_json(&fresh), 0)]),
             ..Default::default()
         };
-        self.client.txn(txn).await?;
-        let (kvs, _) = self.range_all(KEY, false).await?;
-        let stored: String = kvs
-            .iter()
-            .find(|kv| kv.key == KEY)
-            .ok_or_else(|| StoreError::Invalid(format!("`{KEY}` vanished after its creation")))?
-            .decode()?;
-        decode_hex(&stored).ok_or_else(|| StoreError::Corrupt {
-            key: KEY.into(),
-            reason: "not 64 hexadecimal digits".into(),
-        })
+        match self.client.txn(txn).await {
+            Err(StoreError::PermissionDenied { .. }) => {
+                return Err(StoreError::Invalid(format!(
+                    "the cluster has no probe key (`{KEY}`) and this identity may not create \
+                     one: run `overlay-ctl store setup` with the root certificate"
+                )));
+            }
+            other => other?,
+        };
+        self.stored_probe_key()
+            .await?
+            .ok_or_else(|| StoreError::Invalid(format!("`{KEY}` vanished after its creation")))
     }
+
+    async fn stored_probe_key(&self) -> Result<Option<[u8; 32]>> {
+        let (kvs, _) = self.range_all(KEY, false).await?;
+        let Some(kv) = kvs.iter().find(|kv| kv.key == KEY) else {
+            return Ok(None);
+        };
+        let stored: String = kv.decode()?;
+        decode_hex(&stored)
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt {
+                key: KEY.into(),
+                reason: "not 64 hexadecimal digits".into(),
+            })
+    }
+}
+
+/// A key as its JSON value: a string of hexadecimal digits.
+fn hex_json(key: &[u8; 32]) -> Vec<u8> {
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    serde_json::to_vec(&hex).expect("strings serialise")
 }
 
 impl Store {
@@ -55,8 +79,9 @@ impl Store {
                     reason: "not 64 hexadecimal digits".into(),
                 })
         };
-        let current = find(KEY)?
-            .ok_or_else(|| StoreError::Invalid(format!("`{KEY}` is missing: no agent ran yet")))?;
+        let current = find(KEY)?.ok_or_else(|| {
+            StoreError::Invalid(format!("`{KEY}` is missing: run `overlay-ctl store setup`"))
+        })?;
         Ok((current, find(NEXT)?))
     }
 
@@ -65,10 +90,8 @@ impl Store {
     /// while still signing with the current one.
     pub async fn begin_probe_key_rotation(&self, fresh: [u8; 32]) -> Result<()> {
         self.probe_keys().await?;
-        let hex: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
-        let value = serde_json::to_vec(&hex).expect("strings serialise");
         let txn = proto::TxnRequest {
-            success: ops([put(&self.key(NEXT), value, 0)]),
+            success: ops([put(&self.key(NEXT), hex_json(&fresh), 0)]),
             ..Default::default()
         };
         self.client.txn(txn).await.map(|_| ())
@@ -79,10 +102,11 @@ impl Store {
     pub async fn finish_probe_key_rotation(&self) -> Result<()> {
         let (_, next) = self.probe_keys().await?;
         let next = next.ok_or_else(|| StoreError::Invalid("no probe key rotation runs".into()))?;
-        let hex: String = next.iter().map(|b| format!("{b:02x}")).collect();
-        let value = serde_json::to_vec(&hex).expect("strings serialise");
         let txn = proto::TxnRequest {
-            success: ops([put(&self.key(KEY), value, 0), delete(&self.key(NEXT))]),
+            success: ops([
+                put(&self.key(KEY), hex_json(&next), 0),
+                delete(&self.key(NEXT)),
+            ]),
             ..Default::default()
         };
         self.client.txn(txn).await.map(|_| ())

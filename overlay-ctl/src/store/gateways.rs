@@ -5,7 +5,7 @@
 use super::ops::{delete, get_prefix, none_created_since, ops, put, unchanged};
 use super::pool::{MAX_ATTEMPTS, backoff, json};
 use super::proto::{self, response_op::Response};
-use super::{Result, Store, StoreError};
+use super::{Result, Store, StoreError, keys};
 use crate::model::GatewaySpec;
 use crate::store::NodeRecord;
 
@@ -21,7 +21,7 @@ impl Store {
         for attempt in 1..=MAX_ATTEMPTS {
             let ranges = vec![
                 get_prefix(&self.key(PREFIX)),
-                get_prefix(&self.key("nodes/")),
+                get_prefix(&self.key(keys::NODES)),
             ];
             let (r, revision) = self.read(ranges).await?;
             let mut mine = 0;
@@ -36,7 +36,10 @@ impl Store {
                     )));
                 }
             }
-            for kv in &r[1] {
+            let records = r[1].iter().filter(|kv| {
+                keys::parse_node_key(&kv.key).is_some_and(|(_, k)| k == keys::NodeKey::Record)
+            });
+            for kv in records {
                 let node: NodeRecord = kv.decode()?;
                 if node.ip == g.ip || node.public.is_some_and(|p| *p.ip() == g.ip) {
                     return Err(StoreError::Invalid(format!(

@@ -13,10 +13,12 @@
 //! * `client`/`proto`: a minimal etcd gRPC client (tonic + hand-declared
 //!   prost messages, so building needs no `protoc`).
 
+mod auth;
 mod client;
 mod cluster;
 mod follow;
 mod gateways;
+pub mod keys;
 mod ops;
 mod pool;
 mod proto;
@@ -37,14 +39,17 @@ use crate::model::{ClusterState, InstanceSpec, Subnet};
 use client::Client;
 use state::{build_state, is_state_key};
 
+pub use auth::{DEFAULT_ORCHESTRATOR, ORCHESTRATOR_ROLE, ROOT, node_role};
 pub use follow::{FollowHealth, follow, follow_prefix, follow_with_health};
 pub use pool::AddressClaim;
 pub use registration::Registration;
-pub use state::NodeRecord;
-pub use tls::{Access, Issued, TlsFiles, issue, new_ca};
+pub use state::{NodeRecord, merge_legacy};
+pub use tls::{Access, Issued, TlsFiles, certificate_name, issue, new_ca};
 
 /// Every key lives under this prefix unless [`Store::with_prefix`] says otherwise.
-pub const DEFAULT_PREFIX: &str = "/overlay/v1/";
+pub const DEFAULT_PREFIX: &str = "/overlay/v2/";
+/// Where the previous key schema lived (migrated by [`Store::migrate_v1`]).
+pub const V1_PREFIX: &str = "/overlay/v1/";
 /// ServIPs and fixed instance IPs come from here (`docs/addresses.md`).
 pub const DEFAULT_SERVICE_POOL: Subnet = Subnet {
     addr: Ipv4Addr::new(172, 30, 0, 0),
@@ -108,6 +113,11 @@ pub enum StoreError {
     NotStateful(String),
     #[error("{op}: gave up after {attempts} attempts that conflicted with concurrent writers")]
     Contention { op: &'static str, attempts: u32 },
+    #[error(
+        "etcd refused {op}: {reason} (the certificate's name is the etcd user; a node may write \
+         only under its own `node/<name>/` keys, the orchestrator the rest)"
+    )]
+    PermissionDenied { op: &'static str, reason: String },
     #[error("store TLS: {0}")]
     Tls(String),
     #[error("the registration of node `{0}` is closed")]
@@ -131,6 +141,8 @@ pub struct Store {
     client: Client,
     prefix: String,
     grace: Duration,
+    /// Registrations also write the v1 node keys ([`Store::with_v1_mirror`]).
+    v1_mirror: bool,
 }
 
 impl Store {
@@ -141,6 +153,7 @@ impl Store {
             client: Client::connect(&access.into()).await?,
             prefix: DEFAULT_PREFIX.to_owned(),
             grace: DEFAULT_GRACE,
+            v1_mirror: false,
         })
     }
 
@@ -153,6 +166,14 @@ impl Store {
     /// How long a freed ServIP or fixed IP is kept out of circulation.
     pub fn with_grace(mut self, grace: Duration) -> Store {
         self.grace = grace;
+        self
+    }
+
+    /// Node registrations also write the node's record and instances in the
+    /// v1 schema, so that agents of the previous release keep seeing the
+    /// node during a rolling upgrade.
+    pub fn with_v1_mirror(mut self, on: bool) -> Store {
+        self.v1_mirror = on;
         self
     }
 
@@ -207,9 +228,31 @@ impl Store {
         kvs.iter().map(Kv::decode).collect()
     }
 
-    /// Registered (live) nodes, by name.
+    /// Registered (live) nodes, by name; each named by its key.
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
-        self.records("nodes/").await
+        let mut nodes: Vec<NodeRecord> = self.node_keys(keys::NodeKey::Record).await?;
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(nodes)
+    }
+
+    /// Every record of one kind under `node/`, each bound to its key's node.
+    async fn node_keys<T: DeserializeOwned + keys::OfNode>(
+        &self,
+        kind: keys::NodeKey<'_>,
+    ) -> Result<Vec<T>> {
+        let (kvs, _) = self.range_all(keys::NODES, false).await?;
+        let mut out = Vec::new();
+        for kv in &kvs {
+            match keys::parse_node_key(&kv.key) {
+                Some((node, k)) if k == kind => {
+                    let mut record: T = kv.decode()?;
+                    record.bind(node);
+                    out.push(record);
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
     }
 
     /// Deployed services, by name.
@@ -229,7 +272,7 @@ impl Store {
 
     /// Published instances of live nodes, by service and instance number.
     pub async fn instances(&self) -> Result<Vec<InstanceSpec>> {
-        let mut all: Vec<InstanceSpec> = self.records("instances/").await?;
+        let mut all: Vec<InstanceSpec> = self.node_keys(keys::NodeKey::Instance).await?;
         all.sort_by(|a, b| (&a.service, a.instance).cmp(&(&b.service, b.instance)));
         Ok(all)
     }

@@ -302,3 +302,80 @@ pub struct LeaseKeepAliveResponse {
     #[prost(int64, tag = "3")]
     pub ttl: i64,
 }
+
+// Auth (`etcdserverpb.Auth`, `authpb`): the few calls that set up users,
+// roles and key-range permissions.
+
+// authpb.Permission.Type
+pub const PERM_READ: i32 = 0;
+pub const PERM_READWRITE: i32 = 2;
+
+#[derive(Clone, PartialEq, Message)]
+pub struct UserAddOptions {
+    #[prost(bool, tag = "1")]
+    pub no_password: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Permission {
+    #[prost(int32, tag = "1")]
+    pub perm_type: i32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub range_end: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct AuthEnableRequest {}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct AuthUserAddRequest {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub password: String,
+    #[prost(message, optional, tag = "3")]
+    pub options: Option<UserAddOptions>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct AuthUserGrantRoleRequest {
+    #[prost(string, tag = "1")]
+    pub user: String,
+    #[prost(string, tag = "2")]
+    pub role: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct AuthRoleAddRequest {
+    #[prost(string, tag = "1")]
+    pub name: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct AuthRoleGrantPermissionRequest {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(message, optional, tag = "2")]
+    pub perm: Option<Permission>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct AuthUserDeleteRequest {
+    #[prost(string, tag = "1")]
+    pub name: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct AuthRoleDeleteRequest {
+    #[prost(string, tag = "1")]
+    pub role: String,
+}
+
+/// Every auth call answers with a header only, as far as the store cares.
+#[derive(Clone, PartialEq, Message)]
+pub struct AuthResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<ResponseHeader>,
+}

@@ -1,5 +1,5 @@
-//! A node's registration: its `nodes/<name>` key and its instances'
-//! `instances/<service>/<n>` keys, all under one lease that a background
+//! A node's registration: its `node/<name>/record` key and its instances'
+//! `node/<name>/instances/<service>/<n>` keys, all under one lease that a background
 //! task keeps alive. If the lease is lost (the node was cut off longer than
 //! the TTL, or an operator revoked it), the task registers again with a new
 //! lease and puts the node and every published instance back.
@@ -13,7 +13,8 @@ use tokio::sync::{Mutex, watch};
 
 use super::client::Client;
 use super::ops::{delete, ops, put};
-use super::{NodeRecord, Result, Store, StoreError, proto};
+use super::proto::request_op::Request as Op;
+use super::{NodeRecord, Result, Store, StoreError, keys, proto};
 use crate::descriptor::check_label;
 use crate::model::InstanceSpec;
 
@@ -21,12 +22,15 @@ struct Inner {
     client: Client,
     prefix: String,
     record: NodeRecord,
+    /// While agents of the previous release run: their prefix, where this
+    /// node's record and instances are written too, so that they see it.
+    v1_mirror: Option<String>,
     ttl: i64,
     lease: AtomicI64,
     /// What the node publishes; the lock also serialises (re-)registration
     /// with publish/unpublish.
     state: Mutex<Published>,
-    /// The node's measurements (`rtt/<node>`, `load/<node>`): full key →
+    /// The node's measurements (`node/<node>/rtt`, `.../load`): full key →
     /// (value, written yet). The keepalive task writes them, so that whoever
     /// sets them never waits for the store.
     status: std::sync::Mutex<BTreeMap<String, (Vec<u8>, bool)>>,
@@ -61,11 +65,38 @@ impl std::fmt::Debug for Registration {
 
 impl Inner {
     fn node_key(&self) -> String {
-        format!("{}nodes/{}", self.prefix, self.record.name)
+        format!("{}{}", self.prefix, keys::node_record(&self.record.name))
     }
 
     fn instance_key(&self, service: &str, instance: u32) -> String {
-        format!("{}instances/{service}/{instance}", self.prefix)
+        format!(
+            "{}{}",
+            self.prefix,
+            keys::instance(&self.record.name, service, instance)
+        )
+    }
+
+    /// Puts of an instance (in both schemas while mirroring).
+    fn instance_puts(&self, spec: &InstanceSpec, lease: i64) -> Vec<Op> {
+        let value = serde_json::to_vec(spec).expect("instances serialise");
+        let mut puts = vec![put(
+            &self.instance_key(&spec.service, spec.instance),
+            value.clone(),
+            lease,
+        )];
+        if let Some(v1) = &self.v1_mirror {
+            let key = format!("{v1}instances/{}/{}", spec.service, spec.instance);
+            puts.push(put(&key, value, lease));
+        }
+        puts
+    }
+
+    fn instance_deletes(&self, service: &str, instance: u32) -> Vec<Op> {
+        let mut deletes = vec![delete(&self.instance_key(service, instance))];
+        if let Some(v1) = &self.v1_mirror {
+            deletes.push(delete(&format!("{v1}instances/{service}/{instance}")));
+        }
+        deletes
     }
 
     /// Grants a new lease and puts the node and all `instances` under it in
@@ -74,18 +105,16 @@ impl Inner {
         let instances = &published.instances;
         let lease = self.client.lease_grant(self.ttl).await?;
         let node = serde_json::to_vec(&self.record).expect("node records serialise");
-        let mut success = vec![put(&self.node_key(), node, lease)];
+        let mut success = vec![put(&self.node_key(), node.clone(), lease)];
+        if let Some(v1) = &self.v1_mirror {
+            success.push(put(&format!("{v1}nodes/{}", self.record.name), node, lease));
+        }
         let status = self.unwritten_status(true);
         for (key, value) in &status {
             success.push(put(key, value.clone(), lease));
         }
         for spec in instances.values() {
-            let value = serde_json::to_vec(spec).expect("instances serialise");
-            success.push(put(
-                &self.instance_key(&spec.service, spec.instance),
-                value,
-                lease,
-            ));
+            success.extend(self.instance_puts(spec, lease));
         }
         let txn = proto::TxnRequest {
             success: ops(success),
@@ -215,6 +244,7 @@ impl Store {
             client: self.client.clone(),
             prefix: self.prefix.clone(),
             record: record.clone(),
+            v1_mirror: self.v1_mirror.then(|| super::V1_PREFIX.to_owned()),
             ttl: ttl.as_secs().max(1) as i64,
             lease: AtomicI64::new(0),
             state: Mutex::new(Published::default()),
@@ -235,7 +265,7 @@ impl Store {
     /// Refuses `record`'s name while a live registration of that name comes
     /// from another address (a key under a lease lives as long as its agent).
     async fn check_unique(&self, record: &NodeRecord) -> Result<()> {
-        let key = format!("{}nodes/{}", self.prefix, record.name);
+        let key = self.key(&keys::node_record(&record.name));
         let resp = self
             .client
             .range(proto::RangeRequest {
@@ -296,10 +326,8 @@ impl Registration {
         state
             .instances
             .insert((spec.service.clone(), spec.instance), spec.clone());
-        let value = serde_json::to_vec(spec).expect("instances serialise");
-        let key = self.inner.instance_key(&spec.service, spec.instance);
         let txn = proto::TxnRequest {
-            success: ops([put(&key, value, self.lease_id())]),
+            success: ops(self.inner.instance_puts(spec, self.lease_id())),
             ..Default::default()
         };
         let result = match self.inner.client.txn(txn).await {
@@ -312,11 +340,12 @@ impl Registration {
         result
     }
 
-    /// Sets one of the node's measurements, `<kind>/<node>` (`rtt`,
+    /// Sets one of the node's measurements, `node/<node>/<kind>` (`rtt`,
     /// `load`), under the node's lease so that it leaves with the node. The
     /// keepalive task writes it (within TTL/3), also after a lost lease.
     pub fn set_status<T: serde::Serialize>(&self, kind: &str, value: &T) {
-        let key = format!("{}{kind}/{}", self.inner.prefix, self.inner.record.name);
+        let node = keys::node_dir(&self.inner.record.name);
+        let key = format!("{}{node}{kind}", self.inner.prefix);
         let value = serde_json::to_vec(value).expect("status values serialise");
         let mut status = self.inner.status.lock().unwrap_or_else(|e| e.into_inner());
         status.insert(key, (value, false));
@@ -330,9 +359,8 @@ impl Registration {
             .instances
             .remove(&(service.to_owned(), instance))
             .is_some();
-        let key = self.inner.instance_key(service, instance);
         let txn = proto::TxnRequest {
-            success: ops([delete(&key)]),
+            success: ops(self.inner.instance_deletes(service, instance)),
             ..Default::default()
         };
         if let Err(e) = self.inner.client.txn(txn).await {

@@ -4,10 +4,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use super::keys::{self, NodeKey};
 use crate::descriptor::ServiceRecord;
 use crate::model::{ClusterState, FixedIp, GatewaySpec, InstanceSpec, NodeSpec, Subnet};
 
-/// A node as it registers itself (`nodes/<name>`, under the node's lease).
+/// A node as it registers itself (`node/<name>/record`, under the node's lease).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeRecord {
@@ -45,43 +46,55 @@ impl NodeRecord {
 
 /// Whether a key (relative to the prefix) is part of the desired state.
 pub(crate) fn is_state_key(key: &str) -> bool {
-    [
-        "nodes/",
-        "services/",
-        "instances/",
-        "fixed/",
-        "rtt/",
-        "load/",
-        "gateways/",
-    ]
-    .iter()
-    .any(|p| key.starts_with(p))
+    ["services/", "fixed/", "gateways/"]
+        .iter()
+        .any(|p| key.starts_with(p))
         || key == super::cluster::SETTINGS
+        || keys::parse_node_key(key).is_some_and(|(_, k)| !matches!(k, NodeKey::Other(_)))
+        || legacy_node_key(key).is_some()
 }
 
-/// Builds the dataplane's state from the state keys ([`is_state_key`]) (keys relative to the prefix); other keys are ignored, and
-/// entries that do not parse are skipped with a warning so that one bad
-/// record cannot take the dataplane down.
+/// A node-written key of the v1 schema (`nodes/<n>`, `instances/<s>/<i>`,
+/// `rtt/<n>`, `load/<n>`), which agents of the previous release still write
+/// during a rolling upgrade; the node of an instance is in its value.
+fn legacy_node_key(key: &str) -> Option<(Option<&str>, NodeKey<'static>)> {
+    if key.starts_with("instances/") {
+        return Some((None, NodeKey::Instance));
+    }
+    let (kind, node) = key.split_once('/')?;
+    let kind = match kind {
+        "nodes" => NodeKey::Record,
+        "rtt" => NodeKey::Rtt,
+        "load" => NodeKey::Load,
+        _ => return None,
+    };
+    Some((Some(node), kind))
+}
+
+/// Builds the dataplane's state from the state keys ([`is_state_key`])
+/// (keys relative to the prefix); other keys are ignored, and entries that
+/// do not parse are skipped with a warning so that one bad record cannot
+/// take the dataplane down.
+///
+/// What a node wrote speaks for that node only: the node named by a record
+/// under `node/<name>/` is `<name>`, whatever the record says, and an
+/// instance's fixed IP is the one the orchestrator allocated (`fixed/`).
 pub(crate) fn build_state<'a>(
     entries: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> ClusterState {
-    fn parse<T: DeserializeOwned>(key: &str, value: &[u8]) -> Option<T> {
-        serde_json::from_slice(value)
-            .inspect_err(|e| tracing::warn!("store: skipping `{key}`: {e}"))
-            .ok()
-    }
     let mut state = ClusterState::default();
     for (key, value) in entries {
-        if key.starts_with("nodes/") {
-            state
-                .nodes
-                .extend(parse::<NodeRecord>(key, value).map(|n| n.spec()));
+        if let Some((node, kind)) = keys::parse_node_key(key) {
+            node_entry(&mut state, key, node, kind, value);
+        } else if let Some((node, kind)) = legacy_node_key(key) {
+            match node {
+                Some(node) => node_entry(&mut state, key, node, kind, value),
+                None => state.instances.extend(parse::<InstanceSpec>(key, value)),
+            }
         } else if key.starts_with("services/") {
             state
                 .services
                 .extend(parse::<ServiceRecord>(key, value).map(|s| s.spec()));
-        } else if key.starts_with("instances/") {
-            state.instances.extend(parse::<InstanceSpec>(key, value));
         } else if let Some(rest) = key.strip_prefix("fixed/") {
             let Some((service, n)) = rest.rsplit_once('/') else {
                 continue;
@@ -97,23 +110,84 @@ pub(crate) fn build_state<'a>(
             state.gateways.extend(parse::<GatewaySpec>(key, value));
         } else if key == super::cluster::SETTINGS {
             state.settings = parse(key, value).unwrap_or_default();
-        } else if let Some(node) = key.strip_prefix("rtt/") {
-            state
-                .rtt
-                .extend(parse(key, value).map(|m| (node.to_string(), m)));
-        } else if let Some(node) = key.strip_prefix("load/") {
-            state
-                .load
-                .extend(parse(key, value).map(|m| (node.to_string(), m)));
         }
     }
+    for i in &mut state.instances {
+        i.fixed_ip = state
+            .fixed
+            .iter()
+            .find(|f| f.service == i.service && f.instance == i.instance)
+            .map(|f| f.ip);
+    }
+    sort(&mut state);
+    state
+}
+
+/// `current` plus the nodes that only the previous schema's store has
+/// (agents of the previous release during a rolling upgrade), with their
+/// instances and measurements.
+pub fn merge_legacy(mut current: ClusterState, legacy: &ClusterState) -> ClusterState {
+    let old: Vec<&NodeSpec> = legacy
+        .nodes
+        .iter()
+        .filter(|n| current.node(&n.name).is_none())
+        .collect();
+    let only_old = |node: &str| old.iter().any(|n| n.name == node);
+    current.nodes.extend(old.iter().map(|n| (*n).clone()));
+    current.instances.extend(
+        legacy
+            .instances
+            .iter()
+            .filter(|i| only_old(&i.node))
+            .cloned(),
+    );
+    for (node, m) in legacy.rtt.iter().filter(|(n, _)| only_old(n)) {
+        current.rtt.insert(node.clone(), m.clone());
+    }
+    for (node, m) in legacy.load.iter().filter(|(n, _)| only_old(n)) {
+        current.load.insert(node.clone(), m.clone());
+    }
+    sort(&mut current);
+    current
+}
+
+fn sort(state: &mut ClusterState) {
     state.nodes.sort_by(|a, b| a.name.cmp(&b.name));
     state.services.sort_by(|a, b| a.name.cmp(&b.name));
     state.gateways.sort_by(|a, b| a.name.cmp(&b.name));
     state
         .instances
         .sort_by(|a, b| (&a.service, a.instance).cmp(&(&b.service, b.instance)));
-    state
+}
+
+fn parse<T: DeserializeOwned>(key: &str, value: &[u8]) -> Option<T> {
+    serde_json::from_slice(value)
+        .inspect_err(|e| tracing::warn!("store: skipping `{key}`: {e}"))
+        .ok()
+}
+
+/// A key under `node/<node>/`, bound to `node`.
+fn node_entry(state: &mut ClusterState, key: &str, node: &str, kind: NodeKey, value: &[u8]) {
+    match kind {
+        NodeKey::Record => state.nodes.extend(parse::<NodeRecord>(key, value).map(|n| {
+            let mut spec = n.spec();
+            spec.name = node.to_string();
+            spec
+        })),
+        NodeKey::Instance => state
+            .instances
+            .extend(parse::<InstanceSpec>(key, value).map(|mut i| {
+                i.node = node.to_string();
+                i
+            })),
+        NodeKey::Rtt => state
+            .rtt
+            .extend(parse(key, value).map(|m| (node.to_string(), m))),
+        NodeKey::Load => state
+            .load
+            .extend(parse(key, value).map(|m| (node.to_string(), m))),
+        NodeKey::Other(_) => {}
+    }
 }
 
 #[cfg(test)]
@@ -152,13 +226,38 @@ mod tests {
         };
         let (a10, a2) = (inst("a.b.c.d", 10), inst("a.b.c.d", 2));
         let state = build_state([
-            ("instances/a.b.c.d/10", a10.as_slice()),
-            ("instances/a.b.c.d/2", a2.as_slice()),
-            ("nodes/n1", b"{not json".as_slice()),
+            ("node/n1/instances/a.b.c.d/10", a10.as_slice()),
+            ("node/n1/instances/a.b.c.d/2", a2.as_slice()),
+            ("node/n1/record", b"{not json".as_slice()),
             ("servips/172.30.0.1", b"{}".as_slice()),
         ]);
         assert!(state.nodes.is_empty());
         let order: Vec<u32> = state.instances.iter().map(|i| i.instance).collect();
         assert_eq!(order, [2, 10]);
+    }
+
+    /// A node cannot speak for another: the key's node wins over the
+    /// record's, and a fixed IP is the orchestrator's, not the node's.
+    #[test]
+    fn node_records_are_bound_to_their_key() {
+        let forged = serde_json::to_vec(&InstanceSpec {
+            service: "a.b.c.d".into(),
+            instance: 1,
+            node: "n2".into(),
+            nsip: Ipv4Addr::new(10, 30, 2, 9),
+            fixed_ip: Some(Ipv4Addr::new(172, 30, 0, 1)),
+        })
+        .unwrap();
+        let state = build_state([("node/n3/instances/a.b.c.d/1", forged.as_slice())]);
+        assert_eq!(state.instances[0].node, "n3");
+        assert_eq!(state.instances[0].fixed_ip, None);
+        let state = build_state([
+            ("fixed/a.b.c.d/1", b"\"172.30.0.7\"".as_slice()),
+            ("node/n3/instances/a.b.c.d/1", forged.as_slice()),
+        ]);
+        assert_eq!(
+            state.instances[0].fixed_ip,
+            Some(Ipv4Addr::new(172, 30, 0, 7))
+        );
     }
 }

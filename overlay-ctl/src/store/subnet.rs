@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use super::ops::{absent, delete, get, get_prefix, put, unchanged};
 use super::pool::{MAX_ATTEMPTS, backoff, json};
-use super::{Result, Store, StoreError};
+use super::{Result, Store, StoreError, keys};
 use crate::descriptor::check_label;
 use crate::model::Subnet;
 
@@ -82,7 +82,7 @@ impl Store {
     /// Refused while the node is registered. Returns the subnet it had.
     pub async fn release_subnet(&self, node: &str) -> Result<Option<Subnet>> {
         let of = self.key(&format!("subnet-of/{node}"));
-        let live = self.key(&format!("nodes/{node}"));
+        let live = self.key(&keys::node_record(node));
         for attempt in 1..=MAX_ATTEMPTS {
             let (r, _) = self.read(vec![get(&of), get(&live)]).await?;
             if !r[1].is_empty() {

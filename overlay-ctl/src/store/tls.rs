@@ -180,6 +180,32 @@ pub fn issue(
     })
 }
 
+/// The common name of a PEM certificate: the etcd user it signs in as.
+pub fn certificate_name(pem: &str) -> Result<String, StoreError> {
+    let bad = |why: String| StoreError::Tls(format!("certificate: {why}"));
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let cert = pem.parse_x509().map_err(|e| bad(e.to_string()))?;
+    let name = cert.subject().iter_common_name().next();
+    match name.map(|cn| cn.as_str()) {
+        Some(Ok(name)) => Ok(name.to_owned()),
+        _ => Err(bad("no common name".into())),
+    }
+}
+
+impl Access {
+    /// The identity this access signs in with (its certificate's common
+    /// name), if it has a certificate.
+    pub fn identity(&self) -> Result<Option<String>, StoreError> {
+        let Some(cert) = self.tls.as_ref().and_then(|t| t.cert.as_ref()) else {
+            return Ok(None);
+        };
+        let pem = std::fs::read_to_string(cert)
+            .map_err(|e| StoreError::Tls(format!("reading {}: {e}", cert.display())))?;
+        certificate_name(&pem).map(Some)
+    }
+}
+
 fn cert_error(e: rcgen::Error) -> StoreError {
     StoreError::Tls(format!("certificate: {e}"))
 }
@@ -234,5 +260,6 @@ mod tests {
         assert!(n1.cert.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(n1.key.contains("PRIVATE KEY"));
         assert_ne!(n1.cert, issue(&ca, "n1", &[], &[]).unwrap().cert);
+        assert_eq!(certificate_name(&n1.cert).unwrap(), "n1");
     }
 }

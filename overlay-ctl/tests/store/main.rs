@@ -140,6 +140,7 @@ async fn state_until(
     }
 }
 
+mod access;
 mod follow;
 mod gateways;
 mod members;
