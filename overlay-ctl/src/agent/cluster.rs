@@ -129,14 +129,16 @@ async fn forward(mut from: watch::Receiver<ClusterState>, to: watch::Sender<Clus
     }
 }
 
-/// The current schema's state plus the v1-only nodes, from the current
-/// schema's first snapshot on.
+/// The current schema's state plus the v1-only nodes, once both schemas
+/// were read.
 async fn merge(
     mut current: watch::Receiver<ClusterState>,
     mut legacy: watch::Receiver<ClusterState>,
     to: watch::Sender<ClusterState>,
 ) {
-    if current.changed().await.is_err() {
+    // Both first snapshots before anything: a state without the v1 nodes
+    // would end their flows.
+    if current.changed().await.is_err() || legacy.changed().await.is_err() {
         return;
     }
     loop {

@@ -123,9 +123,9 @@ pub(crate) fn build_state<'a>(
     state
 }
 
-/// `current` plus the nodes that only the previous schema's store has
-/// (agents of the previous release during a rolling upgrade), with their
-/// instances and measurements.
+/// `current` plus the nodes and instances that only the previous schema's
+/// store has (agents of the previous release during a rolling upgrade), and
+/// those nodes' measurements.
 pub fn merge_legacy(mut current: ClusterState, legacy: &ClusterState) -> ClusterState {
     let old: Vec<&NodeSpec> = legacy
         .nodes
@@ -134,13 +134,21 @@ pub fn merge_legacy(mut current: ClusterState, legacy: &ClusterState) -> Cluster
         .collect();
     let only_old = |node: &str| old.iter().any(|n| n.name == node);
     current.nodes.extend(old.iter().map(|n| (*n).clone()));
-    current.instances.extend(
-        legacy
+    // By instance, not by node: an upgraded agent registers before it
+    // publishes its instances again, and the flows to them must not end.
+    let known = |i: &InstanceSpec| {
+        current
             .instances
             .iter()
-            .filter(|i| only_old(&i.node))
-            .cloned(),
-    );
+            .any(|c| (&c.service, c.instance) == (&i.service, i.instance))
+    };
+    let carried: Vec<InstanceSpec> = legacy
+        .instances
+        .iter()
+        .filter(|i| !known(i))
+        .cloned()
+        .collect();
+    current.instances.extend(carried);
     for (node, m) in legacy.rtt.iter().filter(|(n, _)| only_old(n)) {
         current.rtt.insert(node.clone(), m.clone());
     }
@@ -259,5 +267,48 @@ mod tests {
             state.instances[0].fixed_ip,
             Some(Ipv4Addr::new(172, 30, 0, 7))
         );
+    }
+
+    /// During a rolling upgrade, the nodes and instances only the v1 keys
+    /// hold are kept; the current schema wins where it has them.
+    #[test]
+    fn legacy_nodes_and_instances_fill_the_gaps() {
+        let node = |name: &str, last: u8| NodeSpec {
+            name: name.into(),
+            ip: Ipv4Addr::new(192, 0, 2, last),
+            ewp: 50103,
+            subnet: format!("10.30.{last}.0/24").parse().unwrap(),
+            location: None,
+        };
+        let inst = |n: u32, node: &str| InstanceSpec {
+            service: "a.b.c.d".into(),
+            instance: n,
+            node: node.into(),
+            nsip: Ipv4Addr::new(10, 30, 0, n as u8),
+            fixed_ip: None,
+        };
+        let current = ClusterState {
+            nodes: vec![node("n1", 1), node("n2", 2)],
+            instances: vec![inst(1, "n1")],
+            ..Default::default()
+        };
+        let legacy = ClusterState {
+            nodes: vec![node("n2", 9), node("n3", 3)],
+            instances: vec![inst(1, "n3"), inst(2, "n2")],
+            ..Default::default()
+        };
+        let merged = merge_legacy(current, &legacy);
+        let names: Vec<_> = merged
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.ip.octets()[3]))
+            .collect();
+        assert_eq!(names, [("n1", 1), ("n2", 2), ("n3", 3)]);
+        let insts: Vec<_> = merged
+            .instances
+            .iter()
+            .map(|i| (i.instance, i.node.as_str()))
+            .collect();
+        assert_eq!(insts, [(1, "n1"), (2, "n2")]);
     }
 }

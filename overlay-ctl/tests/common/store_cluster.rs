@@ -39,60 +39,90 @@ impl Cluster {
         let ns = topo.add_host("etcd", ETCD_IP).unwrap();
         let orchestrator = ns.name().to_string();
         let work = Workdir::new(label);
-        let pki = Pki::new(&work, 3);
+        let pki = Pki::new(&work);
         let etcd = Etcd::start_tls(ns, ETCD_IP, pki.etcd()).unwrap();
         let outside = topo
             .add_host("ext", Ipv4Addr::new(192, 0, 2, 200))
             .unwrap()
             .name()
             .to_string();
-        let mut agents = Vec::new();
-        for n in topo.nodes() {
-            let name = format!("n{}", n.index);
-            // The TLS keys first: `extra` may end in tables.
-            let config = pki.agent_toml(&name) + &extra(n.index);
-            let mut a = Agent::configure_store(&work, &name, &etcd.endpoint(), TTL, &config);
-            a.start(n.ns());
-            agents.push(a);
-        }
-        Cluster {
-            agents,
+        let mut c = Cluster {
+            agents: Vec::new(),
             etcd,
             work,
             orchestrator,
             outside,
             topo,
+        };
+        // Access control on, each node admitted with its own identity.
+        c.ctl_as("root", &["store", "setup"]);
+        let names: Vec<String> = c
+            .topo
+            .nodes()
+            .iter()
+            .map(|n| format!("n{}", n.index))
+            .collect();
+        for name in &names {
+            let dir = Pki::at(&c.work).dir;
+            c.ctl_as(
+                "root",
+                &["node", "add", name, "--dir", dir.to_str().unwrap()],
+            );
         }
+        for n in c.topo.nodes() {
+            let name = format!("n{}", n.index);
+            // The TLS keys first: `extra` may end in tables.
+            let config = pki.agent_toml(&name) + &extra(n.index);
+            let mut a = Agent::configure_store(&c.work, &name, &c.etcd.endpoint(), TTL, &config);
+            a.start(n.ns());
+            c.agents.push(a);
+        }
+        c
     }
 
     /// `overlay-ctl ARGS` run by the orchestrator (beside etcd).
     pub fn ctl(&self, args: &[&str]) -> Output {
+        self.ctl_with("orchestrator", args)
+    }
+
+    /// `overlay-ctl ARGS` beside etcd with the certificate of `who`.
+    pub fn ctl_with(&self, who: &str, args: &[&str]) -> Output {
         let mut cmd = std::process::Command::new("ip");
         let pki = Pki::at(&self.work);
         cmd.args(["netns", "exec", &self.orchestrator, BIN])
             .args(args)
             .env("OVERLAY_STORE", self.etcd.endpoint())
             .env("OVERLAY_STORE_CA", pki.file("ca", "crt"))
-            .env("OVERLAY_STORE_CERT", pki.file("orchestrator", "crt"))
-            .env("OVERLAY_STORE_KEY", pki.file("orchestrator", "key"));
+            .env("OVERLAY_STORE_CERT", pki.file(who, "crt"))
+            .env("OVERLAY_STORE_KEY", pki.file(who, "key"));
         cmd.output().unwrap()
     }
 
-    pub fn ctl_ok(&self, args: &[&str]) -> String {
-        let out = self.ctl(args);
+    /// [`Cluster::ctl_with`], which must succeed; its output.
+    pub fn ctl_as(&self, who: &str, args: &[&str]) -> String {
+        let out = self.ctl_with(who, args);
         assert!(
             out.status.success(),
-            "overlay-ctl {args:?}: {}",
+            "overlay-ctl {args:?} as {who}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        self.ctl_as("orchestrator", args)
+    }
+
+    /// Deploys a service as the orchestrator; a stateful one with the
+    /// fixed IPs of instances 1 to 4.
     pub fn deploy_service(&self, json: &str) -> serde_json::Value {
         let path = self.work.dir.join(format!("svc-{}.json", json.len()));
         std::fs::write(&path, json).unwrap();
-        serde_json::from_str(&self.ctl_ok(&["service", "deploy", path.to_str().unwrap(), "--json"]))
-            .unwrap()
+        let mut args = vec!["service", "deploy", path.to_str().unwrap(), "--json"];
+        if json.contains("\"statefull\":true") {
+            args.extend(["--instances", "4"]);
+        }
+        serde_json::from_str(&self.ctl_ok(&args)).unwrap()
     }
 
     /// Whether every node's BACKENDS map holds `nsip`.
@@ -106,14 +136,15 @@ impl Cluster {
     }
 }
 
-/// The cluster's CA and certificates (etcd, the orchestrator, each node),
-/// made with the same code as `overlay-ctl cert`.
+/// The cluster's CA and certificates (etcd, root, the orchestrator; the
+/// nodes' come from `overlay-ctl node add --dir`), made with the same code
+/// as `overlay-ctl cert`.
 pub struct Pki {
-    dir: std::path::PathBuf,
+    pub dir: std::path::PathBuf,
 }
 
 impl Pki {
-    pub fn new(work: &Workdir, nodes: usize) -> Pki {
+    pub fn new(work: &Workdir) -> Pki {
         use overlay_ctl::store::{Issued, issue, new_ca};
         let pki = Pki::at(work);
         std::fs::create_dir_all(&pki.dir).unwrap();
@@ -124,13 +155,8 @@ impl Pki {
         let ca = new_ca("test cluster CA").unwrap();
         write("ca", &ca);
         write("etcd", &issue(&ca, "etcd", &[ETCD_IP.into()], &[]).unwrap());
-        write(
-            "orchestrator",
-            &issue(&ca, "orchestrator", &[], &[]).unwrap(),
-        );
-        for n in 1..=nodes {
-            let name = format!("n{n}");
-            write(&name, &issue(&ca, &name, &[], &[]).unwrap());
+        for name in ["root", "orchestrator"] {
+            write(name, &issue(&ca, name, &[], &[]).unwrap());
         }
         pki
     }
