@@ -46,14 +46,14 @@ pub struct Joined {
 /// the v2 schema where this identity may, and finds the node's subnetwork
 /// (kept across restarts; leased here only where the store lets a node).
 pub async fn join(store: &Store, access: &store::Access, cfg: &AgentConfig) -> Result<Joined> {
-    if let Some(name) = access.identity()? {
-        if name != cfg.node_id {
-            return Err(AgentError::Unfit(format!(
-                "store_cert names `{name}` but node_id is `{}`: the store lets a node write \
-                 only the keys of the name in its certificate",
-                cfg.node_id
-            )));
-        }
+    if let Some(name) = access.identity()?
+        && name != cfg.node_id
+    {
+        return Err(AgentError::Unfit(format!(
+            "store_cert names `{name}` but node_id is `{}`: the store lets a node write \
+             only the keys of the name in its certificate",
+            cfg.node_id
+        )));
     }
     match store.migrate_v1().await {
         Ok(_) => {}

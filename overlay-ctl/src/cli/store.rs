@@ -47,10 +47,10 @@ pub fn store_cmd(cmd: StoreCmd, access: &Access) -> anyhow::Result<()> {
 pub fn node_add(name: &str, dir: Option<&PathBuf>, access: &Access) -> anyhow::Result<()> {
     crate::descriptor::check_label(name)
         .map_err(|why| anyhow::anyhow!("node name `{name}`: {why}"))?;
-    if let Some(dir) = dir {
-        if super::cert::ensure(dir, name)? {
-            println!("{}", dir.join(format!("{name}.crt")).display());
-        }
+    if let Some(dir) = dir
+        && super::cert::ensure(dir, name)?
+    {
+        println!("{}", dir.join(format!("{name}.crt")).display());
     }
     let subnet = runtime()?.block_on(async {
         Store::connect(access)
