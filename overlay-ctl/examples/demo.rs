@@ -92,14 +92,30 @@ impl Demo {
     }
 
     fn orchestrate(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.as_identity("orchestrator", args)
+    }
+
+    /// `overlay-ctl ARGS` beside etcd with the certificate of `who`.
+    fn as_identity(&self, who: &str, args: &[&str]) -> anyhow::Result<String> {
         let pki = |f: &str| self.pki().join(f).display().to_string();
         let env = [
             ("OVERLAY_STORE", self.store.clone()),
             ("OVERLAY_STORE_CA", pki("ca.crt")),
-            ("OVERLAY_STORE_CERT", pki("orchestrator.crt")),
-            ("OVERLAY_STORE_KEY", pki("orchestrator.key")),
+            ("OVERLAY_STORE_CERT", pki(&format!("{who}.crt"))),
+            ("OVERLAY_STORE_KEY", pki(&format!("{who}.key"))),
         ];
         self.ctl(&self.orchestrator, &env, args)
+    }
+
+    /// Access control on, then each node admitted with its own identity
+    /// and certificate: `store setup`, `node add` (as root).
+    fn admit(&self, nodes: usize) -> anyhow::Result<()> {
+        self.as_identity("root", &["store", "setup"])?;
+        let dir = self.pki().display().to_string();
+        for n in 1..=nodes {
+            self.as_identity("root", &["node", "add", &format!("n{n}"), "--dir", &dir])?;
+        }
+        Ok(())
     }
 
     fn pki(&self) -> PathBuf {
@@ -107,21 +123,15 @@ impl Demo {
     }
 
     /// The cluster's CA and certificates, as an operator makes them:
-    /// `overlay-ctl cert ca` and `overlay-ctl cert issue`.
-    fn certificates(&self, nodes: usize) -> anyhow::Result<()> {
+    /// `overlay-ctl cert ca` (with root's and the orchestrator's) and
+    /// `overlay-ctl cert issue` for etcd; the nodes' come with `node add`.
+    fn certificates(&self) -> anyhow::Result<()> {
         let dir = self.pki().display().to_string();
         let etcd_ip = ETCD_IP.to_string();
-        let mut runs: Vec<Vec<&str>> = vec![
+        let runs: Vec<Vec<&str>> = vec![
             vec!["cert", "ca", "--dir", &dir],
             vec!["cert", "issue", "etcd", "--dir", &dir, "--ip", &etcd_ip],
-            vec!["cert", "issue", "orchestrator", "--dir", &dir],
         ];
-        let names: Vec<String> = (1..=nodes).map(|n| format!("n{n}")).collect();
-        runs.extend(
-            names
-                .iter()
-                .map(|n| vec!["cert", "issue", n, "--dir", &dir]),
-        );
         for args in runs {
             let out = Command::new(&self.bin).args(&args).output()?;
             if !out.status.success() {
@@ -142,12 +152,12 @@ impl Demo {
             "appname: demo\nappns: prod\nservicename: {name}\nservicens: v1\nports: {ports}\n{extra}"
         );
         std::fs::write(&file, yaml)?;
-        Ok(serde_json::from_str(&self.orchestrate(&[
-            "service",
-            "deploy",
-            file.to_str().unwrap_or(""),
-            "--json",
-        ])?)?)
+        let mut args = vec!["service", "deploy", file.to_str().unwrap_or(""), "--json"];
+        if extra.contains("stateful: true") {
+            // The orchestrator allocates the fixed IPs; nodes may not.
+            args.extend(["--instances", "2"]);
+        }
+        Ok(serde_json::from_str(&self.orchestrate(&args)?)?)
     }
 
     /// Starts node `n`'s agent inside its namespace and waits for its API.
@@ -208,7 +218,7 @@ fn run() -> anyhow::Result<()> {
         orchestrator,
     };
     println!("demo: the cluster's CA and certificates (overlay-ctl cert), etcd over TLS");
-    demo.certificates(3)?;
+    demo.certificates()?;
     let tls = EtcdTls {
         ca: demo.pki().join("ca.crt"),
         cert: demo.pki().join("etcd.crt"),
@@ -216,6 +226,8 @@ fn run() -> anyhow::Result<()> {
     };
     let etcd = Etcd::start_tls(etcd_ns, ETCD_IP, tls)?;
     demo.store = etcd.endpoint();
+    println!("demo: access control on (store setup); nodes n1-n3 admitted (node add)");
+    demo.admit(3)?;
     let mut agents = Vec::new();
     for node in topo.nodes() {
         agents.push(demo.agent(node.ns(), node.index)?);
