@@ -1,5 +1,5 @@
 //! This node's measurements, as the policies use them and the store
-//! publishes them (`rtt/<node>`, `load/<node>`): the smoothed RTT to each
+//! publishes them (`node/<node>/rtt`, `node/<node>/load`): the smoothed RTT to each
 //! other node (from the probes) and the active flows toward each instance
 //! (from conntrack). A value is taken over only when it moved by more than a
 //! margin, so that jitter does not rewrite slot tables every second.
