@@ -414,3 +414,45 @@ fn gateway_tunnels_external_clients_to_exposed_ports() {
     );
     assert!(counted("drop_unknown_gateway") > dropped);
 }
+
+/// An agent whose certificate names another node is refused at start, with
+/// both names; the node of that name keeps running. A node's certificate
+/// also cannot deploy a service through the CLI.
+#[test]
+fn identities_are_checked() {
+    let c = Cluster::new("ident");
+    let dir = c.work.dir.join("imposter");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent.toml");
+    let text = format!(
+        "node_id = \"n2\"\nuplink = \"eth0\"\nstore = \"{}\"\n{}state_dir = \"{d}/state\"\nbpf_pin_dir = \"{pins}\"\napi_socket = \"{d}/api.sock\"\n",
+        c.etcd.endpoint(),
+        Pki::at(&c.work).agent_toml("n1"),
+        d = dir.display(),
+        pins = c.work.dir.join("bpf").join("imposter").display(),
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = c
+        .topo
+        .node(1)
+        .ns()
+        .cmd(
+            common::agents::BIN,
+            ["agent", "--config", config.to_str().unwrap()],
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the imposter ran: {stderr}");
+    assert!(
+        stderr.contains("store_cert names `n1` but node_id is `n2`"),
+        "{stderr}"
+    );
+    assert!(c.agents[1].proc.is_some(), "n2 keeps running");
+    let path = c.work.dir.join("evil.json");
+    std::fs::write(&path, descriptor("evil", &[80], false)).unwrap();
+    let out = c.ctl_with("n1", &["service", "deploy", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a node deployed a service");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+}
