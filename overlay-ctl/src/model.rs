@@ -165,6 +165,71 @@ pub struct ClusterSettings {
     /// own `default_deny` (false unless configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_deny: Option<bool>,
+    /// Exposed ports must lie in this range; absent: any port that is not
+    /// reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposed_ports: Option<PortRange>,
+    /// The nodes' local ephemeral port range, which an exposed port would
+    /// take from the nodes' own outgoing connections; absent: Linux's
+    /// default, [`PortRange::LINUX_EPHEMERAL`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ephemeral_ports: Option<PortRange>,
+}
+
+/// An inclusive range of ports, written `FIRST-LAST`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// `net.ipv4.ip_local_port_range`'s default.
+    pub const LINUX_EPHEMERAL: PortRange = PortRange {
+        first: 32768,
+        last: 60999,
+    };
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a port range FIRST-LAST (1-65535, FIRST <= LAST)");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let (first, last): (u16, u16) = (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        );
+        if first == 0 || first > last {
+            return Err(bad());
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// A north-south gateway (store key `gateways/<name>`): it may tunnel

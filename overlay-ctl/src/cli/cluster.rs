@@ -7,7 +7,9 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use crate::descriptor::Descriptor;
+use crate::model::PortRange;
 use crate::store::{self, Access, Store};
+use overlay_common::registry::limits;
 
 #[derive(Subcommand)]
 pub enum ServiceCmd {
@@ -247,6 +249,23 @@ pub enum Setting {
         #[arg(action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
         value: bool,
     },
+    /// Services may expose only ports in FIRST-LAST (`any`: every port that
+    /// is not reserved).
+    ExposedPorts { range: String },
+    /// The nodes' local ephemeral port range, never exposed (`default`:
+    /// Linux's 32768-60999).
+    EphemeralPorts { range: String },
+}
+
+/// `FIRST-LAST`, or `word` for none.
+fn range_or(value: &str, word: &str) -> anyhow::Result<Option<PortRange>> {
+    if value == word {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|e: String| anyhow::anyhow!("{e}, or `{word}`"))
 }
 
 /// `overlay-ctl cluster show|set`.
@@ -262,7 +281,26 @@ pub fn settings(cmd: ClusterCmd, access: &Access) -> anyhow::Result<()> {
                 .map_or("(each agent's own default_deny)", |d| {
                     if d { "on" } else { "off" }
                 });
-            println!("default-deny  {deny}");
+            println!("default-deny     {deny}");
+            let exposed = settings
+                .exposed_ports
+                .map_or("any port that is not reserved".to_owned(), |r| {
+                    r.to_string()
+                });
+            println!("exposed-ports    {exposed}");
+            let ephemeral = settings
+                .ephemeral_ports
+                .map_or(format!("{} (default)", PortRange::LINUX_EPHEMERAL), |r| {
+                    r.to_string()
+                });
+            println!("ephemeral-ports  {ephemeral}");
+            println!(
+                "limits           {} exposed ports, {} ports and {} needs per service, {} nodes",
+                limits::EXPOSED_PORTS,
+                limits::PORTS_PER_SERVICE,
+                limits::NEEDS_PER_SERVICE,
+                limits::NODES
+            );
         }
         ClusterCmd::Set {
             setting: Setting::DefaultDeny { value },
@@ -270,6 +308,20 @@ pub fn settings(cmd: ClusterCmd, access: &Access) -> anyhow::Result<()> {
             settings.default_deny = Some(value);
             rt.block_on(store.set_settings(&settings))?;
             println!("default-deny  {}", if value { "on" } else { "off" });
+        }
+        ClusterCmd::Set {
+            setting: Setting::ExposedPorts { range },
+        } => {
+            settings.exposed_ports = range_or(&range, "any")?;
+            rt.block_on(store.set_settings(&settings))?;
+            println!("exposed-ports  {range}");
+        }
+        ClusterCmd::Set {
+            setting: Setting::EphemeralPorts { range },
+        } => {
+            settings.ephemeral_ports = range_or(&range, "default")?;
+            rt.block_on(store.set_settings(&settings))?;
+            println!("ephemeral-ports  {range}");
         }
         ClusterCmd::RotateProbeKey => {
             rt.block_on(store.begin_probe_key_rotation(crate::probe::generate_key()))?;

@@ -32,6 +32,7 @@ const MOVED: &[(&str, &str)] = &[
     ("fixed/", "fixed/"),
     ("released/", "released/"),
     ("gateways/", "gateways/"),
+    ("exposed/", "exposed/"),
     ("subnets/", "subnets/"),
     ("subnet-of/", "subnet-of/"),
     ("cluster/settings", "cluster/settings"),

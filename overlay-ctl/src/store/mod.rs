@@ -16,6 +16,7 @@
 mod auth;
 mod client;
 mod cluster;
+mod exposure;
 mod follow;
 mod gateways;
 pub mod keys;

@@ -1,7 +1,7 @@
 //! Services: deploy (id + ServIPs), remove (addresses into their grace
 //! period), and fixed IPs of stateful instances.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use super::ops::{
@@ -10,8 +10,7 @@ use super::ops::{
 use super::pool::{
     AddressClaim, FREE_PER_TXN, MAX_ATTEMPTS, Released, backoff, check_pool, json, now_ms,
 };
-use super::proto::request_op::Request as Op;
-use super::{Kv, Result, Store, StoreError, parse_ip_key, proto};
+use super::{Kv, Result, Store, StoreError, keys, parse_ip_key};
 use crate::descriptor::{Descriptor, ServiceRecord};
 use crate::model::{Policy, Subnet};
 
@@ -34,9 +33,12 @@ impl Store {
                 get_prefix(&self.key("servips/")),
                 get_prefix(&self.key("released/")),
                 get_prefix(&self.key("exposed/")),
+                get_prefix(&self.key(keys::NODES)),
+                get(&self.key(super::cluster::SETTINGS)),
             ];
             let (r, _) = self.read(ranges).await?;
-            let (expose_cmp, expose_ops) = self.expose_ops(&name, d, &r[4])?;
+            let rules = self.exposure_rules(&r[5], &r[6])?;
+            let (expose_cmp, expose_ops) = self.expose_ops(&name, d, &r[4], &rules)?;
             if let Some(kv) = r[0].first() {
                 let old: ServiceRecord = kv.decode()?;
                 if old.descriptor == *d {
@@ -108,48 +110,6 @@ impl Store {
             op: "deploying a service",
             attempts: MAX_ATTEMPTS,
         })
-    }
-
-    /// Claims `exposed/<port>` for each port of an exposed service (one
-    /// service per node port, cluster-wide) and drops claims it no longer
-    /// needs. A port another service holds is refused with a clear error.
-    fn expose_ops(
-        &self,
-        name: &str,
-        d: &Descriptor,
-        claims: &[Kv],
-    ) -> Result<(Vec<proto::Compare>, Vec<Op>)> {
-        let wanted: BTreeSet<u16> = if d.exposed {
-            d.ports.iter().copied().collect()
-        } else {
-            BTreeSet::new()
-        };
-        let mut held = BTreeSet::new();
-        let (mut compare, mut ops) = (Vec::new(), Vec::new());
-        for kv in claims {
-            let port: u16 = kv.key.trim_start_matches("exposed/").parse().unwrap_or(0);
-            let owner: String = kv.decode()?;
-            let key = self.key(&kv.key);
-            if owner != name {
-                if wanted.contains(&port) {
-                    return Err(StoreError::Invalid(format!(
-                        "descriptor field `ports`: port {port} is already exposed by {owner}"
-                    )));
-                }
-                continue;
-            }
-            held.insert(port);
-            compare.push(unchanged(&key, kv.mod_revision));
-            if !wanted.contains(&port) {
-                ops.push(delete(&key));
-            }
-        }
-        for port in wanted.difference(&held) {
-            let key = self.key(&format!("exposed/{port}"));
-            compare.push(absent(&key));
-            ops.push(put(&key, json(&name), 0));
-        }
-        Ok((compare, ops))
     }
 
     /// Deletes expired `released/` entries (best effort: each is guarded by

@@ -224,6 +224,7 @@ fn cluster_settings() {
         assert_eq!(store.settings().await.unwrap(), ClusterSettings::default());
         let on = ClusterSettings {
             default_deny: Some(true),
+            ..Default::default()
         };
         store.set_settings(&on).await.unwrap();
         assert_eq!(store.settings().await.unwrap(), on);

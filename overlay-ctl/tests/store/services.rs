@@ -351,3 +351,73 @@ fn an_exposed_port_belongs_to_one_service() {
         store.deploy_service(&exposed("api"), p).await.unwrap();
     });
 }
+
+/// A port the nodes need for themselves is never exposed: the refusal
+/// names the port and why, and writes nothing.
+#[test]
+fn reserved_ports_are_not_exposed() {
+    let c = cluster("st-reserved");
+    let p = pool("172.30.0.0/16");
+    run(&c, |store| async move {
+        let n1 = node("n1", "10.30.1.0/24".parse().unwrap());
+        let reg = store
+            .register_node(
+                &NodeRecord {
+                    ewp: 41000,
+                    nsp: 41001,
+                    ..n1
+                },
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        let exposing = |port: u16| Descriptor {
+            exposed: true,
+            ports: vec![8080, port],
+            ..descriptor("web")
+        };
+        let keys = store.keys().await.unwrap();
+        for (port, why) in [
+            (53, "DNS"),
+            (overlay_common::DEFAULT_EWP, "default East-West port"),
+            (overlay_common::DEFAULT_NSP, "default North-South port"),
+            (41000, "node n1's East-West port"),
+            (41001, "node n1's North-South port"),
+            (2379, "store's client port"),
+            (40000, "ephemeral range 32768-60999"),
+        ] {
+            let err = store
+                .deploy_service(&exposing(port), p)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("port {port} may not be exposed")) && err.contains(why),
+                "{port}: {err}"
+            );
+            assert_eq!(store.keys().await.unwrap(), keys, "{port}: nothing written");
+        }
+        // The cluster may narrow what can be exposed, and move the ephemeral range.
+        let settings = ClusterSettings {
+            exposed_ports: Some("8000-9000".parse().unwrap()),
+            ephemeral_ports: Some("50000-60000".parse().unwrap()),
+            ..Default::default()
+        };
+        store.set_settings(&settings).await.unwrap();
+        let err = store
+            .deploy_service(&exposing(22), p)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("outside the cluster's exposed-port range 8000-9000"),
+            "{err}"
+        );
+        let mut ok = exposing(8443);
+        store.deploy_service(&ok, p).await.unwrap();
+        ok.ports.push(50001);
+        let err = store.deploy_service(&ok, p).await.unwrap_err().to_string();
+        assert!(err.contains("ephemeral range 50000-60000"), "{err}");
+        reg.close().await.unwrap();
+    });
+}
