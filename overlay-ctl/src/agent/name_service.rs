@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use super::Result;
 use crate::config::AgentConfig;
 use crate::dns::{self, DnsOptions, DnsServer, Mdns};
-use crate::model::ClusterState;
+use crate::model::{ClusterState, Subnet};
 
 pub struct NameService {
     _dns: DnsServer,
@@ -25,12 +25,26 @@ impl NameService {
     /// Puts the gateway address on the node's loopback and starts serving.
     pub async fn start(
         cfg: &AgentConfig,
+        subnet: Subnet,
         state: watch::Receiver<ClusterState>,
     ) -> Result<NameService> {
         crate::netns::ensure_local_addr("lo", cfg.gateway).await?;
         let options = DnsOptions {
             ttl: cfg.dns_ttl,
             upstream: cfg.dns_upstream,
+            // The node's instances, and the node itself (queries to a local
+            // address come from a local address): not the node's LAN.
+            allowed: vec![
+                subnet,
+                Subnet {
+                    addr: std::net::Ipv4Addr::LOCALHOST,
+                    prefix: 8,
+                },
+                Subnet {
+                    addr: cfg.gateway,
+                    prefix: 32,
+                },
+            ],
             ..DnsOptions::default()
         };
         let dns =

@@ -117,7 +117,9 @@ async fn start(cfg: AgentConfig) -> Result<Started> {
     };
     let cluster = cluster_rx.borrow_and_update().clone();
     let names = match cfg.dns {
-        true => Some(name_service::NameService::start(&cfg, cluster_rx.clone()).await?),
+        true => {
+            Some(name_service::NameService::start(&cfg, node.subnet, cluster_rx.clone()).await?)
+        }
         false => None,
     };
     let prober = match &store {

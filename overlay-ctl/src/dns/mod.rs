@@ -29,6 +29,7 @@ mod fast;
 mod mdns;
 mod resolv_conf;
 mod server;
+mod tcp;
 mod udp;
 mod wire;
 

@@ -5,8 +5,9 @@
 //! read of the newest value, never held across an `.await`), turns the query
 //! name into text on the stack, and allocates only the answer record. Names
 //! outside `.local` are refused, or relayed over UDP to the configured
-//! upstream resolver. TCP runs on hickory-server's [`Server`]; UDP on the
-//! leaner loop in `udp.rs`, with the same handler.
+//! upstream resolver. UDP runs on the lean loop in `udp.rs`, TCP on the
+//! bounded one in `tcp.rs`, with the same handler; both answer the allowed
+//! sources only (the node's instances).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -14,7 +15,6 @@ use std::time::Duration;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, Message, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, Record, RecordType};
-use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -37,6 +37,13 @@ pub struct DnsOptions {
     pub upstream_timeout: Duration,
     /// Idle time after which a TCP connection is closed.
     pub tcp_timeout: Duration,
+    /// Only queries from these networks are answered (the node's instances);
+    /// empty: from anywhere. Others are dropped unanswered.
+    pub allowed: Vec<crate::model::Subnet>,
+    /// TCP connections served at once; one more is closed at once.
+    pub max_tcp: usize,
+    /// Queries relayed upstream at once; one more is dropped unanswered.
+    pub max_relayed: usize,
 }
 
 impl Default for DnsOptions {
@@ -46,6 +53,9 @@ impl Default for DnsOptions {
             upstream: None,
             upstream_timeout: Duration::from_secs(2),
             tcp_timeout: Duration::from_secs(5),
+            allowed: Vec::new(),
+            max_tcp: 64,
+            max_relayed: 256,
         }
     }
 }
@@ -53,9 +63,9 @@ impl Default for DnsOptions {
 /// A running DNS server (UDP and TCP on the same address). Dropping it stops
 /// it; [`DnsServer::shutdown`] stops it and waits.
 pub struct DnsServer {
-    /// TCP, on hickory-server's driver.
-    server: Server<Handler>,
-    /// UDP, on ours (`udp.rs`).
+    /// TCP (`tcp.rs`), with bounded connections.
+    tcp: JoinHandle<()>,
+    /// UDP (`udp.rs`).
     udp: JoinHandle<()>,
     addr: SocketAddr,
     counts: Arc<DnsCounts>,
@@ -99,13 +109,20 @@ impl DnsServer {
             upstream: options.upstream,
             upstream_timeout: options.upstream_timeout,
             counts: Arc::default(),
+            allowed: options.allowed,
+            relays: Arc::new(tokio::sync::Semaphore::new(options.max_relayed)),
         };
         let counts = handler.counts.clone();
-        let mut server = Server::new(handler.clone());
-        server.register_listener(tcp, options.tcp_timeout, 64 * 1024);
-        let udp = tokio::spawn(super::udp::serve(Arc::new(udp), Arc::new(handler)));
+        let handler = Arc::new(handler);
+        let tcp = tokio::spawn(super::tcp::serve(
+            tcp,
+            handler.clone(),
+            options.max_tcp,
+            options.tcp_timeout,
+        ));
+        let udp = tokio::spawn(super::udp::serve(Arc::new(udp), handler));
         Ok(DnsServer {
-            server,
+            tcp,
             udp,
             addr,
             counts,
@@ -124,12 +141,12 @@ impl DnsServer {
 
     /// Stops serving and waits until the sockets are closed.
     pub async fn shutdown(mut self) -> Result<()> {
-        self.udp.abort();
-        let addr = self.addr;
-        self.server
-            .shutdown_gracefully()
-            .await
-            .map_err(|source| DnsError::Shutdown { addr, source })
+        for task in [&mut self.tcp, &mut self.udp] {
+            task.abort();
+            // Cancelled: the task and its socket are gone.
+            let _ = task.await;
+        }
+        Ok(())
     }
 }
 
@@ -176,9 +193,7 @@ impl std::fmt::Debug for DnsServer {
 
 impl Drop for DnsServer {
     fn drop(&mut self) {
-        // The server's task set aborts on drop too; cancelling first lets
-        // the loops leave cleanly.
-        self.server.shutdown_token().cancel();
+        self.tcp.abort();
         self.udp.abort();
     }
 }
@@ -196,6 +211,10 @@ pub(super) struct Handler {
     upstream_timeout: Duration,
     /// Replies sent, by result (shared by the UDP and TCP paths).
     pub(super) counts: Arc<DnsCounts>,
+    /// Who is answered ([`DnsOptions::allowed`]).
+    allowed: Vec<crate::model::Subnet>,
+    /// Permits for relayed queries in flight.
+    pub(super) relays: Arc<tokio::sync::Semaphore>,
 }
 
 /// Replies of one DNS server by result code (`/metrics`).
@@ -263,6 +282,15 @@ impl Handler {
     }
 
     /// Whether the request goes to the upstream (which may take a while).
+    /// Whether queries from `src` are answered.
+    pub(super) fn allows(&self, src: SocketAddr) -> bool {
+        match src.ip() {
+            _ if self.allowed.is_empty() => true,
+            std::net::IpAddr::V4(ip) => self.allowed.iter().any(|net| net.contains(ip)),
+            std::net::IpAddr::V6(_) => false,
+        }
+    }
+
     pub(super) fn forwards(&self, request: &Request) -> bool {
         self.upstream.is_some()
             && request.metadata.op_code == OpCode::Query

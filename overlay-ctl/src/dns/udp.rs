@@ -47,7 +47,7 @@ pub(super) async fn serve(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
                 // E.g. ICMP errors from an earlier reply: nothing to do.
                 Err(_) => continue,
             };
-            if src.port() == 0 {
+            if src.port() == 0 || !handler.allows(src) {
                 continue;
             }
             if let Some(n) = handler.fast_answer(&buf[..len], &mut out) {
@@ -75,11 +75,17 @@ pub(super) async fn serve(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
                 max_payload: request.max_payload(),
             };
             if handler.forwards(&request) {
+                // Bounded: beyond the relays in flight a query goes
+                // unanswered, and its client asks again.
+                let Ok(permit) = handler.relays.clone().try_acquire_owned() else {
+                    continue;
+                };
                 let handler = handler.clone();
                 tokio::spawn(async move {
                     handler
                         .handle_request::<_, TokioTime>(&request, reply)
                         .await;
+                    drop(permit);
                 });
             } else {
                 handler

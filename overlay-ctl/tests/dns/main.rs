@@ -28,6 +28,11 @@ const GW: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 const UPSTREAM: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 5300));
 const UPSTREAM_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 55);
+/// An address of the node's LAN that the client namespace can also send
+/// from (`dig -b`): a host that is not an instance.
+const LAN_HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 77);
+/// TCP connections the lab's server takes at once.
+const MAX_TCP: usize = 8;
 /// Anything slower than this is a hang as far as these tests go.
 const QUICK: Duration = Duration::from_secs(1);
 
@@ -148,11 +153,17 @@ impl Lab {
         server
             .ip(["addr", "add", &format!("{GW}/32"), "dev", "lo"])
             .unwrap();
-        server
-            .ip(["route", "add", &format!("{CLIENT}/32"), "dev", "inst0"])
-            .unwrap();
+        for to in [CLIENT, LAN_HOST] {
+            server
+                .ip(["route", "add", &format!("{to}/32"), "dev", "inst0"])
+                .unwrap();
+        }
         client
             .ip(["addr", "add", &format!("{CLIENT}/24"), "dev", "eth0"])
+            .unwrap();
+        // Second, so that it is not the source the client picks.
+        client
+            .ip(["addr", "add", &format!("{LAN_HOST}/32"), "dev", "eth0"])
             .unwrap();
         client
             .ip(["route", "add", &format!("{GW}/32"), "dev", "eth0"])
@@ -174,9 +185,16 @@ impl Lab {
                     if upstream.is_some() {
                         tokio::spawn(fake_upstream());
                     }
+                    // As the agent sets it: the instances (and the node).
                     let options = DnsOptions {
                         upstream,
                         upstream_timeout: Duration::from_millis(300),
+                        allowed: vec![
+                            "10.99.0.0/24".parse().unwrap(),
+                            "127.0.0.0/8".parse().unwrap(),
+                            format!("{GW}/32").parse().unwrap(),
+                        ],
+                        max_tcp: MAX_TCP,
                         ..DnsOptions::default()
                     };
                     let dns = DnsServer::start_with((GW, 53).into(), rx.clone(), options);

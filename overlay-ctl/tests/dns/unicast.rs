@@ -153,3 +153,61 @@ fn non_local_names_are_forwarded_when_configured() {
     // An upstream that does not answer: SERVFAIL after its timeout.
     assert_eq!(lab.status("dead.example", "A", &[]), ("SERVFAIL".into(), 0));
 }
+
+/// The name service answers the node's instances, not hosts of the node's
+/// LAN that route to it; and a flood of TCP connections takes no more than
+/// the bound, while the instances' queries are answered meanwhile.
+#[test]
+fn only_instances_are_answered_and_tcp_is_bounded() {
+    let lab = Lab::new();
+    let name = format!("{CART}.any.closest.local");
+    let lan = format!("-b{LAN_HOST}");
+    for transport in ["+notcp", "+tcp"] {
+        let gw = format!("@{GW}");
+        let args = [
+            gw.as_str(),
+            "+tries=1",
+            "+time=1",
+            &name,
+            "A",
+            &lan,
+            transport,
+        ];
+        let out = lab.client.cmd("dig", args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success() && !text.contains("status:"),
+            "a LAN host was answered ({transport}):\n{text}"
+        );
+        let (out, _) = lab.dig(&[&name, "A", "+short", transport]);
+        assert_eq!(out.trim(), "172.30.0.1", "the instance ({transport})");
+    }
+
+    let (held_tx, held_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let flood = lab
+        .client
+        .thread(move || {
+            let conns: Vec<_> = (0..5 * MAX_TCP)
+                .filter_map(|_| std::net::TcpStream::connect((GW, 53)).ok())
+                .collect();
+            held_tx.send(conns.len()).unwrap();
+            let _ = done_rx.recv_timeout(Duration::from_secs(20));
+            drop(conns);
+        })
+        .unwrap();
+    let opened = held_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(opened > MAX_TCP, "the flood opened {opened}");
+    // Connections beyond the bound are closed by the server at once.
+    std::thread::sleep(Duration::from_millis(300));
+    let ss = lab
+        ._server
+        .run("ss", ["-Htn", "state", "established", "( sport = :53 )"])
+        .unwrap();
+    let served = ss.lines().filter(|l| !l.trim().is_empty()).count();
+    assert!(served <= MAX_TCP, "{served} connections served:\n{ss}");
+    let (out, _) = lab.dig(&[&name, "A", "+short", "+notcp"]);
+    assert_eq!(out.trim(), "172.30.0.1", "answered during the flood");
+    done_tx.send(()).unwrap();
+    flood.join().unwrap();
+}
