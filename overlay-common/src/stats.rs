@@ -80,6 +80,19 @@ reasons! {
     DropNoRoute = "drop_no_route",
     /// A kernel helper refused (room adjustment, checksum, redirect).
     DropHelper = "drop_helper",
+    /// Tunnel packet whose inner source its sender may not use: on the EWP
+    /// an address outside the sending node's subnet, on the NSP an address
+    /// of the overlay.
+    DropForgedInner = "drop_forged_inner",
+    /// From an instance to the infrastructure: a node's tunnel port, the
+    /// store, or this node's own addresses (ICMP administratively prohibited).
+    DropInfra = "drop_infra",
+    /// From outside the overlay (the uplink, not decapsulated) to an address
+    /// of the overlay: only exposed ports and gateways lead in.
+    DropOutsider = "drop_outsider",
+    /// From an instance to an overlay address nobody holds (an unknown
+    /// ServIP, a subnet no node has): ICMP host unreachable.
+    DropUnallocated = "drop_unallocated",
 }
 
 /// Number of slots in `STATS`.

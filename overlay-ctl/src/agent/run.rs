@@ -123,7 +123,9 @@ async fn start(cfg: AgentConfig) -> Result<Started> {
         Some(s) => Some(cluster::register(s, &node, &cfg).await?),
         None => None,
     };
+    let infra = infrastructure(&cfg, &node);
     let agent = Agent {
+        infra,
         cfg,
         node,
         state: Mutex::new(State {
@@ -215,4 +217,25 @@ pub async fn teardown(cfg: AgentConfig) -> Result<()> {
         crate::netns::remove(&inst.host_if).await?;
     }
     host::teardown(&cfg)
+}
+
+/// What the node's instances may not reach: its own addresses (the gateway
+/// only for DNS and pings), the store, and (from the cluster state) every
+/// node's tunnel ports.
+fn infrastructure(cfg: &AgentConfig, node: &super::Node) -> crate::reconcile::guard::Infra {
+    use crate::reconcile::guard;
+    let mut own = guard::own_addresses();
+    own.push(node.ip);
+    own.sort();
+    own.dedup();
+    guard::Infra {
+        own,
+        gateway: Some(cfg.gateway),
+        store: cfg
+            .store
+            .as_deref()
+            .map(guard::store_endpoints)
+            .unwrap_or_default(),
+        nsp: node.nsp,
+    }
 }

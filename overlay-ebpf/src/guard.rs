@@ -1,0 +1,137 @@
+//! Isolation at the overlay's edges, off the established fast path: the
+//! checks run only for packets that leave the overlay (an instance's packet
+//! to an address no instance or node subnet holds) or arrive on the uplink
+//! for someone other than the node.
+//!
+//! * Instances cannot touch the infrastructure (`INFRA`): nodes' tunnel
+//!   ports, the store's endpoints and the node's own addresses (but DNS and
+//!   pings to the instances' gateway) are answered with ICMP
+//!   administratively prohibited.
+//! * Nothing leaves through the node's default route for the overlay's own
+//!   address space (`OVERLAY_NETS`): an unknown ServIP or a subnet no node
+//!   holds is answered with ICMP host unreachable.
+//! * Outsiders reach the overlay only through the front door: a packet on
+//!   the uplink to an overlay address (not to the node's own) is dropped,
+//!   whatever routes its sender has.
+
+use aya_ebpf::{bindings::TC_ACT_OK, maps::lpm_trie::Key, programs::TcContext};
+use overlay_common::{
+    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    maps::{Config, InfraKey, infra},
+    stats::Reason,
+};
+
+use crate::icmp;
+use crate::layout::{ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_PARAMETERPROB, ICMP_TIME_EXCEEDED};
+use crate::layout::{IP_OFF, Icmp, Ipv4, L4_OFF, Ports, TCP_ACK, TCP_HDR_FLAGS, TCP_SYN};
+use crate::maps::{HOST_PREFIX, INFRA, OVERLAY_NETS};
+use crate::packet::read;
+
+/// The DNS port, network order.
+const DNS_PORT: u16 = 53u16.to_be();
+
+/// Judges an instance's packet to `ip.daddr`, an address outside the
+/// overlay's instances and node subnets: passed to the node's stack (then
+/// masqueraded), or refused with an ICMP error to the instance.
+#[inline(always)]
+pub fn leaving(ctx: &TcContext, ip: &Ipv4) -> Result<(i32, Reason), Reason> {
+    let refusal = if to_infrastructure(ctx, ip)? {
+        (icmp::CODE_ADMIN_PROHIBITED, Reason::DropInfra)
+    } else if in_overlay(ip.daddr) {
+        (icmp::CODE_HOST_UNREACH, Reason::DropUnallocated)
+    } else {
+        return Ok((TC_ACT_OK, Reason::Pass));
+    };
+    let (code, reason) = refusal;
+    // No error about an error (RFC 1122), and a quote needs a plain header.
+    if !ip.is_plain() || ip.is_later_fragment() || is_icmp_error(ctx, ip)? {
+        return Err(reason);
+    }
+    Ok((icmp::reply_unreachable(ctx, ip.proto, code, 0)?, reason))
+}
+
+/// Judges an uplink packet that is not addressed to the node itself (or
+/// whose header has options): one for an overlay address is an outsider's
+/// way around exposure, dropped; the rest is the node's to route.
+#[inline(always)]
+pub fn arriving(cfg: &Config, ip: &Ipv4) -> Result<(), Reason> {
+    if ip.daddr != cfg.node_ip && in_overlay(ip.daddr) {
+        return Err(Reason::DropOutsider);
+    }
+    Ok(())
+}
+
+/// Whether an address belongs to the overlay's address space.
+#[inline(always)]
+pub fn in_overlay(addr: u32) -> bool {
+    OVERLAY_NETS.get(Key::new(HOST_PREFIX, addr)).is_some()
+}
+
+/// Whether an instance's packet goes to the infrastructure: one of its
+/// services (`INFRA` with port and protocol), or one of the node's own
+/// addresses beyond what that address allows.
+#[inline(always)]
+fn to_infrastructure(ctx: &TcContext, ip: &Ipv4) -> Result<bool, Reason> {
+    // Options move the L4 header (the overlay path refuses them; the way
+    // out does not): its offset from the header length, at most 60 bytes.
+    let l4 = IP_OFF + (ip.vihl & 0xf) as usize * 4;
+    // Later fragments carry no L4 header; without their first they are harmless.
+    let first = !ip.is_later_fragment();
+    let tcp_udp = ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP;
+    let dport = if tcp_udp && first {
+        read::<Ports, _>(ctx, l4)?.dport
+    } else {
+        0
+    };
+    if dport != 0 && has_entry(ip.daddr, dport, ip.proto) {
+        return Ok(true);
+    }
+    // SAFETY: value copied out at once.
+    let Some(allow) = unsafe { INFRA.get(key(ip.daddr, 0, 0)) }.copied() else {
+        return Ok(false);
+    };
+    if !first {
+        return Ok(false);
+    }
+    let dns = allow & infra::ALLOW_DNS != 0 && dport == DNS_PORT;
+    Ok(match ip.proto {
+        // Opening connections only: the node's own connections to an
+        // instance get their replies.
+        IPPROTO_TCP => {
+            !dns && read::<u8, _>(ctx, l4 + TCP_HDR_FLAGS)? & (TCP_SYN | TCP_ACK) == TCP_SYN
+        }
+        IPPROTO_UDP => !dns,
+        IPPROTO_ICMP => {
+            read::<Icmp, _>(ctx, l4)?.kind == ICMP_ECHO && allow & infra::ALLOW_ECHO == 0
+        }
+        _ => true,
+    })
+}
+
+#[inline(always)]
+fn has_entry(addr: u32, port: u16, proto: u8) -> bool {
+    // SAFETY: presence check only.
+    unsafe { INFRA.get(key(addr, port, proto)) }.is_some()
+}
+
+#[inline(always)]
+fn key(addr: u32, port: u16, proto: u8) -> InfraKey {
+    InfraKey {
+        addr,
+        port,
+        proto,
+        _pad: 0,
+    }
+}
+
+#[inline(always)]
+fn is_icmp_error(ctx: &TcContext, ip: &Ipv4) -> Result<bool, Reason> {
+    if ip.proto != IPPROTO_ICMP {
+        return Ok(false);
+    }
+    let kind = read::<Icmp, _>(ctx, L4_OFF)?.kind;
+    Ok(matches!(
+        kind,
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
+    ))
+}
