@@ -1,0 +1,134 @@
+//! Isolation end to end (docs/isolation.md): three nodes and an etcd in
+//! namespaces. An instance cannot reach the store or a node's tunnel port;
+//! a host on the nodes' LAN that routes the overlay's ranges via a node
+//! reaches no instance, only exposed ports.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use common::store_cluster::*;
+use overlay_testnet::servers;
+use overlay_testnet::{Netns, wait_until};
+
+const NODE1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+const NODE2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
+
+/// A node's counter for `reason` (0 before the first such packet).
+fn counted(c: &Cluster, node: usize, reason: &str) -> u64 {
+    let stats = c.agents[node].maps_json("stats");
+    let row = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == reason);
+    row.map_or(0, |r| r["packets"].as_u64().unwrap())
+}
+
+/// A hand-built IPv4/UDP packet (checksum 0) from `src` to `dst:port`: what
+/// a tunnel packet carries.
+fn inner_udp(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Vec<u8> {
+    let payload = b"who";
+    let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    p.extend(src.octets());
+    p.extend(dst.octets());
+    let total = (20 + 8 + payload.len()) as u16;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    let sum = p
+        .chunks(2)
+        .fold(0u32, |s, w| s + u32::from(u16::from_be_bytes([w[0], w[1]])));
+    let sum = (sum & 0xffff) + (sum >> 16);
+    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    p.extend(40000u16.to_be_bytes());
+    p.extend(port.to_be_bytes());
+    p.extend((8 + payload.len() as u16).to_be_bytes());
+    p.extend([0, 0]);
+    p.extend(payload);
+    p
+}
+
+#[test]
+fn instances_reach_neither_the_store_nor_a_nodes_tunnel_port() {
+    let c = Cluster::new("iso-infra");
+    let api = c.deploy_service(&descriptor("api", &[8080], false));
+    let (a, b) = (Netns::new("a1").unwrap(), Netns::new("b2").unwrap());
+    c.agents[0].deploy(API, 1, &a);
+    let b2 = c.agents[1].deploy(API, 2, &b);
+    servers::udp(&b, 9999, "b2");
+    wait_until(Duration::from_secs(5), "both instances everywhere", || {
+        c.everywhere(b2.nsip, true)
+    })
+    .unwrap();
+    let refused = counted(&c, 0, "drop_infra");
+
+    // The store: refused at once (ICMP administratively prohibited).
+    let store = SocketAddr::from((ETCD_IP, 2379));
+    let err = a
+        .enter(|| TcpStream::connect_timeout(&store, Duration::from_secs(3)).map(|_| ()))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::HostUnreachable, "{err}");
+
+    // Another node's EWP: a tunnel packet built by hand, claiming the
+    // service's ServIP as its source, never reaches n2.
+    let decap = counted(&c, 1, "decap");
+    let forged = inner_udp(servip(&api, "closest"), b2.nsip, 9999);
+    a.enter(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..3 {
+            let _ = s.send_to(&forged, (NODE2, overlay_common::DEFAULT_EWP));
+        }
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(counted(&c, 1, "decap"), decap, "nothing decapsulated on n2");
+    assert!(
+        counted(&c, 0, "drop_infra") >= refused + 4,
+        "store + 3 tunnel packets"
+    );
+
+    // The world beyond stays reachable (masquerade): the outside host's port
+    // is closed, so it answers with a reset rather than silence.
+    let outside = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 200), 9));
+    let err = a
+        .enter(|| TcpStream::connect_timeout(&outside, Duration::from_secs(3)).map(|_| ()))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+}
+
+#[test]
+fn a_lan_host_routing_the_overlay_via_a_node_reaches_only_exposed_ports() {
+    let c = Cluster::new("iso-lan");
+    let api = c.deploy_service(&access("api", &[8080], false, true, &[]));
+    let a = Netns::new("a1").unwrap();
+    let a1 = c.agents[0].deploy(API, 1, &a); // on n1, the node the LAN routes through
+    servers::tcp(&a, 8080, "api1");
+    wait_until(Duration::from_secs(5), "the instance everywhere", || {
+        c.everywhere(a1.nsip, true)
+    })
+    .unwrap();
+    let ext = c
+        .topo
+        .hosts()
+        .iter()
+        .find(|h| h.name() == c.outside)
+        .unwrap();
+    for range in ["10.30.0.0/16", "172.30.0.0/16"] {
+        ext.ip(["route", "add", range, "via", &NODE1.to_string()])
+            .unwrap();
+    }
+    let before = counted(&c, 0, "drop_outsider");
+    for (ip, what) in [
+        (a1.nsip, "the instance's NamespaceIP"),
+        (servip(&api, "closest"), "the ServIP"),
+    ] {
+        let got = servers::tcp_who(ext, SocketAddr::from((ip, 8080)));
+        assert!(got.is_err(), "{what} reached from the LAN: {got:?}");
+    }
+    assert!(counted(&c, 0, "drop_outsider") > before);
+    let front = SocketAddr::from((NODE1, 8080));
+    let (answer, _) = servers::tcp_who(ext, front).expect("the exposed port");
+    assert_eq!(answer, "api1");
+}
