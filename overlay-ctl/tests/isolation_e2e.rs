@@ -60,6 +60,16 @@ fn instances_reach_neither_the_store_nor_a_nodes_tunnel_port() {
         c.everywhere(b2.nsip, true)
     })
     .unwrap();
+    let infra = c.agents[0].maps_json("infra").to_string();
+    assert!(
+        infra.contains("\"192.0.2.254\"") && infra.contains("2379/tcp"),
+        "{infra}"
+    );
+    let nets = c.agents[0].maps_json("overlay-nets").to_string();
+    assert!(
+        nets.contains("10.30.0.0/16") && nets.contains("172.30.0.0/16"),
+        "{nets}"
+    );
     let refused = counted(&c, 0, "drop_infra");
 
     // The store: refused at once (ICMP administratively prohibited).
