@@ -129,6 +129,10 @@ macro_rules! for_each_map {
             /// Registered north-south gateways: address → where replies go.
             GATEWAYS gateways: HashMap<u32, $crate::maps::Node>,
                 $crate::registry::capacity::GATEWAYS, $crate::registry::NO_PREALLOC, 1;
+            /// Every instance of the cluster: NamespaceIP → its service id, for
+            /// `needs` on connections to NamespaceIPs.
+            NSIP_SERVICES nsip_services: HashMap<u32, u32>,
+                $crate::registry::capacity::BACKENDS, $crate::registry::NO_PREALLOC, 1;
             /// Addresses (and ports) of the infrastructure that instances may
             /// not reach: nodes' tunnel ports, the store, this node's own addresses.
             INFRA infra: HashMap<$crate::maps::InfraKey, u32>,

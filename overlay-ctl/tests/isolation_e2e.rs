@@ -142,3 +142,63 @@ fn a_lan_host_routing_the_overlay_via_a_node_reaches_only_exposed_ports() {
     let (answer, _) = servers::tcp_who(ext, front).expect("the exposed port");
     assert_eq!(answer, "api1");
 }
+
+/// `needs` govern connections to NamespaceIPs (local and remote) and fixed
+/// IPs as they do ServIPs: web needs api only.
+#[test]
+fn needs_hold_for_namespace_ips_and_fixed_ips() {
+    let c = Cluster::new("iso-needs");
+    c.deploy_service(&descriptor("api", &[8080], false));
+    c.deploy_service(&descriptor("other", &[7070], false));
+    c.deploy_service(&descriptor("db", &[5432], true));
+    c.deploy_service(&access("web", &[], false, false, &[API]));
+    let ns: Vec<Netns> = ["w1", "a2", "o1", "o2", "d2"]
+        .iter()
+        .map(|l| Netns::new(l).unwrap())
+        .collect();
+    let (w, a, o_local, o_remote, d) = (&ns[0], &ns[1], &ns[2], &ns[3], &ns[4]);
+    c.agents[0].deploy(WEB, 1, w);
+    let a2 = c.agents[1].deploy(API, 1, a);
+    let o1 = c.agents[0].deploy("demo.prod.other.v1", 1, o_local);
+    let o2 = c.agents[1].deploy("demo.prod.other.v1", 2, o_remote);
+    let d2 = c.agents[1].deploy(DB, 1, d);
+    servers::tcp(a, 8080, "api");
+    servers::tcp(o_local, 7070, "other-local");
+    servers::tcp(o_remote, 7070, "other-remote");
+    servers::tcp(d, 5432, "db");
+    wait_until(Duration::from_secs(5), "instances everywhere", || {
+        [a2.nsip, o1.nsip, o2.nsip, d2.nsip]
+            .iter()
+            .all(|ip| c.everywhere(*ip, true))
+    })
+    .unwrap();
+    let ls: serde_json::Value =
+        serde_json::from_str(&c.ctl_ok(&["service", "ls", "--json"])).unwrap();
+    let db = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == DB)
+        .unwrap();
+    let fixed: Ipv4Addr = db["instances"][0]["fixed_ip"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let prohibited = |ip: Ipv4Addr, port: u16| {
+        let err = servers::tcp_who(w, SocketAddr::from((ip, port))).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::HostUnreachable,
+            "{ip}: {err}"
+        );
+    };
+    prohibited(o1.nsip, 7070);
+    prohibited(o2.nsip, 7070);
+    prohibited(fixed, 5432);
+    let (answer, _) = servers::tcp_who(w, SocketAddr::from((a2.nsip, 8080))).unwrap();
+    assert_eq!(answer, "api", "a needed service's NamespaceIP");
+    // Without `needs`, other may still reach anyone.
+    let (answer, _) = servers::tcp_who(o_local, SocketAddr::from((o2.nsip, 7070))).unwrap();
+    assert_eq!(answer, "other-remote");
+}

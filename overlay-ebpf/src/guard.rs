@@ -10,6 +10,7 @@
 //! * Nothing leaves through the node's default route for the overlay's own
 //!   address space (`OVERLAY_NETS`): an unknown ServIP or a subnet no node
 //!   holds is answered with ICMP host unreachable.
+//! * `needs` hold for connections to NamespaceIPs too (`direct`).
 //! * Outsiders reach the overlay only through the front door: a packet on
 //!   the uplink to an overlay address (not to the node's own) is dropped,
 //!   whatever routes its sender has.
@@ -24,8 +25,8 @@ use overlay_common::{
 use crate::icmp;
 use crate::layout::{ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_PARAMETERPROB, ICMP_TIME_EXCEEDED};
 use crate::layout::{IP_OFF, Icmp, Ipv4, L4_OFF, Ports, TCP_ACK, TCP_HDR_FLAGS, TCP_SYN};
-use crate::maps::{HOST_PREFIX, INFRA, OVERLAY_NETS};
-use crate::packet::read;
+use crate::maps::{HOST_PREFIX, INFRA, NSIP_SERVICES, OVERLAY_NETS, allowed, count_denied};
+use crate::packet::{Flow, L4, read};
 
 /// The DNS port, network order.
 const DNS_PORT: u16 = 53u16.to_be();
@@ -48,6 +49,40 @@ pub fn leaving(ctx: &TcContext, ip: &Ipv4) -> Result<(i32, Reason), Reason> {
         return Err(reason);
     }
     Ok((icmp::reply_unreachable(ctx, ip.proto, code, 0)?, reason))
+}
+
+/// A new connection (TCP SYN) or ping from an instance of `src_service`
+/// straight to an instance's NamespaceIP: the sender's `needs` must allow
+/// the destination's service, as for a ServIP (else ICMP administratively
+/// prohibited, `drop_denied`). Only what opens a flow is judged, at the
+/// sender: replies (a SYN-ACK, an echo reply, ICMP errors) and established
+/// segments pass after reading one byte. UDP is not judged: without state a
+/// reply cannot be told from a new datagram.
+#[inline(always)]
+pub fn direct(
+    ctx: &TcContext,
+    f: &Flow,
+    src_service: u32,
+) -> Result<Option<(i32, Reason)>, Reason> {
+    let opens = match f.l4 {
+        L4::Tcp => read::<u8, _>(ctx, L4_OFF + TCP_HDR_FLAGS)? & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        L4::Echo => read::<Icmp, _>(ctx, L4_OFF)?.kind == ICMP_ECHO,
+        _ => false,
+    };
+    if !opens {
+        return Ok(None);
+    }
+    // SAFETY: value copied out at once.
+    let Some(dst_service) = unsafe { NSIP_SERVICES.get(f.daddr) }.copied() else {
+        // Not an instance: a node's north-south address.
+        return Ok(None);
+    };
+    if allowed(src_service, dst_service) {
+        return Ok(None);
+    }
+    count_denied(src_service);
+    let action = icmp::reply_unreachable(ctx, f.proto, icmp::CODE_ADMIN_PROHIBITED, 0)?;
+    Ok(Some((action, Reason::DropDenied)))
 }
 
 /// Judges an uplink packet that is not addressed to the node itself (or

@@ -51,6 +51,8 @@ pub struct MapSet {
     pub infra: BTreeMap<(Ipv4Addr, u16, u8), u32>,
     /// The overlay's address space: (prefix address, length).
     pub overlay_nets: BTreeSet<(Ipv4Addr, u32)>,
+    /// Every instance of the cluster: NamespaceIP → service id.
+    pub nsip_services: BTreeMap<Ipv4Addr, u32>,
     /// Records of the desired state left out for breaking a rule
     /// (`validate`; not map contents: reported with every pass, as failures).
     pub refused: Vec<Failure>,
@@ -133,6 +135,7 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
         let live: &[(&InstanceSpec, u32)] = by_service.get(&key).map_or(&[], Vec::as_slice);
         for (inst, node) in live {
             m.backends.insert(inst.backend_id(), (inst.nsip, *node));
+            m.nsip_services.insert(inst.nsip, svc.id);
         }
         let runs_here = live.iter().any(|(_, n)| *n == local_id);
         access(
@@ -264,6 +267,7 @@ pub fn read(t: &Tables) -> MapSet {
     m.gateways = t.gateways().into_iter().collect();
     m.infra = t.infra().into_iter().collect();
     m.overlay_nets = t.overlay_nets().into_iter().collect();
+    m.nsip_services = t.nsip_services().into_iter().collect();
     m
 }
 

@@ -216,3 +216,60 @@ fn outsiders_on_the_uplink_reach_no_overlay_address() {
         assert_eq!(before.delta(&dp), []);
     }
 }
+
+/// A TCP SYN-ACK: the answer of a connection, never the opening of one.
+fn syn_ack(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    etherparse::PacketBuilder::ipv4(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, 1000, 64240)
+        .syn()
+        .ack(1)
+        .write(&mut out, &[])
+        .unwrap();
+    out
+}
+
+#[test]
+fn needs_hold_for_connections_to_namespace_ips() {
+    let up = uplink(true);
+    let mut dp = node(up.ifindex);
+    let t = &mut dp.tables;
+    for nsip in [BACKEND.ip, REMOTE] {
+        t.put_nsip_service(nsip, SERVICE).unwrap();
+    }
+    // The client's service (7) may open flows to no service.
+    t.put_restricted(7).unwrap();
+    let c = CLIENT.ip;
+    for dst in [BACKEND.ip, REMOTE] {
+        let denied = |dp: &mut Dataplane, sent: &[u8]| {
+            refused(dp, sent, Code::FilterProhibited, Reason::DropDenied)
+        };
+        denied(&mut dp, &tcp(c, CLIENT_PORT, dst, HTTP));
+        denied(&mut dp, &echo(c, dst, 9, 1));
+    }
+    assert_eq!(dp.tables.denied(), [(7, 4)]);
+    // Replies and UDP are not judged; allowed by `needs`, a connection opens.
+    let delivered = |dp: &mut Dataplane, sent: &[u8]| {
+        let before = snapshot(dp);
+        let (ret, _) = from_instance(dp, &from(&CLIENT, sent), CLIENT.ifindex);
+        assert_eq!(
+            (ret, before.delta(dp)),
+            (TC_ACT_REDIRECT, vec![(Reason::DeliverLocal, 1)])
+        );
+    };
+    delivered(&mut dp, &syn_ack(c, HTTP, BACKEND.ip, CLIENT_PORT));
+    delivered(&mut dp, &echo_reply(c, BACKEND.ip, 9, 1));
+    delivered(&mut dp, &udp(c, CLIENT_PORT, BACKEND.ip, DNS));
+    dp.tables.put_need(7, SERVICE).unwrap();
+    delivered(&mut dp, &tcp(c, CLIENT_PORT, BACKEND.ip, HTTP));
+    let before = snapshot(&dp);
+    let sent = from(&CLIENT, &tcp(c, CLIENT_PORT, REMOTE, HTTP));
+    let (ret, _) = up
+        .ns
+        .enter(|| from_instance(&mut dp, &sent, CLIENT.ifindex))
+        .unwrap();
+    assert_eq!(
+        (ret, before.delta(&dp)),
+        (TC_ACT_REDIRECT, vec![(Reason::Encap, 1)])
+    );
+}

@@ -72,6 +72,9 @@ fn try_from_instance(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         return guard::leaving(ctx, &ip);
     };
     let mut f = packet::flow(ctx, &ip, L4_OFF)?;
+    if let Some(refused) = guard::direct(ctx, &f, ep.service)? {
+        return Ok(refused);
+    }
     if let Some(answered) = too_big(ctx, cfg, &f, &dest)? {
         return Ok(answered);
     }

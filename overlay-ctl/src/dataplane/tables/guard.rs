@@ -1,5 +1,5 @@
-//! The isolation maps: the infrastructure instances may not reach, and the
-//! overlay's address space.
+//! The isolation maps: the infrastructure instances may not reach, the
+//! overlay's address space, and every instance's service.
 
 use std::net::Ipv4Addr;
 
@@ -41,6 +41,26 @@ impl Tables {
                 let port = ip::port_from_wire(k.port);
                 ((ip::from_wire(k.addr), port, k.proto), v)
             })
+            .collect()
+    }
+
+    /// An instance of the cluster and its service (`needs` toward NamespaceIPs).
+    pub fn put_nsip_service(&mut self, nsip: Ipv4Addr, service: u32) -> Result<()> {
+        self.nsip_services
+            .insert(ip::to_wire(nsip), service, 0)
+            .map_err(map_err(&def::NSIP_SERVICES))
+    }
+
+    pub fn remove_nsip_service(&mut self, nsip: Ipv4Addr) -> Result<()> {
+        ignore_missing(self.nsip_services.remove(&ip::to_wire(nsip)))
+            .map_err(map_err(&def::NSIP_SERVICES))
+    }
+
+    pub fn nsip_services(&self) -> Vec<(Ipv4Addr, u32)> {
+        self.nsip_services
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| (ip::from_wire(k), v))
             .collect()
     }
 
