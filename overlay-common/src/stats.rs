@@ -5,7 +5,8 @@
 //! besides that verdict, with 0 bytes: `new_flow`, `north_south_in` and
 //! `gateway_in`; leave them out and the packets of the other slots add up to
 //! the packets judged. Not judged, and not counted: uplink traffic for
-//! neither a tunnel port nor an exposed port (the node's own), and what the
+//! neither a tunnel port nor an exposed port (the node's own; but traffic for
+//! an overlay address is dropped as `drop_outsider`), and what the
 //! XDP program passes (the uplink's TC program judges it next; XDP counts
 //! only what it drops).
 

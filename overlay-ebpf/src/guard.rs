@@ -1,7 +1,7 @@
-//! Isolation at the overlay's edges, off the established fast path: the
-//! checks run only for packets that leave the overlay (an instance's packet
-//! to an address no instance or node subnet holds) or arrive on the uplink
-//! for someone other than the node.
+//! Isolation at the overlay's edges. Besides `direct` (one byte read for a
+//! packet straight to a NamespaceIP), the checks run only for packets that
+//! leave the overlay (an instance's packet to an address no instance or node
+//! subnet holds) or arrive on the uplink for someone other than the node.
 //!
 //! * Instances cannot touch the infrastructure (`INFRA`): nodes' tunnel
 //!   ports, the store's endpoints and the node's own addresses (but DNS and
@@ -113,10 +113,10 @@ fn to_infrastructure(ctx: &TcContext, ip: &Ipv4) -> Result<bool, Reason> {
     // Later fragments carry no L4 header; without their first they are harmless.
     let first = !ip.is_later_fragment();
     let tcp_udp = ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP;
-    let dport = if tcp_udp && first {
-        read::<Ports, _>(ctx, l4)?.dport
-    } else {
-        0
+    // A header too short for its ports opens nothing: judged by address only.
+    let dport = match read::<Ports, _>(ctx, l4) {
+        Ok(p) if tcp_udp && first => p.dport,
+        _ => 0,
     };
     if dport != 0 && has_entry(ip.daddr, dport, ip.proto) {
         return Ok(true);
