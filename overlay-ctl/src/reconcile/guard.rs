@@ -58,30 +58,22 @@ pub fn overlay_nets(m: &mut MapSet, pools: &Pools) {
     }
 }
 
-/// The endpoints of a store list (`http://10.0.0.1:2379,https://[name]:2379`):
-/// addresses given as such are taken, names are resolved once (the node's
-/// resolver; a name that does not resolve is left out, with a warning).
-pub fn store_endpoints(list: &str) -> Vec<SocketAddrV4> {
-    use std::net::ToSocketAddrs;
-    let mut out = Vec::new();
+/// The endpoints of a store list (`http://10.0.0.1:2379,https://name:2379`):
+/// those given by address, and the `host:port` of those given by name (for
+/// the caller to resolve).
+pub fn store_endpoints(list: &str) -> (Vec<SocketAddrV4>, Vec<String>) {
+    let (mut addrs, mut names) = (Vec::new(), Vec::new());
     for e in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let hostport = e.split_once("://").map_or(e, |(_, rest)| rest);
         let hostport = hostport.split('/').next().unwrap_or(hostport);
-        if let Ok(sa) = hostport.parse::<SocketAddrV4>() {
-            out.push(sa);
-            continue;
-        }
-        match hostport.to_socket_addrs() {
-            Ok(addrs) => out.extend(addrs.filter_map(|a| match a {
-                std::net::SocketAddr::V4(v4) => Some(v4),
-                std::net::SocketAddr::V6(_) => None,
-            })),
-            Err(e) => tracing::warn!(endpoint = hostport, "store endpoint not resolved: {e}"),
+        match hostport.parse::<SocketAddrV4>() {
+            Ok(sa) => addrs.push(sa),
+            Err(_) => names.push(hostport.to_string()),
         }
     }
-    out.sort();
-    out.dedup();
-    out
+    addrs.sort();
+    addrs.dedup();
+    (addrs, names)
 }
 
 /// The IPv4 addresses on this node's interfaces (loopback's 127/8 left out:
@@ -121,12 +113,14 @@ mod tests {
 
     #[test]
     fn store_endpoints_take_addresses_with_or_without_scheme() {
-        let got = store_endpoints("http://192.0.2.1:2379, https://192.0.2.2:2380/,192.0.2.1:2379");
+        let got = store_endpoints(
+            "http://192.0.2.1:2379, https://192.0.2.2:2380/,192.0.2.1:2379,https://etcd.lan:2379",
+        );
         let want: Vec<SocketAddrV4> = vec![
             "192.0.2.1:2379".parse().unwrap(),
             "192.0.2.2:2380".parse().unwrap(),
         ];
-        assert_eq!(got, want);
+        assert_eq!(got, (want, vec!["etcd.lan:2379".to_string()]));
     }
 
     #[test]
