@@ -1,5 +1,6 @@
 //! Isolation end to end (docs/isolation.md): three nodes and an etcd in
-//! namespaces. An instance cannot reach the store or a node's tunnel port;
+//! namespaces. An instance cannot reach the store or a node's tunnel port,
+//! nor leave by the default route for an unallocated overlay address;
 //! a host on the nodes' LAN that routes the overlay's ranges via a node
 //! reaches no instance, only exposed ports.
 
@@ -49,7 +50,7 @@ fn inner_udp(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Vec<u8> {
 }
 
 #[test]
-fn instances_reach_neither_the_store_nor_a_nodes_tunnel_port() {
+fn instances_reach_neither_the_store_nor_a_nodes_tunnel_port_nor_unallocated_addresses() {
     let c = Cluster::new("iso-infra");
     let api = c.deploy_service(&descriptor("api", &[8080], false));
     let (a, b) = (Netns::new("a1").unwrap(), Netns::new("b2").unwrap());
@@ -97,6 +98,25 @@ fn instances_reach_neither_the_store_nor_a_nodes_tunnel_port() {
         counted(&c, 0, "drop_infra") >= refused + 4,
         "store + 3 tunnel packets"
     );
+
+    // Overlay addresses nobody holds fail at once instead of leaving by the
+    // node's default route.
+    for nobody in [
+        Ipv4Addr::new(172, 30, 99, 99),
+        Ipv4Addr::new(10, 30, 200, 1),
+    ] {
+        let to = SocketAddr::from((nobody, 80));
+        let err = a
+            .enter(|| TcpStream::connect_timeout(&to, Duration::from_secs(3)).map(|_| ()))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::HostUnreachable,
+            "{nobody}: {err}"
+        );
+    }
+    assert!(counted(&c, 0, "drop_unallocated") >= 2);
 
     // The world beyond stays reachable (masquerade): the outside host's port
     // is closed, so it answers with a reset rather than silence.
