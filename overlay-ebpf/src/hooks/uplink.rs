@@ -1,5 +1,6 @@
-//! TC ingress on the uplink: tunnel packets from registered nodes are
-//! decapsulated, replies get their ServIP back, and the inner packet is
+//! TC ingress on the uplink: tunnel packets from registered nodes, with an
+//! inner source of the sender's subnet, are decapsulated, replies get their
+//! ServIP back, and the inner packet is
 //! delivered into its instance. RTT probes from registered nodes pass up to
 //! the agent. Packets to an exposed port of the node, and those a registered
 //! gateway tunnels to the node's NSP, go to `north_south`. Packets for an
