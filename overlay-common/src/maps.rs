@@ -238,6 +238,9 @@ pub mod infra {
     pub const ALLOW_DNS: u32 = 1;
     /// ICMP echo requests: the instances' gateway answers pings.
     pub const ALLOW_ECHO: u32 = 2;
+    /// For the node's instances only: dropped when it arrives on the uplink
+    /// (the instances' gateway, where the name service listens).
+    pub const INSTANCES_ONLY: u32 = 4;
 }
 
 /// `LAYOUT` key: a map's name, NUL-padded (as the kernel limits names to 15 bytes).

@@ -89,7 +89,8 @@ reasons! {
     /// store, or this node's own addresses (ICMP administratively prohibited).
     DropInfra = "drop_infra",
     /// From outside the overlay (the uplink, not decapsulated) to an address
-    /// of the overlay: only exposed ports and gateways lead in.
+    /// of the overlay, or to the instances' gateway: only exposed ports and
+    /// gateways lead in.
     DropOutsider = "drop_outsider",
     /// From an instance to an overlay address nobody holds (an unknown
     /// ServIP, a subnet no node has): ICMP host unreachable.

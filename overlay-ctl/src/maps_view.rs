@@ -148,13 +148,18 @@ pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
 /// One row per refused address (or address and port): a whole address
 /// shows what instances may still send there.
 fn infra(t: &Tables) -> Vec<Value> {
-    use overlay_common::maps::infra::{ALLOW_DNS, ALLOW_ECHO};
+    use overlay_common::maps::infra::{ALLOW_DNS, ALLOW_ECHO, INSTANCES_ONLY};
     let mut entries = t.infra();
     entries.sort();
     entries
         .into_iter()
         .map(|((addr, port, p), allow)| {
-            let allowed: Vec<&str> = [(ALLOW_DNS, "dns"), (ALLOW_ECHO, "ping")]
+            let flags = [
+                (ALLOW_DNS, "dns"),
+                (ALLOW_ECHO, "ping"),
+                (INSTANCES_ONLY, "instances-only"),
+            ];
+            let allowed: Vec<&str> = flags
                 .into_iter()
                 .filter(|(flag, _)| allow & flag != 0)
                 .map(|(_, name)| name)

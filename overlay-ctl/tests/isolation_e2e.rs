@@ -2,7 +2,7 @@
 //! namespaces. An instance cannot reach the store or a node's tunnel port,
 //! nor leave by the default route for an unallocated overlay address;
 //! a host on the nodes' LAN that routes the overlay's ranges via a node
-//! reaches no instance, only exposed ports.
+//! reaches no instance and not the name service, only exposed ports.
 
 mod common;
 
@@ -47,6 +47,24 @@ fn inner_udp(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Vec<u8> {
     p.extend([0, 0]);
     p.extend(payload);
     p
+}
+
+/// Whether a DNS question (type A, for `name`) sent from inside `ns` to
+/// `server` gets an answer, of whatever kind, within 2 s.
+fn dns_answers(ns: &Netns, server: Ipv4Addr, name: &str) -> bool {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend(label.as_bytes());
+    }
+    q.extend([0, 0, 1, 0, 1]);
+    ns.enter(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.send_to(&q, (server, 53)).unwrap();
+        s.recv_from(&mut [0u8; 512]).is_ok()
+    })
+    .unwrap()
 }
 
 #[test]
@@ -161,6 +179,13 @@ fn a_lan_host_routing_the_overlay_via_a_node_reaches_only_exposed_ports() {
     let front = SocketAddr::from((NODE1, 8080));
     let (answer, _) = servers::tcp_who(ext, front).expect("the exposed port");
     assert_eq!(answer, "api1");
+
+    // The name service answers the node's instances, not its LAN.
+    let gateway = Ipv4Addr::new(169, 254, 1, 1);
+    ext.ip(["route", "add", "169.254.1.1/32", "via", &NODE1.to_string()])
+        .unwrap();
+    assert!(dns_answers(&a, gateway, "api.local"), "the instance asks");
+    assert!(!dns_answers(ext, gateway, "api.local"), "a LAN host asks");
 }
 
 /// `needs` govern connections to NamespaceIPs (local and remote) and fixed

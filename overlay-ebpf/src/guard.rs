@@ -87,10 +87,16 @@ pub fn direct(
 
 /// Judges an uplink packet that is not addressed to the node itself (or
 /// whose header has options): one for an overlay address is an outsider's
-/// way around exposure, dropped; the rest is the node's to route.
+/// way around exposure, and one for the instances' gateway a way to the name
+/// service: both dropped; the rest is the node's to route.
 #[inline(always)]
 pub fn arriving(cfg: &Config, ip: &Ipv4) -> Result<(), Reason> {
-    if ip.daddr != cfg.node_ip && in_overlay(ip.daddr) {
+    if ip.daddr == cfg.node_ip {
+        return Ok(());
+    }
+    // SAFETY: value copied out at once.
+    let own = unsafe { INFRA.get(key(ip.daddr, 0, 0)) }.copied();
+    if in_overlay(ip.daddr) || own.is_some_and(|allow| allow & infra::INSTANCES_ONLY != 0) {
         return Err(Reason::DropOutsider);
     }
     Ok(())

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use overlay_common::IPPROTO_TCP;
 use overlay_common::IPPROTO_UDP;
-use overlay_common::maps::infra::{ALLOW_DNS, ALLOW_ECHO};
+use overlay_common::maps::infra::{ALLOW_DNS, ALLOW_ECHO, INSTANCES_ONLY};
 
 use super::MapSet;
 use super::validate::Pools;
@@ -18,7 +18,7 @@ pub struct Infra {
     /// This node's own addresses (the uplink's and any other interface's).
     pub own: Vec<Ipv4Addr>,
     /// The instances' gateway: the name service's address, which also
-    /// answers pings. It stays reachable for those two.
+    /// answers pings. It stays reachable for those two, from instances only.
     pub gateway: Option<Ipv4Addr>,
     /// The store's client endpoints.
     pub store: Vec<SocketAddrV4>,
@@ -34,7 +34,8 @@ pub fn infrastructure(m: &mut MapSet, infra: &Infra) {
         m.infra.insert((*a, 0, 0), 0);
     }
     if let Some(gw) = infra.gateway {
-        m.infra.insert((gw, 0, 0), ALLOW_DNS | ALLOW_ECHO);
+        m.infra
+            .insert((gw, 0, 0), ALLOW_DNS | ALLOW_ECHO | INSTANCES_ONLY);
     }
     for (addr, ewp) in m.nodes.values() {
         m.infra.insert((*addr, *ewp, IPPROTO_UDP), 0);
@@ -137,7 +138,8 @@ mod tests {
         infrastructure(&mut m, &infra);
         let node = Ipv4Addr::new(192, 0, 2, 11);
         assert_eq!(m.infra.get(&(node, 0, 0)), Some(&0));
-        assert_eq!(m.infra.get(&(gw, 0, 0)), Some(&(ALLOW_DNS | ALLOW_ECHO)));
+        let gw_allows = ALLOW_DNS | ALLOW_ECHO | INSTANCES_ONLY;
+        assert_eq!(m.infra.get(&(gw, 0, 0)), Some(&gw_allows));
         assert!(m.infra.contains_key(&(node, 50103, IPPROTO_UDP)));
         assert!(m.infra.contains_key(&(node, 50104, IPPROTO_UDP)));
         assert!(

@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use etherparse::{EtherType, Icmpv4Type, icmpv4::DestUnreachableHeader as Code};
-use overlay_common::maps::infra::{ALLOW_DNS, ALLOW_ECHO};
+use overlay_common::maps::infra::{ALLOW_DNS, ALLOW_ECHO, INSTANCES_ONLY};
 use overlay_common::stats::Reason;
 use overlay_ctl::dataplane::Dataplane;
 
@@ -40,7 +40,7 @@ fn guarded() -> Dataplane {
     }
     t.put_infra(STORE, STORE_PORT, TCP, 0).unwrap();
     t.put_infra(NODE_IP, 0, 0, 0).unwrap();
-    t.put_infra(INSTANCE_GW, 0, 0, ALLOW_DNS | ALLOW_ECHO)
+    t.put_infra(INSTANCE_GW, 0, 0, ALLOW_DNS | ALLOW_ECHO | INSTANCES_ONLY)
         .unwrap();
     dp
 }
@@ -201,8 +201,14 @@ fn instances_get_unreachable_for_unallocated_overlay_addresses() {
 fn outsiders_on_the_uplink_reach_no_overlay_address() {
     let mut dp = guarded();
     let on_lan = |ip: &[u8]| eth(PEER_MAC, UPLINK_MAC, EtherType::IPV4, ip);
-    for inside in [CLIENT.ip, REMOTE, VIP, Ipv4Addr::new(10, 30, 77, 1)] {
-        let frame = on_lan(&tcp(OUTSIDE, CLIENT_PORT, inside, HTTP));
+    let mut inside: Vec<Vec<u8>> = [CLIENT.ip, REMOTE, VIP, Ipv4Addr::new(10, 30, 77, 1)]
+        .iter()
+        .map(|dst| tcp(OUTSIDE, CLIENT_PORT, *dst, HTTP))
+        .collect();
+    // The name service on the instances' gateway answers instances only.
+    inside.push(udp(OUTSIDE, CLIENT_PORT, INSTANCE_GW, DNS));
+    for packet in inside {
+        let frame = on_lan(&packet);
         let before = snapshot(&dp);
         assert_eq!(uplink_tc(&mut dp, &frame).0, TC_ACT_SHOT);
         assert_eq!(before.delta(&dp), [(Reason::DropOutsider, 1)]);
