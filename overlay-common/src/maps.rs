@@ -216,6 +216,33 @@ pub struct NeedKey {
     pub dst: u32,
 }
 
+/// `INFRA` key: an address of the infrastructure instances must not reach.
+/// With a port and protocol it is one service of that address (a node's
+/// tunnel port, the store's client port); with port 0 and protocol 0 it is
+/// the whole address (one of this node's own), and the value's [`infra`]
+/// flags name what instances may still send to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InfraKey {
+    pub addr: u32,
+    /// Network order; 0 with `proto` 0: the whole address.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// The flags of an `INFRA` value for a whole address: what instances may
+/// still send to it (anything else is refused).
+pub mod infra {
+    /// DNS questions (UDP and TCP port 53): the name service's address.
+    pub const ALLOW_DNS: u32 = 1;
+    /// ICMP echo requests: the instances' gateway answers pings.
+    pub const ALLOW_ECHO: u32 = 2;
+    /// For the node's instances only: dropped when it arrives on the uplink
+    /// (the instances' gateway, where the name service listens).
+    pub const INSTANCES_ONLY: u32 = 4;
+}
+
 /// `LAYOUT` key: a map's name, NUL-padded (as the kernel limits names to 15 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -276,6 +303,7 @@ const _: () = {
     assert!(core::mem::size_of::<ExposeKey>() == 4);
     assert!(core::mem::size_of::<Exposed>() == 8);
     assert!(core::mem::size_of::<Layout>() == 16);
+    assert!(core::mem::size_of::<InfraKey>() == 8);
     assert!(core::mem::size_of::<CachedHop>() == 20);
 };
 
@@ -292,6 +320,7 @@ mod pod {
     unsafe impl aya::Pod for Node {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for InfraKey {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for NeedKey {}
     unsafe impl aya::Pod for ExposeKey {}

@@ -34,6 +34,10 @@ pub mod capacity {
     pub const NEEDS: u32 = 262_144;
     pub const EXPOSED: u32 = 4_096;
     pub const GATEWAYS: u32 = 256;
+    /// Two tunnel ports per node, the store's endpoints and the node's own addresses.
+    pub const INFRA: u32 = 4_096;
+    /// The pools and every node subnet (subnets outside the pools included).
+    pub const OVERLAY_NETS: u32 = 2 * ROUTES;
     /// Room for every map of a registry many times this size.
     pub const LAYOUT: u32 = 128;
 }
@@ -78,7 +82,7 @@ macro_rules! for_each_map {
             CONFIG config: Array<u32, $crate::maps::Config>, 1, 0, 1;
             /// Per-CPU packet and byte counters, one slot per `Reason`.
             STATS stats: PerCpuArray<u32, $crate::maps::Counter>,
-                $crate::stats::REASONS, 0, 1;
+                $crate::stats::REASONS, 0, 2;
             /// ServIP (or fixed instance IP) → what it stands for.
             SERVIPS servips: HashMap<u32, $crate::maps::ServIp>,
                 $crate::registry::capacity::SERVIPS, $crate::registry::NO_PREALLOC, 1;
@@ -125,6 +129,19 @@ macro_rules! for_each_map {
             /// Registered north-south gateways: address → where replies go.
             GATEWAYS gateways: HashMap<u32, $crate::maps::Node>,
                 $crate::registry::capacity::GATEWAYS, $crate::registry::NO_PREALLOC, 1;
+            /// Every instance of the cluster: NamespaceIP → its service id, for
+            /// `needs` on connections to NamespaceIPs.
+            NSIP_SERVICES nsip_services: HashMap<u32, u32>,
+                $crate::registry::capacity::BACKENDS, $crate::registry::NO_PREALLOC, 1;
+            /// Addresses (and ports) of the infrastructure that instances may
+            /// not reach: nodes' tunnel ports, the store, this node's own addresses.
+            INFRA infra: HashMap<$crate::maps::InfraKey, u32>,
+                $crate::registry::capacity::INFRA, $crate::registry::NO_PREALLOC, 1;
+            /// The overlay's address space (the pools and node subnets): never
+            /// reached from outside except through exposed ports, never left
+            /// through the node's default route.
+            OVERLAY_NETS overlay_nets: LpmTrie<u32, u32>,
+                $crate::registry::capacity::OVERLAY_NETS, $crate::registry::NO_PREALLOC, 1;
             /// Map name → layout version of the pinned maps (see `Layout`).
             LAYOUT layout: HashMap<$crate::maps::Layout, u32>,
                 $crate::registry::capacity::LAYOUT, $crate::registry::NO_PREALLOC, 1;

@@ -5,7 +5,8 @@
 //! besides that verdict, with 0 bytes: `new_flow`, `north_south_in` and
 //! `gateway_in`; leave them out and the packets of the other slots add up to
 //! the packets judged. Not judged, and not counted: uplink traffic for
-//! neither a tunnel port nor an exposed port (the node's own), and what the
+//! neither a tunnel port nor an exposed port (the node's own; but traffic for
+//! an overlay address is dropped as `drop_outsider`), and what the
 //! XDP program passes (the uplink's TC program judges it next; XDP counts
 //! only what it drops).
 
@@ -80,6 +81,20 @@ reasons! {
     DropNoRoute = "drop_no_route",
     /// A kernel helper refused (room adjustment, checksum, redirect).
     DropHelper = "drop_helper",
+    /// Tunnel packet whose inner source its sender may not use: on the EWP
+    /// an address outside the sending node's subnet, on the NSP an address
+    /// of the overlay.
+    DropForgedInner = "drop_forged_inner",
+    /// From an instance to the infrastructure: a node's tunnel port, the
+    /// store, or this node's own addresses (ICMP administratively prohibited).
+    DropInfra = "drop_infra",
+    /// From outside the overlay (the uplink, not decapsulated) to an address
+    /// of the overlay, or to the instances' gateway: only exposed ports and
+    /// gateways lead in.
+    DropOutsider = "drop_outsider",
+    /// From an instance to an overlay address nobody holds (an unknown
+    /// ServIP, a subnet no node has): ICMP host unreachable.
+    DropUnallocated = "drop_unallocated",
 }
 
 /// Number of slots in `STATS`.

@@ -17,6 +17,11 @@ pub enum Table {
     Endpoints,
     Nodes,
     Gateways,
+    /// What instances may not reach: nodes' tunnel ports, the store, the
+    /// node's own addresses (with what stays allowed there).
+    Infra,
+    /// The overlay's address space: the pools and the node subnets.
+    OverlayNets,
     Conntrack,
     Stats,
     /// Every pinned map of the registry: kind, sizes, capacity, and the
@@ -90,6 +95,8 @@ pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
             .collect(),
         Table::Nodes => t.nodes().into_iter().map(|(id, n)| json!({"node": id, "ip": ip::from_wire(n.ip), "ewp": ip::port_from_wire(n.port)})).collect(),
         Table::Gateways => t.gateways().into_iter().map(|(addr, port)| json!({"gateway": addr, "port": port})).collect(),
+        Table::Infra => infra(t),
+        Table::OverlayNets => t.overlay_nets().into_iter().map(|(net, len)| json!({"prefix": format!("{net}/{len}")})).collect(),
         Table::Conntrack => {
             let now = crate::dataplane::tick_now();
             t.conntrack()
@@ -136,6 +143,35 @@ pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
             rows
         }
     })
+}
+
+/// One row per refused address (or address and port): a whole address
+/// shows what instances may still send there.
+fn infra(t: &Tables) -> Vec<Value> {
+    use overlay_common::maps::infra::{ALLOW_DNS, ALLOW_ECHO, INSTANCES_ONLY};
+    let mut entries = t.infra();
+    entries.sort();
+    entries
+        .into_iter()
+        .map(|((addr, port, p), allow)| {
+            let flags = [
+                (ALLOW_DNS, "dns"),
+                (ALLOW_ECHO, "ping"),
+                (INSTANCES_ONLY, "instances-only"),
+            ];
+            let allowed: Vec<&str> = flags
+                .into_iter()
+                .filter(|(flag, _)| allow & flag != 0)
+                .map(|(_, name)| name)
+                .collect();
+            let what = if p == 0 {
+                "any".to_string()
+            } else {
+                format!("{port}/{}", proto(p))
+            };
+            json!({"address": addr, "refused": what, "allowed": allowed.join(",")})
+        })
+        .collect()
 }
 
 /// One row per ServIP and backend in its slot table: the backend's share

@@ -45,6 +45,8 @@ pub const VIHL_PLAIN: u8 = 0x45;
 pub const IP_DF: u16 = 0x4000;
 /// "More fragments" and the fragment offset: either set means a fragment.
 const IP_FRAGMENT: u16 = 0x3fff;
+/// The fragment offset: set on every fragment but the first.
+const IP_OFFSET: u16 = 0x1fff;
 /// TTL of the packets the programs build.
 pub const DEFAULT_TTL: u8 = 64;
 
@@ -64,6 +66,12 @@ impl Ipv4 {
     #[inline(always)]
     pub fn is_fragment(&self) -> bool {
         u16::from_be(self.frag) & IP_FRAGMENT != 0
+    }
+
+    /// A fragment other than the first: it carries no L4 header.
+    #[inline(always)]
+    pub fn is_later_fragment(&self) -> bool {
+        u16::from_be(self.frag) & IP_OFFSET != 0
     }
 
     #[inline(always)]
@@ -138,6 +146,10 @@ pub const IPV4_WORDS: usize = IPV4_HLEN / 2;
 
 /// Where the checksum sits inside a TCP and a UDP header.
 pub const TCP_HDR_CHECK: usize = 16;
+/// Where the flags sit inside a TCP header, and the two the programs read.
+pub const TCP_HDR_FLAGS: usize = 13;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 pub const UDP_HDR_CHECK: usize = offset_of!(Udp, check);
 
 /// Offsets from the start of the frame, outer headers first.

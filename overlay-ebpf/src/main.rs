@@ -10,6 +10,8 @@
 //! - `nexthop`: FIB next hops for packets the node sends, and the redirect;
 //! - `deliver`: local delivery into an instance;
 //! - `forward`: local or tunnelled, with the overlay MTU check;
+//! - `guard`: isolation at the overlay's edges (infrastructure, unallocated
+//!   overlay addresses, outsiders);
 //! - `nat`: conntrack, backend choice and address translation;
 //! - `north_south`: exposed services (north-south);
 //! - `icmp`: ICMP errors answered to instances;
@@ -20,6 +22,7 @@
 mod csum;
 mod deliver;
 mod forward;
+mod guard;
 mod hooks;
 mod icmp;
 mod layout;

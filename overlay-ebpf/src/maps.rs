@@ -47,6 +47,9 @@ macro_rules! bpf_maps {
 
 overlay_common::for_each_map!(bpf_maps);
 
+/// Prefix length of a single address in the `LpmTrie` maps.
+pub const HOST_PREFIX: u32 = 32;
+
 /// Whether service `src` may open a new flow to service `dst`.
 #[inline(always)]
 pub fn allowed(src: u32, dst: u32) -> bool {
@@ -93,14 +96,15 @@ pub fn log_due(reason: Reason) -> bool {
         .is_some_and(|c| (c.packets + 1).is_power_of_two())
 }
 
-/// Logs, sparsely, that a tunnel packet from the unregistered address `src`
-/// was dropped for `reason`, and gives `reason` back.
+/// Logs, sparsely, that a tunnel packet from `src` (unregistered, or
+/// carrying an inner source it may not use) was dropped for `reason`, and
+/// gives `reason` back.
 #[inline(always)]
 pub fn stranger<C: EbpfContext>(ctx: &C, reason: Reason, src: u32) -> Reason {
     if log_due(reason) {
         aya_log_ebpf::warn!(
             ctx,
-            "tunnel packet from unregistered {:i} dropped (reason {})",
+            "tunnel packet from {:i} dropped (reason {})",
             u32::from_be(src),
             reason as u32
         );

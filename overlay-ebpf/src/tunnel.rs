@@ -11,6 +11,7 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
         BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
+    maps::lpm_trie::Key,
     programs::TcContext,
 };
 use overlay_common::{
@@ -24,7 +25,7 @@ use crate::csum::ipv4_csum;
 use crate::layout::{
     DEFAULT_TTL, ETH_ADDRS, ETH_OFF, Eth, IP_DF, IP_OFF, Ipv4, Macs, UDP_HLEN, Udp, VIHL_PLAIN,
 };
-use crate::maps::{GATEWAYS, PEERS};
+use crate::maps::{GATEWAYS, HOST_PREFIX, OVERLAY_NETS, PEERS, ROUTES};
 use crate::nexthop::{self, NextHop};
 use crate::packet::{Flow, read, write};
 
@@ -76,15 +77,47 @@ pub fn port(cfg: &Config, ip: &Ipv4, udp: &Udp) -> Option<Port> {
 }
 
 /// Whether `src` may send to tunnel port `port`: a registered node to the
-/// EWP, a registered gateway to the NSP; else the drop reason.
+/// EWP (then its node id), a registered gateway to the NSP (then 0); else
+/// the drop reason.
 #[inline(always)]
-pub fn check_sender(port: Port, src: u32) -> Result<(), Reason> {
+pub fn check_sender(port: Port, src: u32) -> Result<u32, Reason> {
     match port {
+        // SAFETY: value copied out at once.
+        Port::Ewp => unsafe { PEERS.get(src) }
+            .copied()
+            .ok_or(Reason::DropUnknownPeer),
         // SAFETY: presence check only.
-        Port::Ewp if unsafe { PEERS.get(src) }.is_none() => Err(Reason::DropUnknownPeer),
-        // SAFETY: presence check only.
-        Port::Nsp if unsafe { GATEWAYS.get(src) }.is_none() => Err(Reason::DropUnknownGateway),
-        _ => Ok(()),
+        Port::Nsp => match unsafe { GATEWAYS.get(src) } {
+            Some(_) => Ok(0),
+            None => Err(Reason::DropUnknownGateway),
+        },
+    }
+}
+
+/// Whether `inner_src`, the inner source of a tunnel packet from `sender`
+/// (as [`check_sender`] gave it), is an address that sender may send from.
+/// A node sends from its own subnet only: its instances' NamespaceIPs and
+/// its north-south SNAT address (ServIPs and fixed IPs never travel as
+/// sources: the client's node translates replies after decapsulation). A
+/// gateway carries external clients, never an address of the overlay.
+/// The outer source itself is not authenticated (see `docs/isolation.md`).
+#[inline(always)]
+pub fn check_inner(port: Port, sender: u32, inner_src: u32) -> Result<(), Reason> {
+    let host = Key::new(HOST_PREFIX, inner_src);
+    let bound = match port {
+        // A node's id is its subnet's /24 number (no two nodes share one), so
+        // a source in that /24 is the sender's or nobody's: no lookup on the
+        // established path. Subnets wider than a /24 take the route lookup.
+        Port::Ewp => {
+            u32::from_be(inner_src) >> 8 == sender
+                || ROUTES.get(host).is_some_and(|node| *node == sender)
+        }
+        Port::Nsp => OVERLAY_NETS.get(host).is_none(),
+    };
+    if bound {
+        Ok(())
+    } else {
+        Err(Reason::DropForgedInner)
     }
 }
 

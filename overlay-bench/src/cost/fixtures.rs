@@ -12,10 +12,12 @@ use overlay_common::{DEFAULT_EWP, IPPROTO_TCP};
 use overlay_ctl::dataplane::{Dataplane, programs};
 use overlay_testnet::Netns;
 
-const NODE_ID: u32 = 1;
+/// Node ids as the agent derives them (the subnet's /24 number), so that the
+/// tunnel's sender binding takes the path it takes in a cluster.
+const NODE_ID: u32 = 0x0a_1e_01;
 pub(super) const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
 pub(super) const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
-const PEER_ID: u32 = 2;
+const PEER_ID: u32 = 0x0a_1e_02;
 pub(super) const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
 pub(super) const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
 pub(super) const STRANGER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 66);

@@ -118,6 +118,8 @@ pub struct Agent {
     pub scan: Arc<crate::dataplane::Tables>,
     /// How the store follower is doing (with a store).
     pub store_health: Option<Arc<crate::store::FollowHealth>>,
+    /// The infrastructure the node's instances may not reach.
+    infra: reconcile::guard::Infra,
 }
 
 /// The agent's in-memory view: desired state, own instances, measurements.
@@ -332,7 +334,8 @@ impl Agent {
             balance: self.cfg.balance,
         };
         let state = self.merged_state(&st);
-        let want = reconcile::desired(&state, &local);
+        let mut want = reconcile::desired(&state, &local);
+        reconcile::guard::infrastructure(&mut want, &self.infra);
         Some((state, want))
     }
 

@@ -130,7 +130,9 @@ async fn start(cfg: AgentConfig) -> Result<Started> {
         Some(s) => Some(cluster::register(s, &node, &cfg, v1_nodes).await?),
         None => None,
     };
+    let infra = infrastructure(&cfg, &node).await;
     let agent = Agent {
+        infra,
         cfg,
         node,
         state: Mutex::new(State {
@@ -222,4 +224,38 @@ pub async fn teardown(cfg: AgentConfig) -> Result<()> {
         crate::netns::remove(&inst.host_if).await?;
     }
     host::teardown(&cfg)
+}
+
+/// What the node's instances may not reach: its own addresses (the gateway
+/// only for DNS and pings), the store, and (from the cluster state) every
+/// node's tunnel ports. Store endpoints given by name are resolved once; one
+/// that does not resolve is left out, with a warning.
+async fn infrastructure(cfg: &AgentConfig, node: &super::Node) -> reconcile::guard::Infra {
+    use reconcile::guard;
+    let mut own = guard::own_addresses();
+    own.push(node.ip);
+    own.sort();
+    own.dedup();
+    let (mut store, names) = cfg
+        .store
+        .as_deref()
+        .map(guard::store_endpoints)
+        .unwrap_or_default();
+    for name in names {
+        match tokio::net::lookup_host(name.as_str()).await {
+            Ok(found) => store.extend(found.filter_map(|a| match a {
+                std::net::SocketAddr::V4(v4) => Some(v4),
+                std::net::SocketAddr::V6(_) => None,
+            })),
+            Err(e) => {
+                tracing::warn!(endpoint = %name, "store endpoint not resolved, instances not kept from it: {e}")
+            }
+        }
+    }
+    guard::Infra {
+        own,
+        gateway: Some(cfg.gateway),
+        store,
+        nsp: node.nsp,
+    }
 }

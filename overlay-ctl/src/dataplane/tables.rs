@@ -19,6 +19,7 @@ use overlay_common::policy::Policy;
 use overlay_common::registry::{self, MapDef, MapKind, def};
 use overlay_common::stats::{REASONS, Reason};
 
+mod guard;
 mod north_south;
 
 use super::batch::read_all;

@@ -243,7 +243,7 @@ type Slots = (u32, overlay_common::policy::Policy, Vec<u32>);
 
 /// Every table, in the order additions are made (removals go backwards):
 /// what a packet reaches through an entry is written before the entry.
-static ORDER: [&dyn Step; 11] = [
+static ORDER: [&dyn Step; 14] = [
     &Table::<Option<overlay_common::maps::Config>> {
         name: "config",
         maps: &[def::CONFIG],
@@ -358,6 +358,36 @@ static ORDER: [&dyn Step; 11] = [
         of_mut: |m| &mut m.gateways,
         put: |t, addr, port| t.put_gateway(*addr, *port),
         del: |t, addr| t.remove_gateway(*addr),
+        is: nothing,
+        needs: none,
+    },
+    &Table::<BTreeMap<Ipv4Addr, u32>> {
+        name: "nsip_services",
+        maps: &[def::NSIP_SERVICES],
+        of: |m| &m.nsip_services,
+        of_mut: |m| &mut m.nsip_services,
+        put: |t, nsip, svc| t.put_nsip_service(*nsip, *svc),
+        del: |t, nsip| t.remove_nsip_service(*nsip),
+        is: nothing,
+        needs: none,
+    },
+    &Table::<BTreeMap<(Ipv4Addr, u16, u8), u32>> {
+        name: "infra",
+        maps: &[def::INFRA],
+        of: |m| &m.infra,
+        of_mut: |m| &mut m.infra,
+        put: |t, (addr, port, proto), allow| t.put_infra(*addr, *port, *proto, *allow),
+        del: |t, (addr, port, proto)| t.remove_infra(*addr, *port, *proto),
+        is: nothing,
+        needs: none,
+    },
+    &Table::<BTreeSet<(Ipv4Addr, u32)>> {
+        name: "overlay_nets",
+        maps: &[def::OVERLAY_NETS],
+        of: |m| &m.overlay_nets,
+        of_mut: |m| &mut m.overlay_nets,
+        put: |t, (net, prefix), _| t.put_overlay_net(*net, *prefix),
+        del: |t, (net, prefix)| t.remove_overlay_net(*net, *prefix),
         is: nothing,
         needs: none,
     },

@@ -15,6 +15,7 @@ use crate::balance::{self, Candidate, Params};
 use crate::dataplane::Tables;
 
 mod apply;
+pub mod guard;
 pub mod validate;
 
 use crate::model::{ClusterState, FixedIp, InstanceSpec, Policy};
@@ -44,6 +45,14 @@ pub struct MapSet {
     pub exposed: BTreeMap<(u16, u8), (Ipv4Addr, Ipv4Addr)>,
     /// Registered north-south gateways: address → port their replies go to.
     pub gateways: BTreeMap<Ipv4Addr, u16>,
+    /// Infrastructure instances may not reach: (address, port, protocol) →
+    /// what stays allowed (`infra` flags); port and protocol 0: the whole
+    /// address (see [`guard::infrastructure`]).
+    pub infra: BTreeMap<(Ipv4Addr, u16, u8), u32>,
+    /// The overlay's address space: (prefix address, length).
+    pub overlay_nets: BTreeSet<(Ipv4Addr, u32)>,
+    /// Every instance of the cluster: NamespaceIP → service id.
+    pub nsip_services: BTreeMap<Ipv4Addr, u32>,
     /// Records of the desired state left out for breaking a rule
     /// (`validate`; not map contents: reported with every pass, as failures).
     pub refused: Vec<Failure>,
@@ -67,7 +76,8 @@ pub struct LocalNode<'a> {
 
 /// The maps a node should hold for `state`.
 pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
-    let (state, refused) = validate::validated(state, local.name, &validate::Pools::default());
+    let pools = validate::Pools::default();
+    let (state, refused) = validate::validated(state, local.name, &pools);
     let state = &state;
     let mut m = MapSet {
         config: Some(local.config),
@@ -125,6 +135,7 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
         let live: &[(&InstanceSpec, u32)] = by_service.get(&key).map_or(&[], Vec::as_slice);
         for (inst, node) in live {
             m.backends.insert(inst.backend_id(), (inst.nsip, *node));
+            m.nsip_services.insert(inst.nsip, svc.id);
         }
         let runs_here = live.iter().any(|(_, n)| *n == local_id);
         access(
@@ -159,6 +170,7 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
             fixed.get(&key).map_or(&[], Vec::as_slice),
         );
     }
+    guard::overlay_nets(&mut m, &pools);
     m
 }
 
@@ -253,6 +265,9 @@ pub fn read(t: &Tables) -> MapSet {
     m.needs = t.needs().into_iter().map(|k| (k.src, k.dst)).collect();
     m.exposed = t.exposed().into_iter().collect();
     m.gateways = t.gateways().into_iter().collect();
+    m.infra = t.infra().into_iter().collect();
+    m.overlay_nets = t.overlay_nets().into_iter().collect();
+    m.nsip_services = t.nsip_services().into_iter().collect();
     m
 }
 

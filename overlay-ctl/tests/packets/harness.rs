@@ -26,10 +26,11 @@ pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
 pub const ICMP: u8 = 1;
 
-pub const NODE_ID: u32 = 1;
+/// Node ids as the agent derives them: the subnet's /24 number (10.30.1/24).
+pub const NODE_ID: u32 = 0x0a_1e_01;
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
 pub const UPLINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
-pub const PEER_ID: u32 = 2;
+pub const PEER_ID: u32 = 0x0a_1e_02;
 pub const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
 pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
 pub const PEER_SUBNET: Ipv4Addr = Ipv4Addr::new(10, 30, 2, 0);

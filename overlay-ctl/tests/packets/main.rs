@@ -16,12 +16,15 @@
 //! * [`reverse`]: replies, decapsulation, ICMP errors about tracked flows.
 //! * [`unreachable`]: the ICMP errors the programs generate.
 //! * [`north_south`], [`gateway`]: north-south, direct and tunnelled by a gateway.
+//! * [`isolation`]: forged tunnel sources, infrastructure, unallocated
+//!   overlay addresses, outsiders.
 //! * [`malformed`]: truncation, options, fragments, spoofing, unknown peers.
 //! * [`cost`]: nanoseconds per packet on the two hot paths (printed only).
 
 mod cost;
 mod gateway;
 mod harness;
+mod isolation;
 mod malformed;
 mod north_south;
 mod reverse;

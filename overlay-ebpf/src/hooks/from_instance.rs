@@ -5,7 +5,8 @@
 //! translated to a backend (conntrack first, slot table for new flows); a
 //! reply to a translated flow gets its ServIP back; then the packet goes into
 //! a local instance (`bpf_redirect_peer`) or through the tunnel to its node.
-//! Destinations outside the overlay go to the node's own stack.
+//! Destinations outside the overlay go to the node's own stack, unless they
+//! are infrastructure or unallocated overlay addresses (`guard`).
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -19,15 +20,13 @@ use overlay_common::{
 };
 
 use crate::forward::{self, Dest, send, too_big};
+use crate::guard;
 use crate::icmp;
 use crate::layout::{IP_DST, L4_OFF};
-use crate::maps::{ENDPOINTS, ROUTES, SERVIPS, config, count, log_due};
+use crate::maps::{ENDPOINTS, HOST_PREFIX, ROUTES, SERVIPS, config, count, log_due};
 use crate::nat::{self, Reversed};
 use crate::north_south;
 use crate::packet::{self, Flow, L4};
-
-/// Prefix length of a single address in `ROUTES`.
-const HOST_PREFIX: u32 = 32;
 
 #[classifier]
 pub fn from_instance(ctx: TcContext) -> i32 {
@@ -70,9 +69,12 @@ fn try_from_instance(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
         return to_servip(ctx, cfg, f, &sv, ep.service);
     }
     let Some(dest) = lookup_dest(ip.daddr) else {
-        return pass;
+        return guard::leaving(ctx, &ip);
     };
     let mut f = packet::flow(ctx, &ip, L4_OFF)?;
+    if let Some(refused) = guard::direct(ctx, &f, ep.service)? {
+        return Ok(refused);
+    }
     if let Some(answered) = too_big(ctx, cfg, &f, &dest)? {
         return Ok(answered);
     }

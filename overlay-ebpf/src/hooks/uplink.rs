@@ -1,9 +1,11 @@
-//! TC ingress on the uplink: tunnel packets from registered nodes are
-//! decapsulated, replies get their ServIP back, and the inner packet is
+//! TC ingress on the uplink: tunnel packets from registered nodes, with an
+//! inner source of the sender's subnet, are decapsulated, replies get their
+//! ServIP back, and the inner packet is
 //! delivered into its instance. RTT probes from registered nodes pass up to
 //! the agent. Packets to an exposed port of the node, and those a registered
-//! gateway tunnels to the node's NSP, go to `north_south`.
-//! Everything else passes untouched.
+//! gateway tunnels to the node's NSP, go to `north_south`. Packets for an
+//! address of the overlay that are not tunnelled to the node are dropped
+//! (`guard`). Everything else passes untouched.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -13,6 +15,7 @@ use aya_ebpf::{
 use overlay_common::{PROBE_MARK, maps::Config, stats::Reason};
 
 use crate::deliver;
+use crate::guard;
 use crate::layout::{INNER_IP, INNER_L4, Ipv4, L4_OFF, Udp};
 use crate::maps::{ENDPOINTS, config, count, stranger};
 use crate::nat::{self, Reversed};
@@ -43,7 +46,7 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
         return Ok(None);
     };
     if !tunnel::to_node(cfg, &ip) {
-        return Ok(None);
+        return guard::arriving(cfg, &ip).map(|()| None);
     }
     let Ok(udp) = read::<Udp, _>(ctx, L4_OFF) else {
         return Ok(None);
@@ -56,19 +59,18 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
     if ip.is_fragment() {
         return Err(Reason::DropFragment);
     }
-    if let Err(reason) = tunnel::check_sender(port, ip.saddr) {
-        return Err(stranger(ctx, reason, ip.saddr));
-    }
+    let sender = tunnel::check_sender(port, ip.saddr).map_err(|r| stranger(ctx, r, ip.saddr))?;
     match port {
         Port::Nsp => north_south::decap_from_gateway(ctx, cfg, &ip).map(Some),
-        Port::Ewp => from_peer(ctx, cfg).map(Some),
+        Port::Ewp => from_peer(ctx, cfg, sender).map(Some),
     }
 }
 
-/// A tunnel packet from a registered node: an RTT probe passes up to the
-/// agent; anything else is decapsulated and goes to its destination.
+/// A tunnel packet from registered node `sender`: an RTT probe passes up to
+/// the agent; anything else whose inner source the sender may use is
+/// decapsulated and goes to its destination.
 #[inline(always)]
-fn from_peer(ctx: &TcContext, cfg: &Config) -> Result<(i32, Reason), Reason> {
+fn from_peer(ctx: &TcContext, cfg: &Config, sender: u32) -> Result<(i32, Reason), Reason> {
     if read::<u8, _>(ctx, INNER_IP)? == PROBE_MARK {
         return Ok((TC_ACT_OK, Reason::Probe));
     }
@@ -76,6 +78,7 @@ fn from_peer(ctx: &TcContext, cfg: &Config) -> Result<(i32, Reason), Reason> {
     if !inner.is_v4() {
         return Err(Reason::DropMalformed);
     }
+    tunnel::check_inner(Port::Ewp, sender, inner.saddr)?;
     let mut f = packet::flow(ctx, &inner, INNER_L4)?;
     tunnel::decap(ctx)?;
     if let Reversed::External { via } = nat::reverse_nat(ctx, &mut f, cfg.node_ip)? {

@@ -1,7 +1,9 @@
 //! XDP on the uplink: drops tunnel packets from unregistered sources (EWP:
-//! not a node, NSP: not a gateway) before the kernel allocates an skb for
-//! them (logged sparsely: see `maps::log_due`). The TC program applies the
-//! same checks (`tunnel::port`, `tunnel::check_sender`) when XDP is absent.
+//! not a node, NSP: not a gateway), and those whose inner source their
+//! sender may not use, before the kernel allocates an skb for them (logged
+//! sparsely: see `maps::log_due`). The TC program applies the same checks
+//! (`tunnel::port`, `tunnel::check_sender`, `tunnel::check_inner`) when XDP
+//! is absent.
 //! Everything else passes to TC.
 
 use aya_ebpf::{
@@ -11,7 +13,7 @@ use aya_ebpf::{
 };
 use overlay_common::stats::Reason;
 
-use crate::layout::{L4_OFF, Udp};
+use crate::layout::{INNER_IP, Ipv4, L4_OFF, Udp};
 use crate::maps::{config, count, stranger};
 use crate::packet::{self, read};
 use crate::tunnel;
@@ -41,7 +43,16 @@ fn try_uplink_xdp(ctx: &XdpContext) -> Option<(Reason, u32)> {
     }
     let udp: Udp = read(ctx, L4_OFF).ok()?;
     let port = tunnel::port(cfg, &ip, &udp)?;
-    tunnel::check_sender(port, ip.saddr)
+    let sender = match tunnel::check_sender(port, ip.saddr) {
+        Ok(sender) => sender,
+        Err(reason) => return Some((reason, ip.saddr)),
+    };
+    // An RTT probe (no IPv4 header) or a header TC finds malformed: TC judges.
+    let inner: Ipv4 = read(ctx, INNER_IP).ok()?;
+    if !inner.is_v4() {
+        return None;
+    }
+    tunnel::check_inner(port, sender, inner.saddr)
         .err()
         .map(|reason| (reason, ip.saddr))
 }
