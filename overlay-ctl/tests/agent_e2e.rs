@@ -463,3 +463,36 @@ fn a_bpffs_that_dies_with_the_agent_is_refused() {
         "nothing pinned in the host's bpffs"
     );
 }
+
+/// The API answers root and the agent's own user only: its socket is
+/// created with mode 0600, and a caller of another user is closed on even
+/// when the socket's mode is widened.
+#[test]
+fn the_api_answers_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let s = setup("apiowner");
+    let sock = &s.agents[0].socket;
+    let mode = std::fs::metadata(sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the API socket's mode");
+    let as_nobody = || {
+        std::process::Command::new(common::agents::BIN)
+            .args(["instance", "ls", "--api", sock.to_str().unwrap()])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Permission denied"),
+        "{err}"
+    );
+    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = as_nobody();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "another user was answered: {err}");
+    // Root still is.
+    s.agents[0].ctl_ok(&["instance", "ls"]);
+}

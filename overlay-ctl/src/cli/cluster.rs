@@ -281,13 +281,13 @@ pub fn settings(cmd: ClusterCmd, access: &Access) -> anyhow::Result<()> {
                 .map_or("(each agent's own default_deny)", |d| {
                     if d { "on" } else { "off" }
                 });
-            println!("default-deny     {deny}");
+            println!("default-deny  {deny}");
             let exposed = settings
                 .exposed_ports
                 .map_or("any port that is not reserved".to_owned(), |r| {
                     r.to_string()
                 });
-            println!("exposed-ports    {exposed}");
+            println!("exposed-ports  {exposed}");
             let ephemeral = settings
                 .ephemeral_ports
                 .map_or(format!("{} (default)", PortRange::LINUX_EPHEMERAL), |r| {
@@ -295,7 +295,7 @@ pub fn settings(cmd: ClusterCmd, access: &Access) -> anyhow::Result<()> {
                 });
             println!("ephemeral-ports  {ephemeral}");
             println!(
-                "limits           {} exposed ports, {} ports and {} needs per service, {} nodes",
+                "limits  {} exposed ports, {} ports and {} needs per service, {} nodes",
                 limits::EXPOSED_PORTS,
                 limits::PORTS_PER_SERVICE,
                 limits::NEEDS_PER_SERVICE,

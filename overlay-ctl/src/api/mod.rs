@@ -18,6 +18,8 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::agent::{self, AgentError, DeployRequest, Shared, host};
 
+mod socket;
+
 #[derive(Clone)]
 struct Ctx {
     agent: Shared,
@@ -42,7 +44,7 @@ impl IntoResponse for AgentError {
     }
 }
 
-/// Binds the socket (replacing a stale one) and serves until `stop` turns
+/// Binds the socket (replacing a stale one; owner only, `socket.rs`) and serves until `stop` turns
 /// true: then it accepts no more connections, and its task ends once the
 /// calls already made have answered and the changes they started are done.
 pub async fn serve(
@@ -51,8 +53,7 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, AgentError> {
     let path = agent.cfg.api_socket.clone();
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)
+    let listener = socket::bind_private(&path)
         .map_err(host(format!("binding the API socket {}", path.display())))?;
     let (inflight, mut drained) = mpsc::channel(1);
     let app = Router::new()
