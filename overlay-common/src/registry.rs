@@ -36,6 +36,7 @@ pub mod capacity {
     pub const GATEWAYS: u32 = 256;
     /// Two tunnel ports per node, the store's endpoints and the node's own addresses.
     pub const INFRA: u32 = 4_096;
+    pub const UDP_PEERS: u32 = 65_536;
     /// The pools and every node subnet (subnets outside the pools included).
     pub const OVERLAY_NETS: u32 = 2 * ROUTES;
     /// Room for every map of a registry many times this size.
@@ -142,6 +143,11 @@ macro_rules! for_each_map {
             /// through the node's default route.
             OVERLAY_NETS overlay_nets: LpmTrie<u32, u32>,
                 $crate::registry::capacity::OVERLAY_NETS, $crate::registry::NO_PREALLOC, 1;
+            /// UDP datagrams delivered to a local instance whose `needs` would
+            /// refuse its replies (key: sender → instance, as CONNTRACK's): its
+            /// replies to them pass as replies.
+            UDP_PEERS udp_peers: LruHashMap<$crate::maps::CtKey, u32>,
+                $crate::registry::capacity::UDP_PEERS, 0, 1;
             /// Map name → layout version of the pinned maps (see `Layout`).
             LAYOUT layout: HashMap<$crate::maps::Layout, u32>,
                 $crate::registry::capacity::LAYOUT, $crate::registry::NO_PREALLOC, 1;

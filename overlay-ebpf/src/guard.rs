@@ -10,7 +10,8 @@
 //! * Nothing leaves through the node's default route for the overlay's own
 //!   address space (`OVERLAY_NETS`): an unknown ServIP or a subnet no node
 //!   holds is answered with ICMP host unreachable.
-//! * `needs` hold for connections to NamespaceIPs too (`direct`).
+//! * `needs` hold for connections to NamespaceIPs too (`direct`), UDP
+//!   included (`note_udp` remembers what a restricted instance may answer).
 //! * Outsiders reach the overlay only through the front door: a packet on
 //!   the uplink to an overlay address (not to the node's own) is dropped,
 //!   whatever routes its sender has.
@@ -18,14 +19,16 @@
 use aya_ebpf::{bindings::TC_ACT_OK, maps::lpm_trie::Key, programs::TcContext};
 use overlay_common::{
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-    maps::{Config, InfraKey, infra},
+    maps::{Config, CtKey, Endpoint, InfraKey, infra},
     stats::Reason,
 };
 
 use crate::icmp;
 use crate::layout::{ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_PARAMETERPROB, ICMP_TIME_EXCEEDED};
 use crate::layout::{IP_OFF, Icmp, Ipv4, L4_OFF, Ports, TCP_ACK, TCP_HDR_FLAGS, TCP_SYN};
-use crate::maps::{HOST_PREFIX, INFRA, NSIP_SERVICES, OVERLAY_NETS, allowed, count_denied};
+use crate::maps::{
+    HOST_PREFIX, INFRA, NSIP_SERVICES, OVERLAY_NETS, UDP_PEERS, allowed, count_denied, restricted,
+};
 use crate::packet::{Flow, L4, read};
 
 /// The DNS port, network order.
@@ -51,13 +54,14 @@ pub fn leaving(ctx: &TcContext, ip: &Ipv4) -> Result<(i32, Reason), Reason> {
     Ok((icmp::reply_unreachable(ctx, ip.proto, code, 0)?, reason))
 }
 
-/// A new connection (TCP SYN) or ping from an instance of `src_service`
-/// straight to an instance's NamespaceIP: the sender's `needs` must allow
-/// the destination's service, as for a ServIP (else ICMP administratively
-/// prohibited, `drop_denied`). Only what opens a flow is judged, at the
-/// sender: replies (a SYN-ACK, an echo reply, ICMP errors) and established
-/// segments pass after reading one byte. UDP is not judged: without state a
-/// reply cannot be told from a new datagram.
+/// A new connection (TCP SYN), ping or UDP datagram from an instance of
+/// `src_service` straight to an instance's NamespaceIP: the sender's `needs`
+/// must allow the destination's service, as for a ServIP (else ICMP
+/// administratively prohibited, `drop_denied`). Judged at the sender;
+/// replies (a SYN-ACK, an echo reply, ICMP errors) and established segments
+/// pass after reading one byte, and a UDP datagram passes as a reply when
+/// its peer's datagram to it was delivered here (`note_udp`). Senders that
+/// `needs` do not limit pass after one or two lookups.
 #[inline(always)]
 pub fn direct(
     ctx: &TcContext,
@@ -67,9 +71,10 @@ pub fn direct(
     let opens = match f.l4 {
         L4::Tcp => read::<u8, _>(ctx, L4_OFF + TCP_HDR_FLAGS)? & (TCP_SYN | TCP_ACK) == TCP_SYN,
         L4::Echo => read::<Icmp, _>(ctx, L4_OFF)?.kind == ICMP_ECHO,
+        L4::Udp => true,
         _ => false,
     };
-    if !opens {
+    if !opens || !restricted(src_service) {
         return Ok(None);
     }
     // SAFETY: value copied out at once.
@@ -77,12 +82,78 @@ pub fn direct(
         // Not an instance: a node's north-south address.
         return Ok(None);
     };
-    if allowed(src_service, dst_service) {
+    if allowed(src_service, dst_service) || (f.l4 == L4::Udp && answers(f)) {
         return Ok(None);
     }
     count_denied(src_service);
     let action = icmp::reply_unreachable(ctx, f.proto, icmp::CODE_ADMIN_PROHIBITED, 0)?;
     Ok(Some((action, Reason::DropDenied)))
+}
+
+/// A UDP datagram from an instance, delivered to the local instance `ep`:
+/// when `ep`'s `needs` do not allow the sender's service, its replies would
+/// be refused as new flows, so the datagram is remembered (`UDP_PEERS`,
+/// an LRU) and they pass as replies. Only restricted services pay for more
+/// than one or two lookups. Inlined (the uplink's decapsulation path).
+#[inline(always)]
+pub fn note_udp(f: &Flow, ep: &Endpoint) {
+    if f.l4 == L4::Udp {
+        note_udp_datagram(f.saddr, f.daddr, ports(f), ep.service);
+    }
+}
+
+/// [`note_udp`] as a BPF function call with four scalar arguments, for
+/// `from_instance`: inlined there, LLVM's code for the program no longer
+/// passed the verifier (a spilled register it had not written); and
+/// called from the uplink, a fifth argument arrived as a map pointer.
+#[inline(never)]
+pub fn note_udp_call(saddr: u32, daddr: u32, ports: u32, service: u32) {
+    note_udp_datagram(saddr, daddr, ports, service)
+}
+
+/// A flow's ports as one scalar: source in the high half.
+#[inline(always)]
+pub fn ports(f: &Flow) -> u32 {
+    (u32::from(f.sport) << 16) | u32::from(f.dport)
+}
+
+#[inline(always)]
+fn note_udp_datagram(saddr: u32, daddr: u32, ports: u32, service: u32) {
+    if !restricted(service) {
+        return;
+    }
+    // SAFETY: value copied out at once.
+    let Some(src_service) = unsafe { NSIP_SERVICES.get(saddr) }.copied() else {
+        return;
+    };
+    if allowed(service, src_service) {
+        return;
+    }
+    let seen = CtKey {
+        saddr,
+        daddr,
+        sport: (ports >> 16) as u16,
+        dport: ports as u16,
+        proto: IPPROTO_UDP,
+        _pad: [0; 3],
+    };
+    // A full LRU evicts its oldest entry; failure leaves the reply refused.
+    let _ = UDP_PEERS.insert(seen, 1, 0);
+}
+
+/// Whether a UDP datagram answers one delivered here (`note_udp`).
+#[inline(always)]
+fn answers(f: &Flow) -> bool {
+    let asked = CtKey {
+        saddr: f.daddr,
+        daddr: f.saddr,
+        sport: f.dport,
+        dport: f.sport,
+        proto: f.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: presence check only.
+    unsafe { UDP_PEERS.get(asked) }.is_some()
 }
 
 /// Judges an uplink packet that is not addressed to the node itself (or

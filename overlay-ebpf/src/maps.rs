@@ -50,6 +50,13 @@ overlay_common::for_each_map!(bpf_maps);
 /// Prefix length of a single address in the `LpmTrie` maps.
 pub const HOST_PREFIX: u32 = 32;
 
+/// Whether `needs` (or the cluster's default deny) limit `service`'s flows.
+#[inline(always)]
+pub fn restricted(service: u32) -> bool {
+    // SAFETY: presence checks only.
+    unsafe { RESTRICTED.get(service).is_some() || RESTRICTED.get(DEFAULT_DENY).is_some() }
+}
+
 /// Whether service `src` may open a new flow to service `dst`.
 #[inline(always)]
 pub fn allowed(src: u32, dst: u32) -> bool {

@@ -252,9 +252,10 @@ fn needs_hold_for_connections_to_namespace_ips() {
         };
         denied(&mut dp, &tcp(c, CLIENT_PORT, dst, HTTP));
         denied(&mut dp, &echo(c, dst, 9, 1));
+        denied(&mut dp, &udp(c, CLIENT_PORT, dst, DNS));
     }
-    assert_eq!(dp.tables.denied(), [(7, 4)]);
-    // Replies and UDP are not judged; allowed by `needs`, a connection opens.
+    assert_eq!(dp.tables.denied(), [(7, 6)]);
+    // Replies are not judged; allowed by `needs`, a connection opens.
     let delivered = |dp: &mut Dataplane, sent: &[u8]| {
         let before = snapshot(dp);
         let (ret, _) = from_instance(dp, &from(&CLIENT, sent), CLIENT.ifindex);
@@ -265,7 +266,6 @@ fn needs_hold_for_connections_to_namespace_ips() {
     };
     delivered(&mut dp, &syn_ack(c, HTTP, BACKEND.ip, CLIENT_PORT));
     delivered(&mut dp, &echo_reply(c, BACKEND.ip, 9, 1));
-    delivered(&mut dp, &udp(c, CLIENT_PORT, BACKEND.ip, DNS));
     dp.tables.put_need(7, SERVICE).unwrap();
     delivered(&mut dp, &tcp(c, CLIENT_PORT, BACKEND.ip, HTTP));
     let before = snapshot(&dp);
@@ -278,4 +278,62 @@ fn needs_hold_for_connections_to_namespace_ips() {
         (ret, before.delta(&dp)),
         (TC_ACT_REDIRECT, vec![(Reason::Encap, 1)])
     );
+}
+
+/// UDP straight to a NamespaceIP is held to `needs` too; an instance whose
+/// `needs` do not name its peer's service still answers the peer's
+/// datagrams (delivered here, locally or through the tunnel), and nothing
+/// more.
+#[test]
+fn udp_replies_pass_where_needs_refuse_new_datagrams() {
+    let up = uplink(true);
+    let mut dp = node(up.ifindex);
+    let t = &mut dp.tables;
+    t.put_nsip_service(CLIENT.ip, 7).unwrap();
+    t.put_nsip_service(BACKEND.ip, SERVICE).unwrap();
+    t.put_nsip_service(REMOTE, 7).unwrap();
+    // The client (7) may reach the backend's service; the backend none.
+    t.put_restricted(7).unwrap();
+    t.put_need(7, SERVICE).unwrap();
+    t.put_restricted(SERVICE).unwrap();
+    let send = |dp: &mut Dataplane, who: &Inst, sent: &[u8]| {
+        let before = snapshot(dp);
+        let (ret, _) = from_instance(dp, &from(who, sent), who.ifindex);
+        (ret, before.delta(dp))
+    };
+    let local = (TC_ACT_REDIRECT, vec![(Reason::DeliverLocal, 1)]);
+    let denied = (TC_ACT_REDIRECT, vec![(Reason::DropDenied, 1)]);
+    let (b, c) = (BACKEND.ip, CLIENT.ip);
+    // The backend may not start talking to the client...
+    assert_eq!(
+        send(&mut dp, &BACKEND, &udp(b, DNS, c, CLIENT_PORT)),
+        denied
+    );
+    // ...but answers its question, on the ports it came from only.
+    assert_eq!(send(&mut dp, &CLIENT, &udp(c, CLIENT_PORT, b, DNS)), local);
+    assert_eq!(send(&mut dp, &BACKEND, &udp(b, DNS, c, CLIENT_PORT)), local);
+    assert_eq!(
+        send(&mut dp, &BACKEND, &udp(b, DNS, c, CLIENT_PORT + 1)),
+        denied
+    );
+    // A question from the peer's instance, through the tunnel.
+    let asked = tunnel(PEER_IP, &udp(REMOTE, 5353, b, DNS));
+    let before = snapshot(&dp);
+    let (ret, _) = uplink_tc(&mut dp, &asked);
+    assert_eq!(
+        (ret, before.delta(&dp)),
+        (TC_ACT_REDIRECT, vec![(Reason::Decap, 1)])
+    );
+    let answer = from(&BACKEND, &udp(b, DNS, REMOTE, 5353));
+    let before = snapshot(&dp);
+    let (ret, _) = up
+        .ns
+        .enter(|| from_instance(&mut dp, &answer, BACKEND.ifindex))
+        .unwrap();
+    assert_eq!(
+        (ret, before.delta(&dp)),
+        (TC_ACT_REDIRECT, vec![(Reason::Encap, 1)])
+    );
+    let other = udp(b, DNS, REMOTE, 5354);
+    assert_eq!(send(&mut dp, &BACKEND, &other), denied);
 }

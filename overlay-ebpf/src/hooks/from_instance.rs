@@ -81,6 +81,9 @@ fn try_from_instance(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     if let Reversed::External { via } = nat::reverse_nat(ctx, &mut f, cfg.node_ip)? {
         return north_south::reply_out(ctx, cfg, &f, via);
     }
+    if let (Dest::Local(ep), L4::Udp) = (&dest, f.l4) {
+        guard::note_udp_call(f.saddr, f.daddr, guard::ports(&f), ep.service);
+    }
     send(ctx, cfg, &f, dest)
 }
 

@@ -88,5 +88,6 @@ fn from_peer(ctx: &TcContext, cfg: &Config, sender: u32) -> Result<(i32, Reason)
     let ep = unsafe { ENDPOINTS.get(f.daddr) }
         .copied()
         .ok_or(Reason::DropNoEndpoint)?;
+    crate::guard::note_udp(&f, &ep);
     Ok((deliver::to_instance(ctx, &ep)?, Reason::Decap))
 }
