@@ -456,3 +456,43 @@ fn identities_are_checked() {
     assert!(!out.status.success(), "a node deployed a service");
     assert!(stderr.contains("permission denied"), "{stderr}");
 }
+
+/// A node that listens on an exposed port itself keeps the port: its own
+/// listener answers there, the node reports the conflict, and the other
+/// nodes expose the port as usual.
+#[test]
+fn a_node_listening_on_an_exposed_port_keeps_it() {
+    let c = Cluster::new("listen");
+    let n1 = c.topo.node(1).ns();
+    servers::tcp(n1, 8081, "n1-itself");
+    c.deploy_service(&access("api", &[8081], false, true, &[]));
+    let a = Netns::new("a1").unwrap();
+    c.agents[1].deploy(API, 1, &a);
+    servers::tcp(&a, 8081, "api1");
+    let ext = c
+        .topo
+        .hosts()
+        .iter()
+        .find(|h| h.name() == c.outside)
+        .unwrap();
+    let at = |last: u8| SocketAddr::from((Ipv4Addr::new(192, 0, 2, last), 8081));
+    wait_until(Duration::from_secs(5), "api through n2", || {
+        servers::tcp_who(ext, at(12)).is_ok_and(|(w, _)| w == "api1")
+    })
+    .unwrap();
+    // Noticed within a measurement period (a second).
+    wait_until(Duration::from_secs(5), "the conflict in node ls", || {
+        c.ctl_ok(&["node", "ls"])
+            .contains("not exposing 8081/tcp demo.prod.api.v1")
+    })
+    .unwrap();
+    let (answer, _) = servers::tcp_who(ext, at(11)).expect("n1's own listener");
+    assert_eq!(answer, "n1-itself", "the node's own service is not taken over");
+    let json: serde_json::Value =
+        serde_json::from_str(&c.ctl_ok(&["node", "ls", "--json"])).unwrap();
+    assert_eq!(
+        json[0]["exposed_conflicts"],
+        serde_json::json!(["8081/tcp demo.prod.api.v1"])
+    );
+    assert_eq!(json[1]["exposed_conflicts"], serde_json::json!([]));
+}

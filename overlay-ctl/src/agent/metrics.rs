@@ -72,8 +72,10 @@ pub async fn measure(agent: Shared, prober: Option<Prober>, scan: Arc<Tables>, p
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let window = window_ticks(agent.cfg.load_window_s);
     let mut keys = super::probe_keys::KeyFollower::default();
+    let mut conflicts = Vec::new();
     loop {
         ticker.tick().await;
+        listeners(&agent, &mut conflicts);
         if let (Some(p), Some(link)) = (&prober, &agent.store) {
             keys.refresh(&link.store, p).await;
         }
@@ -126,6 +128,50 @@ pub async fn measure(agent: Shared, prober: Option<Prober>, scan: Arc<Tables>, p
             }
         }
     }
+}
+
+/// Notices the node's own listeners: a port that starts or stops being
+/// listened on changes what this node exposes (reconciled at once), and the
+/// exposed ports it cannot take are published (`node/<name>/conflicts`).
+fn listeners(agent: &Shared, published: &mut Vec<String>) {
+    let busy = super::listeners::busy(agent.node.ip);
+    let (moved, now) = {
+        let mut st = agent.state();
+        let moved = st.listening != busy;
+        st.listening = busy;
+        (moved, conflicts(&st.cluster, &st.listening))
+    };
+    if moved && let Err(e) = agent.reconcile() {
+        tracing::error!("reconcile failed: {e}");
+    }
+    if now != *published {
+        if let Some(link) = &agent.store {
+            link.registration.set_status("conflicts", &now);
+        }
+        *published = now;
+    }
+}
+
+/// Exposed ports of `state` that this node listens on itself, as
+/// `PORT/PROTO SERVICE`.
+fn conflicts(
+    state: &crate::model::ClusterState,
+    busy: &std::collections::BTreeSet<(u16, u8)>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for svc in state.services.iter().filter(|s| s.exposed) {
+        for &port in &svc.ports {
+            for (proto, name) in [
+                (overlay_common::IPPROTO_TCP, "tcp"),
+                (overlay_common::IPPROTO_UDP, "udp"),
+            ] {
+                if busy.contains(&(port, proto)) {
+                    out.push(format!("{port}/{name} {}", svc.name));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The other registered nodes, as probe targets.

@@ -12,6 +12,7 @@ mod cluster;
 mod error;
 mod host;
 mod instances;
+pub(crate) mod listeners;
 mod metrics;
 pub(crate) use metrics::window_ticks;
 mod name_service;
@@ -139,6 +140,8 @@ pub struct State {
     /// NamespaceIPs of instances removed lately: not handed out again while
     /// packets of their flows may still be on their way.
     pub freed: BTreeMap<Ipv4Addr, std::time::Instant>,
+    /// Ports the node itself listens on: never exposed here (`listeners`).
+    pub listening: std::collections::BTreeSet<(u16, u8)>,
 }
 
 /// A node that left the store while its probe echoes kept coming: kept,
@@ -336,6 +339,7 @@ impl Agent {
         let state = self.merged_state(&st);
         let mut want = reconcile::desired(&state, &local);
         reconcile::guard::infrastructure(&mut want, &self.infra);
+        reconcile::guard::local_listeners(&mut want, &st.listening);
         Some((state, want))
     }
 

@@ -131,6 +131,7 @@ async fn start(cfg: AgentConfig) -> Result<Started> {
         None => None,
     };
     let infra = infrastructure(&cfg, &node).await;
+    let listening = super::listeners::busy(node.ip);
     let agent = Agent {
         infra,
         cfg,
@@ -138,6 +139,7 @@ async fn start(cfg: AgentConfig) -> Result<Started> {
         state: Mutex::new(State {
             cluster,
             synced,
+            listening,
             ..State::default()
         }),
         maps: Mutex::new(Maps {

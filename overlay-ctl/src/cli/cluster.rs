@@ -159,10 +159,11 @@ async fn service_rows(access: &Access) -> anyhow::Result<Vec<Value>> {
 }
 
 pub fn node_ls(access: &Access, json: bool) -> anyhow::Result<()> {
-    let (nodes, state) = runtime()?.block_on(async {
+    let (nodes, state, conflicts) = runtime()?.block_on(async {
         let store = Store::connect(access).await?;
         let nodes = store.nodes().await?;
-        Ok::<_, crate::store::StoreError>((nodes, store.snapshot().await?.0))
+        let conflicts = store.node_status::<Vec<String>>("conflicts").await?;
+        Ok::<_, crate::store::StoreError>((nodes, store.snapshot().await?.0, conflicts))
     })?;
     let none = Default::default();
     let rtt = |n: &str| state.rtt.get(n).unwrap_or(&none);
@@ -173,6 +174,8 @@ pub fn node_ls(access: &Access, json: bool) -> anyhow::Result<()> {
             .map(|n| {
                 let mut v = serde_json::to_value(n).unwrap_or_default();
                 v["rtt_us"] = serde_json::json!(rtt(&n.name));
+                v["exposed_conflicts"] =
+                    serde_json::json!(conflicts.get(&n.name).cloned().unwrap_or_default());
                 v
             })
             .collect();
@@ -202,6 +205,13 @@ pub fn node_ls(access: &Access, json: bool) -> anyhow::Result<()> {
             n.mtu,
             rtts.join(", ")
         );
+        // What the node will not expose (it listens there itself).
+        for c in conflicts.get(&n.name).into_iter().flatten() {
+            println!(
+                "{:<12} conflict: not exposing {c}: the node listens on it itself",
+                ""
+            );
+        }
     }
     Ok(())
 }

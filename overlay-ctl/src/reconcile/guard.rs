@@ -108,6 +108,26 @@ pub fn own_addresses() -> Vec<Ipv4Addr> {
     out
 }
 
+/// Leaves out of `m.exposed` the ports the node itself listens on
+/// (`busy`: port, protocol), each reported as a failure of the table.
+pub fn local_listeners(m: &mut MapSet, busy: &std::collections::BTreeSet<(u16, u8)>) {
+    let taken: Vec<(u16, u8)> = m
+        .exposed
+        .keys()
+        .filter(|k| busy.contains(k))
+        .copied()
+        .collect();
+    for (port, proto) in taken {
+        m.exposed.remove(&(port, proto));
+        let name = if proto == IPPROTO_TCP { "tcp" } else { "udp" };
+        m.refused.push(super::Failure {
+            table: "exposed",
+            key: format!("{port}/{name}"),
+            error: "this node listens on the port itself: not exposed here".into(),
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -236,6 +236,24 @@ impl Store {
         Ok(nodes)
     }
 
+    /// What every node publishes under `node/<name>/<kind>` (beyond the
+    /// state: `conflicts`, say), by node.
+    pub async fn node_status<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+    ) -> Result<BTreeMap<String, T>> {
+        let (kvs, _) = self.range_all(keys::NODES, false).await?;
+        let mut out = BTreeMap::new();
+        for kv in &kvs {
+            if let Some((node, keys::NodeKey::Other(k))) = keys::parse_node_key(&kv.key)
+                && k == kind
+            {
+                out.insert(node.to_owned(), kv.decode()?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every record of one kind under `node/`, each bound to its key's node.
     async fn node_keys<T: DeserializeOwned + keys::OfNode>(
         &self,
