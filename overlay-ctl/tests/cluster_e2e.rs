@@ -487,7 +487,10 @@ fn a_node_listening_on_an_exposed_port_keeps_it() {
     })
     .unwrap();
     let (answer, _) = servers::tcp_who(ext, at(11)).expect("n1's own listener");
-    assert_eq!(answer, "n1-itself", "the node's own service is not taken over");
+    assert_eq!(
+        answer, "n1-itself",
+        "the node's own service is not taken over"
+    );
     let json: serde_json::Value =
         serde_json::from_str(&c.ctl_ok(&["node", "ls", "--json"])).unwrap();
     assert_eq!(
