@@ -153,6 +153,51 @@ pub mod ct {
     /// the client reached the node directly.
     pub const NS_REVERSE: u8 = 4;
 
+    /// `CtEntry::state`: nothing but packets seen.
+    pub const OPEN: u8 = 0;
+    /// `CtEntry::state`: a TCP FIN or RST went through in the entry's
+    /// direction; the flow lives only the closing lifetime longer.
+    pub const CLOSING: u8 = 1;
+
+    /// The forward key of a flow from its reverse entry (`rev`, the key a
+    /// reply arrives with) and the entry: an east-west reply comes from the
+    /// backend's port, which is the ServIP's; a north-south one goes to the
+    /// SNAT port, and the client's own address and port are in the entry.
+    #[inline(always)]
+    pub fn forward_key(rev: &super::CtKey, e: &super::CtEntry, node_ip: u32) -> super::CtKey {
+        let (saddr, daddr, sport) = if e.dir == NS_REVERSE {
+            (e.nat_addr, node_ip, e.nat_port)
+        } else {
+            (rev.daddr, e.nat_addr, rev.dport)
+        };
+        super::CtKey {
+            saddr,
+            daddr,
+            sport,
+            dport: rev.sport,
+            proto: rev.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The reverse key of a flow from its forward key and entry.
+    #[inline(always)]
+    pub fn reverse_key(fwd: &super::CtKey, e: &super::CtEntry, snat: u32) -> super::CtKey {
+        let (daddr, dport) = if e.dir == NS_FORWARD {
+            (snat, e.nat_port)
+        } else {
+            (fwd.saddr, fwd.sport)
+        };
+        super::CtKey {
+            saddr: e.nat_addr,
+            daddr,
+            sport: fwd.dport,
+            dport,
+            proto: fwd.proto,
+            _pad: [0; 3],
+        }
+    }
+
     /// A conntrack timestamp: the monotonic clock (`bpf_ktime_get_coarse_ns`,
     /// `CLOCK_MONOTONIC_COARSE`) in units of 2^30 ns (about 1.07 s), so that
     /// refreshing `seen` costs one write per flow per tick, not per packet.
@@ -165,8 +210,8 @@ pub mod ct {
     pub const TICK_NS: u64 = 1 << 30;
 }
 
-/// `CONNTRACK` value. Written once when a flow starts; afterwards only
-/// `seen` of a FORWARD or NS_FORWARD entry changes, at most once per tick.
+/// `CONNTRACK` and `CT_NEW` value. Written when a flow starts; afterwards
+/// only `seen` changes (at most once per tick) and `state` (once, on FIN/RST).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
@@ -178,12 +223,13 @@ pub struct CtEntry {
     pub service: u32,
     /// One of the [`ct`] directions.
     pub dir: u8,
-    pub _pad: u8,
+    /// [`ct::OPEN`] or [`ct::CLOSING`].
+    pub state: u8,
     /// North-south entries: the port the translation writes, network order.
     pub nat_port: u16,
-    /// Last tick ([`ct::tick`]) a packet used this entry (creation only, for
-    /// reverse entries): the agent counts recently used forward entries as
-    /// each backend's active flows.
+    /// Last tick ([`ct::tick`]) a packet used this entry: the agent counts
+    /// recently used forward entries as each backend's active flows, and
+    /// ends a flow whose two entries were both idle longer than its lifetime.
     pub seen: u32,
 }
 

@@ -30,6 +30,7 @@ pub mod capacity {
     pub const ROUTES: u32 = 1_024;
     /// The default; a node sets its own (`conntrack_entries`).
     pub const CONNTRACK: u32 = 262_144;
+    pub const CT_NEW: u32 = 65_536;
     pub const RESTRICTED: u32 = 65_536;
     pub const NEEDS: u32 = 262_144;
     pub const EXPOSED: u32 = 4_096;
@@ -83,7 +84,7 @@ macro_rules! for_each_map {
             CONFIG config: Array<u32, $crate::maps::Config>, 1, 0, 1;
             /// Per-CPU packet and byte counters, one slot per `Reason`.
             STATS stats: PerCpuArray<u32, $crate::maps::Counter>,
-                $crate::stats::REASONS, 0, 2;
+                $crate::stats::REASONS, 0, 3;
             /// ServIP (or fixed instance IP) → what it stands for.
             SERVIPS servips: HashMap<u32, $crate::maps::ServIp>,
                 $crate::registry::capacity::SERVIPS, $crate::registry::NO_PREALLOC, 1;
@@ -108,9 +109,15 @@ macro_rules! for_each_map {
             /// Node subnets (value: node id), for traffic to a remote NamespaceIP.
             ROUTES routes: LpmTrie<u32, u32>,
                 $crate::registry::capacity::ROUTES, $crate::registry::NO_PREALLOC, 1;
-            /// Flows, both directions; a preallocated LRU whose size the node sets.
-            CONNTRACK conntrack: LruHashMap<$crate::maps::CtKey, $crate::maps::CtEntry>,
-                $crate::registry::capacity::CONNTRACK, 0, 1;
+            /// Confirmed flows (a reply went through), both directions: a
+            /// preallocated hash map whose size the node sets and that never
+            /// evicts; the agent's GC ends flows past their lifetime.
+            CONNTRACK conntrack: HashMap<$crate::maps::CtKey, $crate::maps::CtEntry>,
+                $crate::registry::capacity::CONNTRACK, 0, 2;
+            /// Flows without a reply yet, both directions: an LRU of their own,
+            /// so that a flood of new flows evicts only other new flows.
+            CT_NEW ct_new: LruHashMap<$crate::maps::CtKey, $crate::maps::CtEntry>,
+                $crate::registry::capacity::CT_NEW, 0, 1;
             /// Services whose new flows are limited to their `needs` (key
             /// `DEFAULT_DENY`: services without `needs` may open none).
             RESTRICTED restricted: HashMap<u32, u32>,

@@ -95,6 +95,9 @@ reasons! {
     /// From an instance to an overlay address nobody holds (an unknown
     /// ServIP, a subnet no node has): ICMP host unreachable.
     DropUnallocated = "drop_unallocated",
+    /// A flow's first reply found the table of confirmed flows full: the
+    /// flow is not established (established flows are never evicted).
+    DropCtFull = "drop_ct_full",
 }
 
 /// Number of slots in `STATS`.

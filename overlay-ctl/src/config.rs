@@ -112,9 +112,20 @@ pub struct AgentConfig {
     /// needs `overlay-ctl agent --teardown` first (open flows break).
     #[serde(default = "default_conntrack")]
     pub conntrack_entries: u32,
+    /// How long a flow lives without a packet, by protocol and state
+    /// (`[conntrack_lifetimes]`, seconds; docs/conntrack.md).
+    #[serde(default)]
+    pub conntrack_lifetimes: crate::dataplane::Lifetimes,
+    /// How often the agent ends the flows past their lifetime, seconds.
+    #[serde(default = "default_conntrack_gc")]
+    pub conntrack_gc_s: u32,
     /// Tuning of the balancing policies (`[balance]` table, docs/policies.md).
     #[serde(default)]
     pub balance: crate::balance::Params,
+}
+
+fn default_conntrack_gc() -> u32 {
+    10
 }
 
 fn default_conntrack() -> u32 {
@@ -243,6 +254,24 @@ impl AgentConfig {
         }
         if self.load_window_s == 0 {
             return Err(bad("load_window_s", "must be at least 1"));
+        }
+        if !(1..=3600).contains(&self.conntrack_gc_s) {
+            return Err(bad("conntrack_gc_s", "must be within 1..=3600"));
+        }
+        let l = &self.conntrack_lifetimes;
+        if [
+            l.tcp_opening,
+            l.tcp_established,
+            l.tcp_closing,
+            l.udp,
+            l.icmp,
+        ]
+        .contains(&0)
+        {
+            return Err(bad(
+                "conntrack_lifetimes",
+                "every lifetime must be at least 1 second",
+            ));
         }
         Ok(())
     }

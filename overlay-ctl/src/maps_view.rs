@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use overlay_common::maps::{Backend, ct, ip};
 use serde_json::{Value, json};
 
-use crate::dataplane::{Result, Tables};
+use crate::dataplane::{Lifetimes, Result, Tables, Tracked};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Table {
@@ -61,6 +61,11 @@ fn proto(p: u8) -> &'static str {
 
 /// Rows of one table as JSON objects (the `--json` output, stable for scripts).
 pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
+    rows_with(t, table, &Lifetimes::default())
+}
+
+/// [`rows`], with the conntrack lifetimes the node's agent uses.
+pub fn rows_with(t: &Tables, table: Table, lifetimes: &Lifetimes) -> Result<Vec<Value>> {
     Ok(match table {
         Table::Services => {
             let backends: BTreeMap<u32, _> = t.backends().into_iter().collect();
@@ -97,28 +102,7 @@ pub fn rows(t: &Tables, table: Table) -> Result<Vec<Value>> {
         Table::Gateways => t.gateways().into_iter().map(|(addr, port)| json!({"gateway": addr, "port": port})).collect(),
         Table::Infra => infra(t),
         Table::OverlayNets => t.overlay_nets().into_iter().map(|(net, len)| json!({"prefix": format!("{net}/{len}")})).collect(),
-        Table::Conntrack => {
-            let now = crate::dataplane::tick_now();
-            t.conntrack()
-                .into_iter()
-                .map(|(k, e)| {
-                    // North-south replies: the gateway the client came through.
-                    let via = e.dir == ct::NS_REVERSE;
-                    json!({
-                        "src": format!("{}:{}", ip::from_wire(k.saddr), ip::port_from_wire(k.sport)),
-                        "dst": format!("{}:{}", ip::from_wire(k.daddr), ip::port_from_wire(k.dport)),
-                        "proto": proto(k.proto),
-                        "dir": direction(e.dir),
-                        "nat": ip::from_wire(e.nat_addr), "service": e.service,
-                        "node": (!via).then_some(e.via),
-                        "via": (via && e.via != 0).then(|| ip::from_wire(e.via)),
-                        // Seconds since a packet last used the flow (kept on forward entries).
-                        "idle_s": matches!(e.dir, ct::FORWARD | ct::NS_FORWARD)
-                            .then(|| now.wrapping_sub(e.seen) as u64 * ct::TICK_NS / 1_000_000_000),
-                    })
-                })
-                .collect()
-        }
+        Table::Conntrack => conntrack(t, lifetimes),
         Table::Layout => {
             let recorded = t.layout();
             overlay_common::registry::PINNED
@@ -174,6 +158,48 @@ fn infra(t: &Tables) -> Vec<Value> {
         .collect()
 }
 
+/// One row per conntrack entry: its flow's state (`new` until a reply
+/// confirmed it), seconds since its last packet and until its lifetime
+/// runs out (the GC judges a flow by its more recent direction).
+fn conntrack(t: &Tables, lifetimes: &Lifetimes) -> Vec<Value> {
+    let now = crate::dataplane::tick_now();
+    let secs = |ticks: u32| ticks as u64 * ct::TICK_NS / 1_000_000_000;
+    t.tracked()
+        .into_iter()
+        .map(
+            |Tracked {
+                 key: k,
+                 entry: e,
+                 confirmed,
+             }| {
+                // North-south replies: the gateway the client came through.
+                let via = e.dir == ct::NS_REVERSE;
+                let closing = e.state == ct::CLOSING;
+                let state = match (confirmed, closing) {
+                    (_, true) => "closing",
+                    (true, false) => "established",
+                    (false, false) => "new",
+                };
+                let idle = now.wrapping_sub(e.seen);
+                let life =
+                    crate::dataplane::tables_ticks(lifetimes.of(k.proto, confirmed, closing));
+                json!({
+                    "src": format!("{}:{}", ip::from_wire(k.saddr), ip::port_from_wire(k.sport)),
+                    "dst": format!("{}:{}", ip::from_wire(k.daddr), ip::port_from_wire(k.dport)),
+                    "proto": proto(k.proto),
+                    "dir": direction(e.dir),
+                    "state": state,
+                    "nat": ip::from_wire(e.nat_addr), "service": e.service,
+                    "node": (!via).then_some(e.via),
+                    "via": (via && e.via != 0).then(|| ip::from_wire(e.via)),
+                    "idle_s": secs(idle),
+                    "expires_s": secs(life.saturating_sub(idle)),
+                })
+            },
+        )
+        .collect()
+}
+
 /// One row per ServIP and backend in its slot table: the backend's share
 /// of the slots is its weight (the fraction of new flows it gets). A ServIP
 /// without backends (its connections fail fast) gets one row without.
@@ -217,6 +243,9 @@ fn weights(t: &Tables) -> Vec<Value> {
 pub struct NameIndex {
     pub services: BTreeMap<u32, String>,
     pub nodes: BTreeMap<u32, String>,
+    /// The agent's conntrack lifetimes, for `expires_s`.
+    #[serde(default)]
+    pub lifetimes: Lifetimes,
 }
 
 impl NameIndex {
@@ -248,7 +277,8 @@ pub fn render(
     as_json: bool,
     names: Option<&NameIndex>,
 ) -> Result<String> {
-    let mut rows = rows(t, table)?;
+    let lifetimes = names.map(|n| n.lifetimes).unwrap_or_default();
+    let mut rows = rows_with(t, table, &lifetimes)?;
     if as_json {
         return Ok(serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n");
     }

@@ -150,6 +150,8 @@ pub const TCP_HDR_CHECK: usize = 16;
 pub const TCP_HDR_FLAGS: usize = 13;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
 pub const UDP_HDR_CHECK: usize = offset_of!(Udp, check);
 
 /// Offsets from the start of the frame, outer headers first.

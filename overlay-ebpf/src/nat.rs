@@ -2,11 +2,15 @@
 //!
 //! NAT state lives only on the client's node (as in Cilium): a new flow to a
 //! ServIP writes a FORWARD entry (client → ServIP gives the backend) and a
-//! REVERSE entry (backend → client gives the ServIP to restore). Nothing is
-//! written per packet afterwards.
+//! REVERSE entry (backend → client gives the ServIP to restore), both in
+//! `CT_NEW`, an LRU of flows without a reply. The first reply confirms the
+//! flow: both entries move to `CONNTRACK`, a hash map that never evicts, so a
+//! flood of new flows cannot push an established one out; when it is full,
+//! the reply is dropped (`drop_ct_full`) and the flow is not established.
+//! Per packet afterwards: `seen` once per tick, `state` once on FIN/RST.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST},
     programs::TcContext,
 };
 use overlay_common::{
@@ -19,10 +23,13 @@ use overlay_common::{
 
 use crate::csum::csum_replace4;
 use crate::layout::{
-    ICMP_CSUM, IP_CSUM, IP_DST, IP_SRC, Ipv4, L4_DPORT, L4Head, QUOTE, QUOTE_CSUM, QUOTE_DST,
-    QUOTE_L4, QUOTE_SRC, TCP_CSUM, UDP_CSUM,
+    ICMP_CSUM, IP_CSUM, IP_DST, IP_SRC, Ipv4, L4_DPORT, L4_OFF, L4Head, QUOTE, QUOTE_CSUM,
+    QUOTE_DST, QUOTE_L4, QUOTE_SRC, TCP_CSUM, TCP_FIN, TCP_HDR_FLAGS, TCP_RST, UDP_CSUM,
 };
-use crate::maps::{BACKENDS, CONNTRACK, SLOTS, SVC_PORTS, count};
+
+/// `-EEXIST` from a map update with `BPF_NOEXIST`.
+const EEXIST: i32 = 17;
+use crate::maps::{BACKENDS, CONNTRACK, CT_NEW, SLOTS, SVC_PORTS, count};
 use crate::packet::{Flow, L4, read, write};
 
 /// The low bits of `bpf_l4_csum_replace`'s flags: the size of the changed field.
@@ -48,13 +55,20 @@ pub fn ct_key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKe
     }
 }
 
-/// The conntrack entry under `k`, if it is of direction `dir`.
+/// The conntrack entry under `k` (confirmed flows first), if it is of
+/// direction `dir`.
 #[inline(always)]
 pub fn lookup_ct(k: &CtKey, dir: u8) -> Option<CtEntry> {
     // SAFETY: the value is copied out at once; LRU entries may be evicted later.
-    unsafe { CONNTRACK.get(k) }
+    unsafe { CONNTRACK.get(k).or_else(|| CT_NEW.get(k)) }
         .copied()
         .filter(|e| e.dir == dir)
+}
+
+/// Whether a TCP segment ends its flow (FIN or RST).
+#[inline(always)]
+pub fn closes(ctx: &TcContext, f: &Flow) -> Result<bool, Reason> {
+    Ok(f.l4 == L4::Tcp && read::<u8, _>(ctx, L4_OFF + TCP_HDR_FLAGS)? & (TCP_FIN | TCP_RST) != 0)
 }
 
 /// The backend of a flow to a ServIP: the tracked one, or a new choice from
@@ -65,9 +79,10 @@ pub fn choose_backend(
     sv: &ServIp,
     src_service: u32,
     local_node: u32,
+    closing: bool,
 ) -> Result<Target, Reason> {
     let fwd = ct_key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
-    if let Some(e) = refresh_ct(&fwd, ct::FORWARD) {
+    if let Some((e, _)) = refresh_ct(&fwd, ct::FORWARD, closing) {
         return Ok(Target {
             nsip: e.nat_addr,
             node: e.via,
@@ -107,16 +122,20 @@ pub fn choose_backend(
         via: node,
         service: sv.service,
         dir,
-        _pad: 0,
+        state: ct::OPEN,
         nat_port: 0,
         seen,
     };
     let rev = ct_key(b.nsip, f.saddr, f.dport, f.sport, f.proto);
+    // The reply tuple is the new flow's: an older confirmed flow from the
+    // same client port to another ServIP of the backend would take its
+    // replies (the backend cannot tell the two apart either).
+    let _ = CONNTRACK.remove(rev);
     // Reverse first: a reply must never arrive before its translation exists.
-    CONNTRACK
+    CT_NEW
         .insert(rev, entry(f.daddr, local_node, ct::REVERSE), 0)
         .map_err(|_| Reason::DropHelper)?;
-    CONNTRACK
+    CT_NEW
         .insert(fwd, entry(b.nsip, b.node, ct::FORWARD), 0)
         .map_err(|_| Reason::DropHelper)?;
     count(Reason::NewFlow, 0);
@@ -126,11 +145,16 @@ pub fn choose_backend(
     })
 }
 
-/// The entry of an established flow in direction `dir`, with its `seen`
-/// refreshed once per tick (that is how the agent counts active flows).
+/// The entry of a tracked flow in direction `dir`, with its `seen`
+/// refreshed once per tick (that is how the agent counts active flows and
+/// ages flows out) and `closing` (a FIN or RST) recorded; and whether the
+/// flow is confirmed (in `CONNTRACK`).
 #[inline(always)]
-pub fn refresh_ct(k: &CtKey, dir: u8) -> Option<CtEntry> {
-    let e = CONNTRACK.get_ptr_mut(k)?;
+pub fn refresh_ct(k: &CtKey, dir: u8, closing: bool) -> Option<(CtEntry, bool)> {
+    let (e, confirmed) = match CONNTRACK.get_ptr_mut(k) {
+        Some(e) => (e, true),
+        None => (CT_NEW.get_ptr_mut(k)?, false),
+    };
     // SAFETY: valid for this run; a racing eviction at worst loses one refresh.
     unsafe {
         if (*e).dir != dir {
@@ -140,8 +164,39 @@ pub fn refresh_ct(k: &CtKey, dir: u8) -> Option<CtEntry> {
         if (*e).seen != now {
             (*e).seen = now;
         }
-        Some(*e)
+        if closing && (*e).state != ct::CLOSING {
+            (*e).state = ct::CLOSING;
+        }
+        Some((*e, confirmed))
     }
+}
+
+/// Confirms a new flow at its first reply (`rev`, `e`: the reply's reverse
+/// entry in `CT_NEW`): both entries move to `CONNTRACK`. A full table drops
+/// the reply (`drop_ct_full`): established flows are never evicted for it.
+#[inline(always)]
+fn confirm(rev: &CtKey, e: &CtEntry, node_ip: u32) -> Result<(), Reason> {
+    let fwd = ct::forward_key(rev, e, node_ip);
+    // SAFETY: copied out at once.
+    let Some(fe) = (unsafe { CT_NEW.get(fwd) }).copied() else {
+        // Its forward entry was evicted by newer flows: the client's next
+        // packet starts over; this reply still translates.
+        return Ok(());
+    };
+    let added = |k: &CtKey, v: &CtEntry| match CONNTRACK.insert(k, v, BPF_NOEXIST as u64) {
+        Ok(()) => Ok(()),
+        // Another CPU confirmed it first.
+        Err(e) if e == -EEXIST => Ok(()),
+        Err(_) => Err(Reason::DropCtFull),
+    };
+    added(&fwd, &fe)?;
+    if let Err(r) = added(rev, e) {
+        let _ = CONNTRACK.remove(fwd);
+        return Err(r);
+    }
+    let _ = CT_NEW.remove(fwd);
+    let _ = CT_NEW.remove(rev);
+    Ok(())
 }
 
 /// The backend in the slot of `servip`'s live table that the policy picks
@@ -186,12 +241,17 @@ pub fn reverse_nat(ctx: &TcContext, f: &mut Flow, node_ip: u32) -> Result<Revers
         }
         return Ok(Reversed::Overlay);
     }
-    // SAFETY: the value is copied out at once.
-    let Some(e) =
-        (unsafe { CONNTRACK.get(ct_key(f.saddr, f.daddr, f.sport, f.dport, f.proto)) }).copied()
-    else {
+    let key = ct_key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
+    let closing = closes(ctx, f)?;
+    // A TCP flow's client acknowledges what it gets (the forward entry
+    // stays fresh); other protocols may only receive, so replies count too.
+    let touch = f.l4 != L4::Tcp;
+    let Some((e, confirmed)) = refresh_any(&key, closing, touch) else {
         return Ok(Reversed::Overlay);
     };
+    if !confirmed && (e.dir == ct::REVERSE || e.dir == ct::NS_REVERSE) {
+        confirm(&key, &e, node_ip)?;
+    }
     match e.dir {
         ct::REVERSE => {
             rewrite_addr(ctx, f.l4, IP_SRC, f.saddr, e.nat_addr)?;
@@ -208,6 +268,29 @@ pub fn reverse_nat(ctx: &TcContext, f: &mut Flow, node_ip: u32) -> Result<Revers
             Ok(Reversed::External { via: e.via })
         }
         _ => Ok(Reversed::Overlay),
+    }
+}
+
+/// [`refresh_ct`] of whatever direction the entry under `k` has; `seen`
+/// only if `touch`.
+#[inline(always)]
+fn refresh_any(k: &CtKey, closing: bool, touch: bool) -> Option<(CtEntry, bool)> {
+    let (e, confirmed) = match CONNTRACK.get_ptr_mut(k) {
+        Some(e) => (e, true),
+        None => (CT_NEW.get_ptr_mut(k)?, false),
+    };
+    // SAFETY: as in `refresh_ct`.
+    unsafe {
+        if touch {
+            let now = crate::maps::tick();
+            if (*e).seen != now {
+                (*e).seen = now;
+            }
+        }
+        if closing && (*e).state != ct::CLOSING {
+            (*e).state = ct::CLOSING;
+        }
+        Some((*e, confirmed))
     }
 }
 

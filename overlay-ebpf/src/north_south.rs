@@ -18,7 +18,7 @@ use overlay_common::{
 
 use crate::forward::{self, send, too_big};
 use crate::layout::{IP_DST, IP_SRC, Ipv4, L4_OFF, L4_SPORT, Ports};
-use crate::maps::{CONNTRACK, EXPOSED, GATEWAYS, SERVIPS, count};
+use crate::maps::{CT_NEW, EXPOSED, GATEWAYS, SERVIPS, count};
 use crate::nat::{self, ct_key, lookup_ct};
 use crate::nexthop;
 use crate::packet::{self, Flow, read};
@@ -93,8 +93,9 @@ pub fn forward_in(
     };
     let f = packet::flow(ctx, ip, L4_OFF)?;
     let fwd = ct_key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
-    let (backend, node, sport) = match nat::refresh_ct(&fwd, ct::NS_FORWARD) {
-        Some(e) => (e.nat_addr, e.via, e.nat_port),
+    let closing = nat::closes(ctx, &f)?;
+    let (backend, node, sport) = match nat::refresh_ct(&fwd, ct::NS_FORWARD, closing) {
+        Some((e, _)) => (e.nat_addr, e.via, e.nat_port),
         None => open_flow(&f, &exp, &fwd, via)?,
     };
     let dest = forward::resolve(backend, node, cfg)?;
@@ -142,15 +143,15 @@ fn open_flow(f: &Flow, exp: &Exposed, fwd: &CtKey, via: u32) -> Result<(u32, u32
         via,
         service: sv.service,
         dir,
-        _pad: 0,
+        state: ct::OPEN,
         nat_port: port,
         seen: crate::maps::tick(),
     };
     let rev = ct_key(b.nsip, exp.snat, f.dport, port, f.proto);
-    CONNTRACK
+    CT_NEW
         .insert(rev, entry(f.saddr, f.sport, via, ct::NS_REVERSE), 0)
         .map_err(|_| Reason::DropHelper)?;
-    CONNTRACK
+    CT_NEW
         .insert(fwd, entry(b.nsip, port, b.node, ct::NS_FORWARD), 0)
         .map_err(|_| Reason::DropHelper)?;
     count(Reason::NewFlow, 0);

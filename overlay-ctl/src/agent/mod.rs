@@ -9,6 +9,7 @@
 //! state; `--teardown` removes everything.
 
 mod cluster;
+mod conntrack;
 mod error;
 mod host;
 mod instances;
@@ -356,6 +357,7 @@ impl Agent {
                 .iter()
                 .map(|n| (n.subnet.node_id(), n.name.clone()))
                 .collect(),
+            lifetimes: self.cfg.conntrack_lifetimes,
         };
         let path = self.cfg.state_dir.join(crate::maps_view::NameIndex::FILE);
         if let Err(e) = serde_json::to_vec(&ix)

@@ -50,6 +50,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         ms => ms,
     });
     let measure = tokio::spawn(metrics::measure(shared.clone(), prober, scan, period));
+    let gc = tokio::spawn(super::conntrack::run(super::conntrack::Gc {
+        pin_dir: shared.cfg.bpf_pin_dir.clone(),
+        lifetimes: shared.cfg.conntrack_lifetimes,
+        every: Duration::from_secs(u64::from(shared.cfg.conntrack_gc_s)),
+        node_ip: shared.node.ip,
+        snat: shared.node.subnet.host(1),
+    }));
     host::wait_for_signal().await;
     tracing::info!("stopping; the dataplane keeps forwarding");
     // New clients find no socket; calls already made run to their end.
@@ -61,7 +68,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     if let Some(m) = metrics_server {
         let _ = m.await;
     }
-    for task in [measure, follow] {
+    for task in [measure, follow, gc] {
         task.abort();
         let _ = task.await;
     }

@@ -112,7 +112,7 @@ impl Replaced {
     pub fn migrate(self, tables: &mut super::Tables) -> Result<()> {
         let how = migration(self.def);
         let carried = match (how, conversion(self.def, self.from)) {
-            (Migration::Carry, Some(convert)) => convert(&self.old, tables)?,
+            (Migration::Carry, Some(convert)) => convert(self.old, tables)?,
             _ => 0,
         };
         tracing::info!(
@@ -129,14 +129,32 @@ impl Replaced {
 
 /// Copies a map's entries from an older layout into the new map; gives the
 /// number of entries carried over.
-type Convert = fn(&MapData, &mut super::Tables) -> Result<usize>;
+type Convert = fn(MapData, &mut super::Tables) -> Result<usize>;
 
 /// The conversion of `d`'s entries from layout version `from` to the
 /// current one. Every map that carries its entries has one for each older
-/// version (checked by a test); version 1 is the first, so none exist yet.
+/// version (checked by a test).
 pub fn conversion(d: &MapDef, from: u32) -> Option<Convert> {
-    let _ = (d, from);
-    None
+    match from {
+        1 if d.name == def::CONNTRACK.name => Some(conntrack_from_v1),
+        _ => None,
+    }
+}
+
+/// `CONNTRACK` version 1 was one LRU of every flow, whose `state` byte was
+/// padding (zero, `ct::OPEN`). Its flows were passing packets: each is
+/// carried into the confirmed table, so no established flow is lost.
+fn conntrack_from_v1(old: MapData, t: &mut super::Tables) -> Result<usize> {
+    use overlay_common::maps::{CtEntry, CtKey};
+    let name = def::CONNTRACK.name;
+    let old: HashMap<MapData, CtKey, CtEntry> = HashMap::try_from(aya::maps::Map::LruHashMap(old))
+        .map_err(|source| Error::Map { name, source })?;
+    let mut carried = 0;
+    for (k, v) in old.iter().filter_map(|r| r.ok()) {
+        t.carry_confirmed(k, v)?;
+        carried += 1;
+    }
+    Ok(carried)
 }
 
 /// The versions recorded in the pinned `LAYOUT` map (empty when there is none).

@@ -12,15 +12,17 @@ use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use overlay_common::maps::{
-    Backend, Config, Counter, CtEntry, CtKey, Endpoint, Layout, NeedKey, Node, PortKey, ServIp,
-    SlotKey, ct, ip,
+    Backend, Config, Counter, Endpoint, Layout, NeedKey, Node, PortKey, ServIp, SlotKey, ip,
 };
 use overlay_common::policy::Policy;
 use overlay_common::registry::{self, MapDef, MapKind, def};
 use overlay_common::stats::{REASONS, Reason};
 
+mod conntrack;
 mod guard;
 mod north_south;
+
+pub use conntrack::{Lifetimes, Tracked, ticks};
 
 use super::batch::read_all;
 use super::{Error, Result};
@@ -430,52 +432,6 @@ impl Tables {
             .filter_map(|r| r.ok())
             .map(|(svc, per_cpu)| (svc, per_cpu.iter().sum()))
             .collect()
-    }
-
-    /// Active flows this node has open toward each backend (by NamespaceIP):
-    /// forward entries that carried a packet within the last `window` ticks.
-    pub fn active_flows(&self, window: u32) -> std::collections::BTreeMap<Ipv4Addr, u32> {
-        let now = tick_now();
-        let mut out = std::collections::BTreeMap::new();
-        for (_, e) in self.conntrack() {
-            let forward = e.dir == ct::FORWARD || e.dir == ct::NS_FORWARD;
-            if forward && now.wrapping_sub(e.seen) <= window {
-                *out.entry(ip::from_wire(e.nat_addr)).or_insert(0) += 1;
-            }
-        }
-        out
-    }
-
-    pub fn conntrack(&self) -> Vec<(CtKey, CtEntry)> {
-        read_all(&self.conntrack)
-    }
-
-    /// Ends the flows of backends that are gone (their instance left): both
-    /// directions' entries, so that the client's next packet is a new flow,
-    /// balanced to a live backend (a TCP client then gets a reset from it, a
-    /// UDP flow simply moves; a fixed IP without its instance fails fast).
-    /// Gives the number of entries removed.
-    pub fn end_flows_of(
-        &mut self,
-        backends: &std::collections::BTreeSet<Ipv4Addr>,
-    ) -> Result<usize> {
-        if backends.is_empty() {
-            return Ok(0);
-        }
-        let gone: std::collections::BTreeSet<u32> =
-            backends.iter().map(|b| ip::to_wire(*b)).collect();
-        let mut ended = 0;
-        for (k, e) in read_all(&self.conntrack) {
-            let dead = match e.dir {
-                ct::FORWARD | ct::NS_FORWARD => gone.contains(&e.nat_addr),
-                _ => gone.contains(&k.saddr),
-            };
-            if dead {
-                ignore_missing(self.conntrack.remove(&k)).map_err(map_err(&def::CONNTRACK))?;
-                ended += 1;
-            }
-        }
-        Ok(ended)
     }
 }
 

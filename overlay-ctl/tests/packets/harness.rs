@@ -93,8 +93,13 @@ pub fn port(p: u16) -> u16 {
 /// node and its subnet, and the service's ports (TCP 80, UDP 53, echo). No
 /// ServIP yet (see [`servip`]).
 pub fn node(uplink_ifindex: u32) -> Dataplane {
+    node_sized(uplink_ifindex, overlay_ctl::dataplane::Sizes::default())
+}
+
+/// [`node`] with a conntrack table of the given size.
+pub fn node_sized(uplink_ifindex: u32, sizes: overlay_ctl::dataplane::Sizes) -> Dataplane {
     overlay_testnet::require_root().expect("root");
-    let mut dp = Dataplane::load(None).expect("load dataplane");
+    let mut dp = Dataplane::load_sized(None, sizes).expect("load dataplane");
     let t = &mut dp.tables;
     t.set_config(&Config {
         node_id: NODE_ID,
@@ -317,7 +322,7 @@ pub fn ct_pair(
         via: node,
         service: SERVICE,
         dir: ct::FORWARD,
-        _pad: 0,
+        state: ct::OPEN,
         nat_port: 0,
         seen: 0,
     };
@@ -326,7 +331,7 @@ pub fn ct_pair(
         via: NODE_ID,
         service: SERVICE,
         dir: ct::REVERSE,
-        _pad: 0,
+        state: ct::OPEN,
         nat_port: 0,
         seen: 0,
     };

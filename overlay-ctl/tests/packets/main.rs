@@ -22,6 +22,7 @@
 //! * [`cost`]: nanoseconds per packet on the two hot paths (printed only).
 
 mod cost;
+mod flood;
 mod gateway;
 mod harness;
 mod isolation;
