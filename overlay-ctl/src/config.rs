@@ -107,8 +107,8 @@ pub struct AgentConfig {
     /// many seconds.
     #[serde(default = "default_load_window")]
     pub load_window_s: u32,
-    /// Conntrack entries (two per flow this node's instances open; LRU: the
-    /// least recently used flows are forgotten when it is full). Changing it
+    /// Confirmed-flow conntrack entries (two per flow started here; never
+    /// evicted: when full, new flows are not established). Changing it
     /// needs `overlay-ctl agent --teardown` first (open flows break).
     #[serde(default = "default_conntrack")]
     pub conntrack_entries: u32,
