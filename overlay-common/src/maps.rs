@@ -139,9 +139,12 @@ pub struct CtKey {
 /// Direction of a conntrack entry.
 pub mod ct {
     /// Client → ServIP: `nat_addr` is the chosen backend's NamespaceIP (the
-    /// new destination), `via` the backend's node id.
+    /// new destination), `via` the backend's node id; `nat_port`, when not
+    /// 0, the client port written instead of the client's own (the reply
+    /// tuple with its own was taken by another flow).
     pub const FORWARD: u8 = 1;
-    /// Backend → client: `nat_addr` is the ServIP to restore as source.
+    /// Backend → client: `nat_addr` is the ServIP to restore as source;
+    /// `nat_port`, when not 0, the client's own port to restore.
     pub const REVERSE: u8 = 2;
     /// External client → exposed port of this node: `nat_addr` is the
     /// backend, `nat_port` the source port used toward it (from the node's
@@ -167,6 +170,9 @@ pub mod ct {
     pub fn forward_key(rev: &super::CtKey, e: &super::CtEntry, node_ip: u32) -> super::CtKey {
         let (saddr, daddr, sport) = if e.dir == NS_REVERSE {
             (e.nat_addr, node_ip, e.nat_port)
+        } else if e.nat_port != 0 {
+            // East-west with a translated client port: the client's own.
+            (rev.daddr, e.nat_addr, e.nat_port)
         } else {
             (rev.daddr, e.nat_addr, rev.dport)
         };
@@ -185,6 +191,8 @@ pub mod ct {
     pub fn reverse_key(fwd: &super::CtKey, e: &super::CtEntry, snat: u32) -> super::CtKey {
         let (daddr, dport) = if e.dir == NS_FORWARD {
             (snat, e.nat_port)
+        } else if e.nat_port != 0 {
+            (fwd.saddr, e.nat_port)
         } else {
             (fwd.saddr, fwd.sport)
         };

@@ -36,11 +36,16 @@ use crate::packet::{Flow, L4, read, write};
 const FIELD_U16: u32 = 2;
 const FIELD_U32: u32 = 4;
 
-/// Where a translated packet goes: a NamespaceIP on a node.
+/// Where a translated packet goes: a NamespaceIP on a node, from the
+/// client's port `sport` (translated when the reply tuple was taken).
 pub struct Target {
     pub nsip: u32,
     pub node: u32,
+    pub sport: u16,
 }
+
+/// Tries for a free source port when a new flow's reply tuple is taken.
+const PORT_TRIES: u32 = 4;
 
 /// The conntrack key of a 5-tuple.
 #[inline(always)]
@@ -86,6 +91,7 @@ pub fn choose_backend(
         return Ok(Target {
             nsip: e.nat_addr,
             node: e.via,
+            sport: if e.nat_port != 0 { e.nat_port } else { f.sport },
         });
     }
     let port = match f.l4 {
@@ -116,33 +122,71 @@ pub fn choose_backend(
         0
     };
     let b = pick_backend(f.daddr, sv, f.hash, turn)?;
+    let sport = reply_port(f, b.nsip)?;
     let seen = crate::maps::tick();
-    let entry = |addr, node, dir| CtEntry {
+    let entry = |addr, node, dir, port| CtEntry {
         nat_addr: addr,
         via: node,
         service: sv.service,
         dir,
         state: ct::OPEN,
-        nat_port: 0,
+        nat_port: port,
         seen,
     };
-    let rev = ct_key(b.nsip, f.saddr, f.dport, f.sport, f.proto);
-    // The reply tuple is the new flow's: an older confirmed flow from the
-    // same client port to another ServIP of the backend would take its
-    // replies (the backend cannot tell the two apart either).
-    let _ = CONNTRACK.remove(rev);
+    // A translated port is kept in both entries: the forward one writes it,
+    // the reverse one writes the client's own back.
+    let (fwd_port, rev_port) = if sport == f.sport {
+        (0, 0)
+    } else {
+        (sport, f.sport)
+    };
+    let rev = ct_key(b.nsip, f.saddr, f.dport, sport, f.proto);
     // Reverse first: a reply must never arrive before its translation exists.
     CT_NEW
-        .insert(rev, entry(f.daddr, local_node, ct::REVERSE), 0)
+        .insert(rev, entry(f.daddr, local_node, ct::REVERSE, rev_port), 0)
         .map_err(|_| Reason::DropHelper)?;
     CT_NEW
-        .insert(fwd, entry(b.nsip, b.node, ct::FORWARD), 0)
+        .insert(fwd, entry(b.nsip, b.node, ct::FORWARD, fwd_port), 0)
         .map_err(|_| Reason::DropHelper)?;
     count(Reason::NewFlow, 0);
     Ok(Target {
         nsip: b.nsip,
         node: b.node,
+        sport,
     })
+}
+
+/// The client port a new flow to `backend` uses: its own, unless another
+/// tracked flow of the same client (to another ServIP of that backend)
+/// already has the reply tuple; then a port derived from the flow's hash,
+/// as the north-south path does. ICMP echo ids are not translated: the new
+/// flow takes the tuple over.
+#[inline(always)]
+fn reply_port(f: &Flow, backend: u32) -> Result<u16, Reason> {
+    let taken = |port: u16| {
+        lookup_ct(
+            &ct_key(backend, f.saddr, f.dport, port, f.proto),
+            ct::REVERSE,
+        )
+        .is_some_and(|e| e.nat_addr != f.daddr)
+    };
+    if !taken(f.sport) {
+        return Ok(f.sport);
+    }
+    if f.l4 != L4::Tcp && f.l4 != L4::Udp {
+        let rev = ct_key(backend, f.saddr, f.dport, f.sport, f.proto);
+        let _ = CONNTRACK.remove(rev);
+        return Ok(f.sport);
+    }
+    let mut i = 0;
+    while i < PORT_TRIES {
+        let port = (0x8000 | (f.hash >> (i * 8)) as u16 & 0x7fff).to_be();
+        if !taken(port) {
+            return Ok(port);
+        }
+        i += 1;
+    }
+    Err(Reason::DropNoRoute)
 }
 
 /// The entry of a tracked flow in direction `dir`, with its `seen`
@@ -256,6 +300,10 @@ pub fn reverse_nat(ctx: &TcContext, f: &mut Flow, node_ip: u32) -> Result<Revers
         ct::REVERSE => {
             rewrite_addr(ctx, f.l4, IP_SRC, f.saddr, e.nat_addr)?;
             f.saddr = e.nat_addr;
+            if e.nat_port != 0 {
+                rewrite_port(ctx, f.l4, L4_DPORT, f.dport, e.nat_port)?;
+                f.dport = e.nat_port;
+            }
             Ok(Reversed::Overlay)
         }
         ct::NS_REVERSE => {

@@ -318,3 +318,61 @@ fn untracked_icmp_error_to_servip_is_dropped() {
 pub fn err_type(h: DestUnreachableHeader) -> etherparse::Icmpv4Type {
     etherparse::Icmpv4Type::DestinationUnreachable(h)
 }
+
+/// One client port toward two ServIPs of one service whose one backend is
+/// the same: the second flow gets another client port toward the backend,
+/// so each reply comes back from the ServIP its flow went to, to the
+/// client's own port; each flow keeps working.
+#[test]
+fn one_client_port_toward_two_servips_gets_each_reply_right() {
+    use overlay_common::policy::Policy;
+    let mut dp = node(LO);
+    servip(&mut dp, &[B1]);
+    let vip2 = std::net::Ipv4Addr::new(172, 30, 0, 11);
+    dp.tables
+        .put_servip(vip2, SERVICE, Policy::Roundrobin, &[B1])
+        .unwrap();
+    let (c, b) = (CLIENT.ip, BACKEND.ip);
+    for transport in ["tcp", "udp"] {
+        let (port_a, srv) = if transport == "tcp" {
+            (45_000, HTTP)
+        } else {
+            (45_001, DNS)
+        };
+        let pkt = |src, sport, dst, dport| match transport {
+            "tcp" => tcp(src, sport, dst, dport),
+            _ => udp(src, sport, dst, dport),
+        };
+        // First flow: untouched.
+        let first = open(&mut dp, &pkt(c, port_a, VIP, srv));
+        assert_eq!(first, pkt(c, port_a, b, srv));
+        // Second flow from the same port to the other ServIP.
+        let second = parse_ip(&open(&mut dp, &pkt(c, port_a, vip2, srv)));
+        let translated = match transport {
+            "tcp" => second.tcp().source_port,
+            _ => second.udp().source_port,
+        };
+        assert_ne!(translated, port_a, "{transport}: the reply tuple was taken");
+        // Replies of each flow, from the backend, reach the client right.
+        reply_local(&mut dp, &pkt(b, srv, c, port_a), &pkt(VIP, srv, c, port_a));
+        reply_local(
+            &mut dp,
+            &pkt(b, srv, c, translated),
+            &pkt(vip2, srv, c, port_a),
+        );
+        // And each flow keeps its own tuple toward the backend.
+        assert_eq!(
+            open(&mut dp, &pkt(c, port_a, VIP, srv)),
+            pkt(c, port_a, b, srv)
+        );
+        let again = parse_ip(&open(&mut dp, &pkt(c, port_a, vip2, srv)));
+        let again_port = match transport {
+            "tcp" => again.tcp().source_port,
+            _ => again.udp().source_port,
+        };
+        assert_eq!(
+            again_port, translated,
+            "{transport}: the second flow keeps its port"
+        );
+    }
+}

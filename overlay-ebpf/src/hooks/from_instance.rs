@@ -22,7 +22,7 @@ use overlay_common::{
 use crate::forward::{self, Dest, send, too_big};
 use crate::guard;
 use crate::icmp;
-use crate::layout::{IP_DST, L4_OFF};
+use crate::layout::{IP_DST, L4_OFF, L4_SPORT};
 use crate::maps::{ENDPOINTS, HOST_PREFIX, ROUTES, SERVIPS, config, count, log_due};
 use crate::nat::{self, Reversed};
 use crate::north_south;
@@ -123,6 +123,10 @@ fn to_servip(
     }
     nat::rewrite_addr(ctx, f.l4, IP_DST, f.daddr, t.nsip)?;
     f.daddr = t.nsip;
+    if t.sport != f.sport {
+        nat::rewrite_port(ctx, f.l4, L4_SPORT, f.sport, t.sport)?;
+        f.sport = t.sport;
+    }
     send(ctx, cfg, &f, dest)
 }
 
