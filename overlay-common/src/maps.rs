@@ -158,7 +158,7 @@ pub mod ct {
 
     /// `CtEntry::state`: nothing but packets seen.
     pub const OPEN: u8 = 0;
-    /// `CtEntry::state`: a TCP FIN or RST went through in the entry's
+    /// `CtEntry::state` bit: a TCP FIN or RST went through in the entry's
     /// direction; the flow lives only the closing lifetime longer.
     pub const CLOSING: u8 = 1;
 
@@ -231,7 +231,7 @@ pub struct CtEntry {
     pub service: u32,
     /// One of the [`ct`] directions.
     pub dir: u8,
-    /// [`ct::OPEN`] or [`ct::CLOSING`].
+    /// [`ct::OPEN`], or the bit [`ct::CLOSING`].
     pub state: u8,
     /// North-south entries: the port the translation writes, network order.
     pub nat_port: u16,

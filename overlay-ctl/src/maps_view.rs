@@ -174,7 +174,7 @@ fn conntrack(t: &Tables, lifetimes: &Lifetimes) -> Vec<Value> {
              }| {
                 // North-south replies: the gateway the client came through.
                 let via = e.dir == ct::NS_REVERSE;
-                let closing = e.state == ct::CLOSING;
+                let closing = e.state & ct::CLOSING != 0;
                 let state = match (confirmed, closing) {
                     (_, true) => "closing",
                     (true, false) => "established",

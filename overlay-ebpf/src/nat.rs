@@ -4,7 +4,7 @@
 //! ServIP writes a FORWARD entry (client → ServIP gives the backend) and a
 //! REVERSE entry (backend → client gives the ServIP to restore), both in
 //! `CT_NEW`, an LRU of flows without a reply. The first reply confirms the
-//! flow: both entries move to `CONNTRACK`, a hash map that never evicts, so a
+//! flow (TCP: the first after the SYN-ACK, so a completed handshake): both entries move to `CONNTRACK`, a hash map that never evicts, so a
 //! flood of new flows cannot push an established one out; when it is full,
 //! the reply is dropped (`drop_ct_full`) and the flow is not established.
 //! Per packet afterwards: `seen` once per tick, `state` once on FIN/RST.
@@ -24,7 +24,7 @@ use overlay_common::{
 use crate::csum::csum_replace4;
 use crate::layout::{
     ICMP_CSUM, IP_CSUM, IP_DST, IP_SRC, Ipv4, L4_DPORT, L4_OFF, L4Head, QUOTE, QUOTE_CSUM,
-    QUOTE_DST, QUOTE_L4, QUOTE_SRC, TCP_CSUM, TCP_FIN, TCP_HDR_FLAGS, TCP_RST, UDP_CSUM,
+    QUOTE_DST, QUOTE_L4, QUOTE_SRC, TCP_CSUM, TCP_FIN, TCP_HDR_FLAGS, TCP_RST, TCP_SYN, UDP_CSUM,
 };
 
 /// `-EEXIST` from a map update with `BPF_NOEXIST`.
@@ -70,10 +70,20 @@ pub fn lookup_ct(k: &CtKey, dir: u8) -> Option<CtEntry> {
         .filter(|e| e.dir == dir)
 }
 
-/// Whether a TCP segment ends its flow (FIN or RST).
+/// A TCP segment's flags (0 for other protocols).
 #[inline(always)]
-pub fn closes(ctx: &TcContext, f: &Flow) -> Result<bool, Reason> {
-    Ok(f.l4 == L4::Tcp && read::<u8, _>(ctx, L4_OFF + TCP_HDR_FLAGS)? & (TCP_FIN | TCP_RST) != 0)
+pub fn tcp_flags(ctx: &TcContext, f: &Flow) -> Result<u8, Reason> {
+    if f.l4 == L4::Tcp {
+        read::<u8, _>(ctx, L4_OFF + TCP_HDR_FLAGS)
+    } else {
+        Ok(0)
+    }
+}
+
+/// Whether TCP `flags` end a flow (FIN or RST).
+#[inline(always)]
+fn closing(flags: u8) -> bool {
+    flags & (TCP_FIN | TCP_RST) != 0
 }
 
 /// The backend of a flow to a ServIP: the tracked one, or a new choice from
@@ -84,10 +94,10 @@ pub fn choose_backend(
     sv: &ServIp,
     src_service: u32,
     local_node: u32,
-    closing: bool,
+    flags: u8,
 ) -> Result<Target, Reason> {
     let fwd = ct_key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
-    if let Some((e, _)) = refresh_ct(&fwd, ct::FORWARD, closing) {
+    if let Some((e, _)) = refresh_ct(&fwd, ct::FORWARD, flags) {
         return Ok(Target {
             nsip: e.nat_addr,
             node: e.via,
@@ -191,10 +201,10 @@ fn reply_port(f: &Flow, backend: u32) -> Result<u16, Reason> {
 
 /// The entry of a tracked flow in direction `dir`, with its `seen`
 /// refreshed once per tick (that is how the agent counts active flows and
-/// ages flows out) and `closing` (a FIN or RST) recorded; and whether the
-/// flow is confirmed (in `CONNTRACK`).
+/// ages flows out) and a FIN or RST in TCP `flags` recorded; and whether
+/// the flow is confirmed (in `CONNTRACK`).
 #[inline(always)]
-pub fn refresh_ct(k: &CtKey, dir: u8, closing: bool) -> Option<(CtEntry, bool)> {
+pub fn refresh_ct(k: &CtKey, dir: u8, flags: u8) -> Option<(CtEntry, bool)> {
     let (e, confirmed) = match CONNTRACK.get_ptr_mut(k) {
         Some(e) => (e, true),
         None => (CT_NEW.get_ptr_mut(k)?, false),
@@ -208,8 +218,8 @@ pub fn refresh_ct(k: &CtKey, dir: u8, closing: bool) -> Option<(CtEntry, bool)> 
         if (*e).seen != now {
             (*e).seen = now;
         }
-        if closing && (*e).state != ct::CLOSING {
-            (*e).state = ct::CLOSING;
+        if closing(flags) && (*e).state & ct::CLOSING == 0 {
+            (*e).state |= ct::CLOSING;
         }
         Some((*e, confirmed))
     }
@@ -286,14 +296,18 @@ pub fn reverse_nat(ctx: &TcContext, f: &mut Flow, node_ip: u32) -> Result<Revers
         return Ok(Reversed::Overlay);
     }
     let key = ct_key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
-    let closing = closes(ctx, f)?;
+    let flags = tcp_flags(ctx, f)?;
     // A TCP flow's client acknowledges what it gets (the forward entry
     // stays fresh); other protocols may only receive, so replies count too.
-    let touch = f.l4 != L4::Tcp;
-    let Some((e, confirmed)) = refresh_any(&key, closing, touch) else {
+    let tcp = f.l4 == L4::Tcp;
+    let Some((e, confirmed)) = refresh_any(&key, flags, !tcp) else {
         return Ok(Reversed::Overlay);
     };
-    if !confirmed && (e.dir == ct::REVERSE || e.dir == ct::NS_REVERSE) {
+    // The first reply confirms a flow; for TCP the first one after the
+    // SYN-ACK, which the backend sends only once the client acknowledged it
+    // (a spoofed SYN's sender never does).
+    let answered = !tcp || flags & TCP_SYN == 0;
+    if !confirmed && answered && (e.dir == ct::REVERSE || e.dir == ct::NS_REVERSE) {
         confirm(&key, &e, node_ip)?;
     }
     match e.dir {
@@ -322,7 +336,7 @@ pub fn reverse_nat(ctx: &TcContext, f: &mut Flow, node_ip: u32) -> Result<Revers
 /// [`refresh_ct`] of whatever direction the entry under `k` has; `seen`
 /// only if `touch`.
 #[inline(always)]
-fn refresh_any(k: &CtKey, closing: bool, touch: bool) -> Option<(CtEntry, bool)> {
+fn refresh_any(k: &CtKey, flags: u8, touch: bool) -> Option<(CtEntry, bool)> {
     let (e, confirmed) = match CONNTRACK.get_ptr_mut(k) {
         Some(e) => (e, true),
         None => (CT_NEW.get_ptr_mut(k)?, false),
@@ -335,8 +349,8 @@ fn refresh_any(k: &CtKey, closing: bool, touch: bool) -> Option<(CtEntry, bool)>
                 (*e).seen = now;
             }
         }
-        if closing && (*e).state != ct::CLOSING {
-            (*e).state = ct::CLOSING;
+        if closing(flags) && (*e).state & ct::CLOSING == 0 {
+            (*e).state |= ct::CLOSING;
         }
         Some((*e, confirmed))
     }

@@ -10,14 +10,65 @@ use crate::harness::*;
 
 const TABLE: u32 = 1024;
 
-/// A client SYN to the ServIP from `sport`, then the backend's SYN-ACK.
+/// A TCP segment from `src` with exactly `flags` set (SYN, ACK, FIN...).
+fn segment(
+    flags: &str,
+    src: std::net::Ipv4Addr,
+    sport: u16,
+    dst: std::net::Ipv4Addr,
+    dport: u16,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut b = etherparse::PacketBuilder::ipv4(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, 1000, 64240);
+    for f in flags.split('+') {
+        b = match f {
+            "SYN" => b.syn(),
+            "ACK" => b.ack(1),
+            "FIN" => b.fin(),
+            other => panic!("flag {other}"),
+        };
+    }
+    b.write(&mut out, &[]).unwrap();
+    out
+}
+
+/// The client's SYN to the ServIP from `sport`, and the backend's SYN-ACK.
+fn syn_and_answer(dp: &mut Dataplane, sport: u16) {
+    let syn = from(&CLIENT, &segment("SYN", CLIENT.ip, sport, VIP, HTTP));
+    assert_eq!(
+        from_instance(dp, &syn, CLIENT.ifindex).0,
+        TC_ACT_REDIRECT,
+        "the SYN of {sport}"
+    );
+    let answer = from(
+        &BACKEND,
+        &segment("SYN+ACK", BACKEND.ip, HTTP, CLIENT.ip, sport),
+    );
+    assert_eq!(
+        from_instance(dp, &answer, BACKEND.ifindex).0,
+        TC_ACT_REDIRECT,
+        "the SYN-ACK to {sport}"
+    );
+}
+
+/// A whole handshake from `sport`, then the backend's first segment after
+/// it (which confirms the flow): the verdict on that segment and what it
+/// counted.
 fn open(dp: &mut Dataplane, sport: u16) -> (u32, Vec<(Reason, u64)>) {
-    let syn = from(&CLIENT, &tcp(CLIENT.ip, sport, VIP, HTTP));
-    let (ret, _) = from_instance(dp, &syn, CLIENT.ifindex);
-    assert_eq!(ret, TC_ACT_REDIRECT, "the SYN of {sport}");
-    let reply = from(&BACKEND, &tcp(BACKEND.ip, HTTP, CLIENT.ip, sport));
+    syn_and_answer(dp, sport);
+    let ack = from(&CLIENT, &segment("ACK", CLIENT.ip, sport, VIP, HTTP));
+    assert_eq!(
+        from_instance(dp, &ack, CLIENT.ifindex).0,
+        TC_ACT_REDIRECT,
+        "the ACK of {sport}"
+    );
+    let data = from(
+        &BACKEND,
+        &segment("ACK", BACKEND.ip, HTTP, CLIENT.ip, sport),
+    );
     let before = snapshot(dp);
-    let (ret, _) = from_instance(dp, &reply, BACKEND.ifindex);
+    let (ret, _) = from_instance(dp, &data, BACKEND.ifindex);
     (ret, before.delta(dp))
 }
 
@@ -32,7 +83,7 @@ fn new_flows_never_evict_established_ones() {
         assert_eq!(
             (ret, counted),
             (TC_ACT_REDIRECT, vec![(Reason::DeliverLocal, 1)]),
-            "the reply of {sport} is delivered"
+            "the handshake of {sport} completes"
         );
     }
     let confirmed = |dp: &Dataplane| {
@@ -46,14 +97,15 @@ fn new_flows_never_evict_established_ones() {
     let before = confirmed(&dp);
     assert_eq!(before.len(), established.len());
     // Far more new flows than either table holds: none gets established,
-    // every reply is counted, and no established flow is pushed out.
+    // every handshake is refused and counted, and no established flow is
+    // pushed out.
     let flood = 3 * TABLE as u16;
     for i in 0..flood {
         let (ret, counted) = open(&mut dp, 30_000 + i);
         assert_eq!(
             (ret, counted),
             (TC_ACT_SHOT, vec![(Reason::DropCtFull, 1)]),
-            "the reply of new flow {i} with the table full"
+            "the handshake of new flow {i} with the table full"
         );
     }
     let mut after = confirmed(&dp);
@@ -71,18 +123,6 @@ fn new_flows_never_evict_established_ones() {
     );
 }
 
-/// A TCP segment with FIN (and ACK) set.
-fn fin(src: std::net::Ipv4Addr, sport: u16, dst: std::net::Ipv4Addr, dport: u16) -> Vec<u8> {
-    let mut out = Vec::new();
-    etherparse::PacketBuilder::ipv4(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, 1000, 64240)
-        .fin()
-        .ack(1)
-        .write(&mut out, &[])
-        .unwrap();
-    out
-}
-
 /// Flows end after their lifetime without a packet: a closed TCP connection
 /// after the closing lifetime, UDP after its own, while an open TCP
 /// connection with a long lifetime stays.
@@ -94,7 +134,7 @@ fn flows_end_after_their_lifetime() {
         assert_eq!(open(&mut dp, sport).0, TC_ACT_REDIRECT);
     }
     // 41001 closes: the client's FIN.
-    let closing = from(&CLIENT, &fin(CLIENT.ip, 41_001, VIP, HTTP));
+    let closing = from(&CLIENT, &segment("FIN+ACK", CLIENT.ip, 41_001, VIP, HTTP));
     assert_eq!(
         from_instance(&mut dp, &closing, CLIENT.ifindex).0,
         TC_ACT_REDIRECT
@@ -147,4 +187,36 @@ fn flows_end_after_their_lifetime() {
         .collect();
     assert!(left.iter().all(|&p| p == p1 || p == port(HTTP)), "{left:?}");
     assert_eq!(left.len(), 2, "the open connection's two entries stay");
+}
+
+/// SYNs that the backend answers but whose senders never acknowledge (the
+/// sources were spoofed) are never confirmed: however many, they stay in the
+/// new-flow table, and a real client's connection is established meanwhile.
+#[test]
+fn answered_but_unacknowledged_syns_are_never_confirmed() {
+    let mut dp = node_sized(LO, Sizes { conntrack: TABLE });
+    servip(&mut dp, &[B1]);
+    for i in 0..2 * TABLE as u16 {
+        syn_and_answer(&mut dp, 20_000 + i);
+    }
+    let confirmed = dp
+        .tables
+        .tracked()
+        .into_iter()
+        .filter(|t| t.confirmed)
+        .count();
+    assert_eq!(confirmed, 0, "no spoofed handshake is confirmed");
+    let (ret, counted) = open(&mut dp, 50_000);
+    assert_eq!(
+        (ret, counted),
+        (TC_ACT_REDIRECT, vec![(Reason::DeliverLocal, 1)])
+    );
+    let confirmed: Vec<u16> = dp
+        .tables
+        .tracked()
+        .into_iter()
+        .filter(|t| t.confirmed && t.entry.dir == ct::FORWARD)
+        .map(|t| t.key.sport)
+        .collect();
+    assert_eq!(confirmed, [port(50_000)]);
 }

@@ -102,8 +102,8 @@ fn to_servip(
         f.daddr = e.nat_addr;
         return send(ctx, cfg, &f, forward::resolve(e.nat_addr, e.via, cfg)?);
     }
-    let closing = nat::closes(ctx, &f)?;
-    let t = match nat::choose_backend(&f, sv, src_service, cfg.node_id, closing) {
+    let flags = nat::tcp_flags(ctx, &f)?;
+    let t = match nat::choose_backend(&f, sv, src_service, cfg.node_id, flags) {
         Ok(t) => t,
         Err(r) => {
             // Refusals the client should hear about at once.

@@ -167,7 +167,7 @@ impl Tables {
             let pair: Vec<&Tracked> = [fwd, rev].into_iter().flatten().collect();
             // Idle since the later packet of the two directions.
             let idle = pair.iter().map(|t| now.wrapping_sub(t.entry.seen)).min();
-            let closing = pair.iter().any(|t| t.entry.state == ct::CLOSING);
+            let closing = pair.iter().any(|t| t.entry.state & ct::CLOSING != 0);
             let life = ticks(lifetimes.of(t.key.proto, t.confirmed, closing));
             if idle.is_some_and(|idle| idle > life) {
                 gone.extend(pair.into_iter().copied());
