@@ -32,6 +32,7 @@ fn service(name: &str, id: u32, base: u8, ports: Vec<u16>) -> ServiceSpec {
         servips,
         exposed: false,
         needs: Vec::new(),
+        readiness: None,
     }
 }
 

@@ -95,6 +95,7 @@ fn spec(agent: &Agent, inst: &LocalInstance) -> InstanceSpec {
         node: agent.node.name.clone(),
         nsip: inst.nsip,
         fixed_ip: inst.fixed_ip,
+        health: Default::default(),
     }
 }
 

@@ -257,6 +257,7 @@ impl Agent {
                 node: self.node.name.clone(),
                 nsip: l.nsip,
                 fixed_ip: l.fixed_ip,
+                health: Default::default(),
             }));
         // Our own measurements are fresher here than in the store.
         s.rtt.insert(self.node.name.clone(), st.metrics.rtt.clone());
@@ -402,6 +403,7 @@ mod tests {
             node: "n2".into(),
             nsip: Ipv4Addr::new(10, 30, 2, 2),
             fixed_ip: None,
+            health: Default::default(),
         };
         let full = ClusterState {
             nodes: vec![node("n1", 1), node("n2", 2), node("n3", 3)],
@@ -463,6 +465,7 @@ mod tests {
             servips: Default::default(),
             exposed: false,
             needs: vec![],
+            readiness: None,
         });
         assert_eq!(endpoints_with_ids(&st)[&nsip].service, 7);
     }
