@@ -177,8 +177,11 @@ fn infra(t: &Tables) -> Vec<Value> {
 /// One row per ServIP and backend in its slot table: the backend's share
 /// of the slots is its weight (the fraction of new flows it gets). A ServIP
 /// without backends (its connections fail fast) gets one row without.
+/// Instances of the service that are not in the table (not ready) get a row
+/// with weight 0, except for fixed IPs (one instance each).
 fn weights(t: &Tables) -> Vec<Value> {
     let backends: BTreeMap<u32, Backend> = t.backends().into_iter().collect();
+    let nsip_services = t.nsip_services();
     let mut servips = t.servips();
     servips.sort_by_key(|(vip, _)| *vip);
     let mut rows = Vec::new();
@@ -196,6 +199,11 @@ fn weights(t: &Tables) -> Vec<Value> {
             json!({"servip": vip, "policy": policy(sv.policy), "service": sv.service,
                    "backend": backend, "node": node, "slots": n, "weight": weight})
         };
+        if sv.policy != overlay_common::policy::Policy::Fixed.code() {
+            for (nsip, _) in nsip_services.iter().filter(|(_, s)| *s == sv.service) {
+                counts.entry(u32::from(*nsip)).or_default();
+            }
+        }
         if counts.is_empty() {
             rows.push(row(Value::Null, Value::Null, 0));
         }
@@ -217,6 +225,9 @@ fn weights(t: &Tables) -> Vec<Value> {
 pub struct NameIndex {
     pub services: BTreeMap<u32, String>,
     pub nodes: BTreeMap<u32, String>,
+    /// Instances that are not ready, by NamespaceIP: their health.
+    #[serde(default)]
+    pub health: BTreeMap<std::net::Ipv4Addr, String>,
 }
 
 impl NameIndex {
@@ -224,6 +235,17 @@ impl NameIndex {
 
     pub fn load(state_dir: &std::path::Path) -> Option<NameIndex> {
         serde_json::from_slice(&std::fs::read(state_dir.join(Self::FILE)).ok()?).ok()
+    }
+
+    /// Adds a `health` column to `maps backends` rows (one with a backend).
+    fn add_health(&self, rows: &mut [Value]) {
+        for row in rows.iter_mut() {
+            let nsip = row["backend"].as_str().and_then(|b| b.parse().ok());
+            row["health"] = match nsip {
+                Some(ip) => json!(self.health.get(&ip).map_or("ready", String::as_str)),
+                None => Value::Null,
+            };
+        }
     }
 
     /// Replaces the ids in the `service` and `node` columns with `name (id)`.
@@ -249,6 +271,9 @@ pub fn render(
     names: Option<&NameIndex>,
 ) -> Result<String> {
     let mut rows = rows(t, table)?;
+    if let (Some(ix), Table::Backends) = (names, table) {
+        ix.add_health(&mut rows);
+    }
     if as_json {
         return Ok(serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n");
     }

@@ -10,6 +10,7 @@
 
 mod cluster;
 mod error;
+mod health;
 mod host;
 mod instances;
 mod metrics;
@@ -257,7 +258,7 @@ impl Agent {
                 node: self.node.name.clone(),
                 nsip: l.nsip,
                 fixed_ip: l.fixed_ip,
-                health: Default::default(),
+                health: l.health,
             }));
         // Our own measurements are fresher here than in the store.
         s.rtt.insert(self.node.name.clone(), st.metrics.rtt.clone());
@@ -353,6 +354,12 @@ impl Agent {
                 .iter()
                 .map(|n| (n.subnet.node_id(), n.name.clone()))
                 .collect(),
+            health: state
+                .instances
+                .iter()
+                .filter(|i| !i.health.is_ready())
+                .map(|i| (i.nsip, i.health.label().to_string()))
+                .collect(),
         };
         let path = self.cfg.state_dir.join(crate::maps_view::NameIndex::FILE);
         if let Err(e) = serde_json::to_vec(&ix)
@@ -369,9 +376,14 @@ pub async fn instances_deploy(shared: &Shared, req: DeployRequest) -> Result<Loc
     instances::deploy(shared, req).await
 }
 
-/// API entry: undeploys an instance (serialized with other deploys and undeploys).
-pub async fn instances_undeploy(shared: &Shared, service: &str, instance: u32) -> Result<bool> {
-    instances::undeploy(shared, service, instance).await
+/// API entry: undeploys an instance, draining it first unless `now`.
+pub async fn instances_undeploy(
+    shared: &Shared,
+    service: &str,
+    instance: u32,
+    now: bool,
+) -> Result<bool> {
+    instances::undeploy(shared, service, instance, now).await
 }
 
 #[cfg(test)]
@@ -453,6 +465,7 @@ mod tests {
                 nsip,
                 host_if: "ov2".into(),
                 fixed_ip: None,
+                health: Default::default(),
             },
         );
         st.endpoints.insert(nsip, Endpoint::default());

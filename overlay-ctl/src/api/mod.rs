@@ -179,15 +179,36 @@ async fn deploy(
 async fn undeploy(
     State(c): State<Ctx>,
     UrlPath((service, instance)): UrlPath<(String, u32)>,
+    uri: axum::http::Uri,
 ) -> Result<StatusCode, AgentError> {
     let name = service.clone();
+    let now = skip_drain(uri.query().unwrap_or(""))?;
     let found = c
-        .change(|agent| async move { agent::instances_undeploy(&agent, &service, instance).await })
+        .change(
+            |agent| async move { agent::instances_undeploy(&agent, &service, instance, now).await },
+        )
         .await?;
     match found {
         true => Ok(StatusCode::NO_CONTENT),
         false => Err(AgentError::NoSuchInstance(name, instance)),
     }
+}
+
+/// `now=true` (or `now`): remove without draining; `now=false` or absent: drain.
+fn skip_drain(query: &str) -> Result<bool, AgentError> {
+    let mut now = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        now = match pair {
+            "now" | "now=true" => true,
+            "now=false" => false,
+            other => {
+                return Err(AgentError::BadRequest(format!(
+                    "query `{other}`: only now=true or now=false"
+                )));
+            }
+        };
+    }
+    Ok(now)
 }
 
 /// Client side: errors a CLI user can act on.
