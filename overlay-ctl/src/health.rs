@@ -62,14 +62,11 @@ pub enum Readiness {
 #[serde(untagged)]
 enum RawReadiness {
     Word(String),
-    Check(PortCheck),
+    /// Any map, so that a wrong one is told what is expected.
+    Check(std::collections::BTreeMap<String, serde_json::Value>),
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PortCheck {
-    port: u16,
-}
+const EXPECTED: &str = "expected `none` or {port: N}";
 
 impl TryFrom<RawReadiness> for Readiness {
     type Error = String;
@@ -77,8 +74,16 @@ impl TryFrom<RawReadiness> for Readiness {
     fn try_from(raw: RawReadiness) -> Result<Readiness, String> {
         match raw {
             RawReadiness::Word(w) if w == "none" => Ok(Readiness::None),
-            RawReadiness::Word(w) => Err(format!("`{w}`: expected `none` or {{port: N}}")),
-            RawReadiness::Check(c) => Ok(Readiness::Port(c.port)),
+            RawReadiness::Word(w) => Err(format!("`{w}`: {EXPECTED}")),
+            RawReadiness::Check(map) => match map.get("port").and_then(|p| p.as_u64()) {
+                Some(port) if map.len() == 1 => u16::try_from(port)
+                    .map(Readiness::Port)
+                    .map_err(|_| format!("port {port} is not a port")),
+                _ => {
+                    let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+                    Err(format!("{{{}}}: {EXPECTED}", keys.join(", ")))
+                }
+            },
         }
     }
 }
@@ -87,7 +92,7 @@ impl From<Readiness> for RawReadiness {
     fn from(r: Readiness) -> RawReadiness {
         match r {
             Readiness::None => RawReadiness::Word("none".into()),
-            Readiness::Port(port) => RawReadiness::Check(PortCheck { port }),
+            Readiness::Port(port) => RawReadiness::Check([("port".into(), port.into())].into()),
         }
     }
 }

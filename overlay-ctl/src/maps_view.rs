@@ -177,11 +177,8 @@ fn infra(t: &Tables) -> Vec<Value> {
 /// One row per ServIP and backend in its slot table: the backend's share
 /// of the slots is its weight (the fraction of new flows it gets). A ServIP
 /// without backends (its connections fail fast) gets one row without.
-/// Instances of the service that are not in the table (not ready) get a row
-/// with weight 0, except for fixed IPs (one instance each).
 fn weights(t: &Tables) -> Vec<Value> {
     let backends: BTreeMap<u32, Backend> = t.backends().into_iter().collect();
-    let nsip_services = t.nsip_services();
     let mut servips = t.servips();
     servips.sort_by_key(|(vip, _)| *vip);
     let mut rows = Vec::new();
@@ -199,11 +196,6 @@ fn weights(t: &Tables) -> Vec<Value> {
             json!({"servip": vip, "policy": policy(sv.policy), "service": sv.service,
                    "backend": backend, "node": node, "slots": n, "weight": weight})
         };
-        if sv.policy != overlay_common::policy::Policy::Fixed.code() {
-            for (nsip, _) in nsip_services.iter().filter(|(_, s)| *s == sv.service) {
-                counts.entry(u32::from(*nsip)).or_default();
-            }
-        }
         if counts.is_empty() {
             rows.push(row(Value::Null, Value::Null, 0));
         }
@@ -237,8 +229,40 @@ impl NameIndex {
         serde_json::from_slice(&std::fs::read(state_dir.join(Self::FILE)).ok()?).ok()
     }
 
-    /// Adds a `health` column to `maps backends` rows (one with a backend).
-    fn add_health(&self, rows: &mut [Value]) {
+    /// Adds a `health` column to `maps backends` rows (one with a backend),
+    /// and a row of weight 0 per ServIP (fixed IPs aside) and instance of its
+    /// service that is out of the table for not being ready.
+    fn add_health(&self, t: &Tables, rows: &mut Vec<Value>) {
+        let backends: BTreeMap<u32, Backend> = t.backends().into_iter().collect();
+        let service_of: BTreeMap<std::net::Ipv4Addr, u32> = t.nsip_services().into_iter().collect();
+        let mut servips = t.servips();
+        servips.sort_by_key(|(vip, _)| *vip);
+        for (vip, sv) in servips {
+            if sv.policy == overlay_common::policy::Policy::Fixed.code() {
+                continue;
+            }
+            for nsip in self.health.keys() {
+                let listed = rows
+                    .iter()
+                    .any(|r| r["servip"] == vip.to_string() && r["backend"] == nsip.to_string());
+                if service_of.get(nsip) != Some(&sv.service) || listed {
+                    continue;
+                }
+                let node = backends
+                    .get(&u32::from(*nsip))
+                    .map_or(Value::Null, |b| json!(b.node));
+                rows.push(
+                    json!({"servip": vip, "policy": policy(sv.policy), "service": sv.service,
+                                 "backend": nsip, "node": node, "slots": 0, "weight": 0.0}),
+                );
+            }
+        }
+        // Stable: each ServIP's rows stay in their order, the new ones last.
+        rows.sort_by_key(|r| {
+            r["servip"]
+                .as_str()
+                .and_then(|s| s.parse::<std::net::Ipv4Addr>().ok())
+        });
         for row in rows.iter_mut() {
             let nsip = row["backend"].as_str().and_then(|b| b.parse().ok());
             row["health"] = match nsip {
@@ -272,7 +296,7 @@ pub fn render(
 ) -> Result<String> {
     let mut rows = rows(t, table)?;
     if let (Some(ix), Table::Backends) = (names, table) {
-        ix.add_health(&mut rows);
+        ix.add_health(t, &mut rows);
     }
     if as_json {
         return Ok(serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n");
