@@ -21,13 +21,17 @@ const PORT: u16 = 8080;
 /// Deploys `svc` (port [`PORT`]) as the orchestrator, with the default
 /// readiness check (the cluster helper would declare `readiness: none`).
 fn deploy_checked(c: &Cluster, svc: &str) -> serde_json::Value {
+    deploy_as_is(c, svc, &descriptor(svc, &[PORT], false))
+}
+
+fn deploy_as_is(c: &Cluster, svc: &str, json: &str) -> serde_json::Value {
     let path = c.work.dir.join(format!("{svc}-checked.json"));
-    std::fs::write(&path, descriptor(svc, &[PORT], false)).unwrap();
+    std::fs::write(&path, json).unwrap();
     let out = c.ctl_ok(&["service", "deploy", path.to_str().unwrap(), "--json"]);
     serde_json::from_str(&out).unwrap()
 }
 
-/// A "who" server on [`PORT`] inside a namespace that can die like a
+/// A "who" server on a port inside a namespace that can die like a
 /// killed process: its listening socket closes, new connections are refused.
 struct Server {
     stop: Arc<AtomicBool>,
@@ -35,10 +39,10 @@ struct Server {
 }
 
 impl Server {
-    fn start(ns: &Netns, name: &str) -> Server {
+    fn start(port: u16, ns: &Netns, name: &str) -> Server {
         let name = name.to_string();
         let listener = ns
-            .enter(|| TcpListener::bind(("0.0.0.0", PORT)))
+            .enter(|| TcpListener::bind(("0.0.0.0", port)))
             .unwrap()
             .expect("bind");
         listener.set_nonblocking(true).unwrap();
@@ -136,12 +140,22 @@ fn who(to: SocketAddr) -> Result<String, String> {
 /// Whether `agent` lists instance `n` as ready (a listing without health
 /// is from before health existed: every instance was ready).
 fn ready(agent: &common::agents::Agent, n: u32) -> bool {
+    listed(agent, n).is_some_and(|i| i.get("health").is_none_or(|h| h == "ready"))
+}
+
+/// The health `agent` lists for its instance `n`.
+fn health(agent: &common::agents::Agent, n: u32) -> Option<String> {
+    listed(agent, n)?["health"].as_str().map(str::to_string)
+}
+
+/// Instance `n` as `agent` lists it.
+fn listed(agent: &common::agents::Agent, n: u32) -> Option<serde_json::Value> {
     let out = agent.ctl_ok(&["instance", "ls", "--json"]);
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
-    list.as_array()
-        .unwrap()
+    list.as_array()?
         .iter()
-        .any(|i| i["instance"] == n && i.get("health").is_none_or(|h| h == "ready"))
+        .find(|i| i["instance"] == n)
+        .cloned()
 }
 
 /// Deploy new, wait until it is ready, remove the old (which drains), 20
@@ -158,7 +172,7 @@ fn a_rolling_update_fails_no_connection() {
     let rr = SocketAddr::from((servip(&api, "roundrobin"), PORT));
     let mut old = (Netns::new("api1").unwrap(), 1u32);
     c.agents[1].deploy(API, 1, &old.0);
-    let mut server = Server::start(&old.0, "api1");
+    let mut server = Server::start(PORT, &old.0, "api1");
     wait_until(Duration::from_secs(10), "api1 answers", || {
         w1.enter(|| who(rr)).unwrap().is_ok()
     })
@@ -168,7 +182,7 @@ fn a_rolling_update_fails_no_connection() {
         let ns = Netns::new(&format!("api{n}")).unwrap();
         c.agents[1].deploy(API, n, &ns);
         std::thread::sleep(Duration::from_millis(300));
-        let next = Server::start(&ns, &format!("api{n}"));
+        let next = Server::start(PORT, &ns, &format!("api{n}"));
         wait_until(Duration::from_secs(10), "the new instance ready", || {
             ready(&c.agents[1], n)
         })
@@ -220,8 +234,8 @@ fn a_dead_server_is_ejected_and_comes_back() {
     c.agents[0].deploy(WEB, 1, &w1);
     c.agents[1].deploy(API, 2, &a2);
     let i3 = c.agents[2].deploy(API, 3, &a3);
-    let _s2 = Server::start(&a2, "api2");
-    let s3 = Server::start(&a3, "api3");
+    let _s2 = Server::start(PORT, &a2, "api2");
+    let s3 = Server::start(PORT, &a3, "api3");
     let rr = SocketAddr::from((servip(&api, "roundrobin"), PORT));
     wait_until(Duration::from_secs(10), "both answer", || {
         let got = who_all(&w1, rr, 6);
@@ -234,7 +248,7 @@ fn a_dead_server_is_ejected_and_comes_back() {
     let killed = Instant::now();
     std::thread::sleep(Duration::from_secs(6));
     let shown = backend_health(&c, 0, i3.nsip);
-    let _s3 = Server::start(&a3, "api3");
+    let _s3 = Server::start(PORT, &a3, "api3");
     let back = Instant::now();
     std::thread::sleep(Duration::from_secs(6));
     let log = client.stop();
@@ -343,4 +357,61 @@ fn a_download_completes_during_the_drain() {
         start.elapsed() < Duration::from_secs(3),
         "--now does not drain"
     );
+}
+
+/// A health port of its own (`readiness: {port: 9000}`): the instance gets
+/// no new flow while 9000 is closed, though 8080 listens (a new connection
+/// fails at once); when 9000 closes later, new flows stop but an
+/// established connection goes on.
+#[test]
+fn a_health_port_rules_new_flows_not_established_ones() {
+    const HEALTH: u16 = 9000;
+    let c = Cluster::new("hport");
+    let json = descriptor("api", &[PORT], false).replacen('{', r#"{"readiness":{"port":9000},"#, 1);
+    let api = deploy_as_is(&c, "api", &json);
+    c.deploy_service(&descriptor("web", &[], false));
+    let (a2, w1) = (Netns::new("a2").unwrap(), Netns::new("w1").unwrap());
+    c.agents[0].deploy(WEB, 1, &w1);
+    c.agents[1].deploy(API, 2, &a2);
+    servers::tcp(&a2, PORT, "api2");
+    let rr = SocketAddr::from((servip(&api, "roundrobin"), PORT));
+
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(health(&c.agents[1], 2).as_deref(), Some("starting"));
+    let start = Instant::now();
+    assert!(
+        w1.enter(|| who(rr)).unwrap().is_err(),
+        "not ready: no new flow"
+    );
+    assert!(start.elapsed() < Duration::from_secs(1), "it fails fast");
+
+    let check = Server::start(HEALTH, &a2, "health");
+    wait_until(Duration::from_secs(5), "ready once 9000 accepts", || {
+        w1.enter(|| who(rr)).unwrap().is_ok()
+    })
+    .unwrap();
+    let mut conn = w1
+        .enter(|| TcpStream::connect_timeout(&rr, Duration::from_secs(3)))
+        .unwrap()
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut ask = || -> std::io::Result<String> {
+        conn.write_all(b"who\n")?;
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        Ok(line.trim().to_string())
+    };
+    assert_eq!(ask().unwrap(), "api2");
+
+    check.kill();
+    wait_until(Duration::from_secs(8), "ejected", || {
+        health(&c.agents[1], 2).as_deref() == Some("failing")
+    })
+    .unwrap();
+    wait_until(Duration::from_secs(3), "no new flow on n1", || {
+        w1.enter(|| who(rr)).unwrap().is_err()
+    })
+    .unwrap();
+    assert_eq!(ask().unwrap(), "api2", "the established connection goes on");
 }
