@@ -280,3 +280,19 @@ pub async fn call(
         message,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// `DELETE ...?now=true` skips the drain; no query drains; anything
+    /// else is refused rather than read as either.
+    #[test]
+    fn the_drain_is_skipped_only_when_asked() {
+        assert!(!super::skip_drain("").unwrap());
+        assert!(!super::skip_drain("now=false").unwrap());
+        assert!(super::skip_drain("now=true").unwrap());
+        assert!(super::skip_drain("now").unwrap());
+        for bad in ["now=yes", "drain=0", "now=true&x"] {
+            assert!(super::skip_drain(bad).is_err(), "{bad}");
+        }
+    }
+}
