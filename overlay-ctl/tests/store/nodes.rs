@@ -289,7 +289,10 @@ fn the_v1_copy_of_an_instance_has_no_health() {
             ..instance("shop.prod.a.v1", 1, &record)
         };
         reg.publish_instance(&starting).await.unwrap();
-        assert_eq!(store.instances().await.unwrap(), [starting.clone()]);
+        assert_eq!(
+            store.instances().await.unwrap(),
+            std::slice::from_ref(&starting)
+        );
         let (v1, _) = store
             .clone()
             .with_prefix(store::V1_PREFIX)
@@ -300,7 +303,7 @@ fn the_v1_copy_of_an_instance_has_no_health() {
             health: Health::Ready,
             ..starting
         };
-        assert_eq!(v1.instances, [ready.clone()]);
+        assert_eq!(v1.instances, std::slice::from_ref(&ready));
         let json = serde_json::to_value(&ready).unwrap();
         assert!(json.get("health").is_none(), "{json}");
         reg.close().await.unwrap();
