@@ -164,7 +164,9 @@ fn listed(agent: &common::agents::Agent, n: u32) -> Option<serde_json::Value> {
 /// instance is deployed, as a container's process does.
 #[test]
 fn a_rolling_update_fails_no_connection() {
-    let c = Cluster::new("roll");
+    // A drain shorter than the default (which the download test uses): this
+    // client's connections last milliseconds, and 20 cycles add up.
+    let c = Cluster::with_config("roll", |_| "drain_ms = 1500\n".into());
     let api = deploy_checked(&c, "api");
     c.deploy_service(&descriptor("web", &[], false));
     let w1 = Netns::new("w1").unwrap();
