@@ -138,9 +138,9 @@ async fn set_health(agent: &Agent, changes: &[(Key, Health)]) -> Result<()> {
     for inst in &changed {
         instances::publish_logged(agent, inst).await;
     }
-    instances::save(agent)?;
+    // The maps first: an unwritable state file must not hold them back.
     agent.reconcile()?;
-    Ok(())
+    instances::save(agent)
 }
 
 /// First step of `instance rm`: the instance gets no new flows on any node
@@ -161,7 +161,7 @@ pub async fn start_drain(agent: &Agent, service: &str, instance: u32) -> Result<
     };
     tracing::info!(service = %inst.service, instance, drain_ms = agent.cfg.drain_ms, "draining instance");
     instances::publish_logged(agent, &inst).await;
-    instances::save(agent)?;
     agent.reconcile()?;
+    instances::save(agent)?;
     Ok(true)
 }
