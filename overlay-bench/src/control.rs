@@ -69,6 +69,7 @@ pub fn cluster(services: usize, nodes: usize) -> ClusterState {
             servips,
             exposed: false,
             needs: Vec::new(),
+            readiness: None,
         });
         for j in 0..INSTANCES {
             let n = (s + j) % nodes;
@@ -80,6 +81,7 @@ pub fn cluster(services: usize, nodes: usize) -> ClusterState {
                 node: node_specs[n].name.clone(),
                 nsip,
                 fixed_ip: None,
+                health: Default::default(),
             });
         }
     }

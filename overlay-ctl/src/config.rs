@@ -93,6 +93,10 @@ pub struct AgentConfig {
     /// is not a death).
     #[serde(default = "default_node_grace")]
     pub node_grace: u64,
+    /// Milliseconds `instance rm` lets a removed instance's established
+    /// flows finish (it gets no new ones meanwhile) before ending the rest.
+    #[serde(default = "default_drain_ms")]
+    pub drain_ms: u64,
     /// The node's coordinates, `{ lat = 48.26, lon = 11.67 }`: the distance
     /// to nodes without a measured RTT is estimated from them.
     pub location: Option<crate::balance::Location>,
@@ -159,6 +163,10 @@ fn default_true() -> bool {
 }
 fn default_gateway() -> Ipv4Addr {
     Ipv4Addr::new(169, 254, 1, 1)
+}
+
+fn default_drain_ms() -> u64 {
+    5000
 }
 
 fn default_node_grace() -> u64 {

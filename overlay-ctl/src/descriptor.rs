@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Policy, ServiceSpec};
+use crate::model::{Policy, Readiness, ServiceSpec};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DescriptorError {
@@ -32,6 +32,10 @@ pub struct Descriptor {
     pub ports: Vec<u16>,
     #[serde(default, alias = "statefull")]
     pub stateful: bool,
+    /// When an instance is ready for new flows: `none` (at once) or
+    /// `{port: N}` (TCP port N accepts); absent: any of `ports` accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Readiness>,
 }
 
 fn syntax(path: String, why: String) -> DescriptorError {
@@ -118,6 +122,9 @@ impl Descriptor {
         for need in &self.needs {
             needed_service(need).map_err(|why| field("needs", why))?;
         }
+        if self.readiness == Some(Readiness::Port(0)) {
+            return Err(field("readiness", "port 0 is not a port".into()));
+        }
         Ok(())
     }
 
@@ -177,6 +184,7 @@ impl ServiceRecord {
                 .iter()
                 .filter_map(|n| needed_service(n).ok())
                 .collect(),
+            readiness: self.descriptor.readiness,
         }
     }
 }
@@ -236,8 +244,20 @@ mod tests {
                 .to_string()
                 .contains("appns")
         );
+        for bad in [r#""sometimes""#, r#"{"port":0}"#, r#"{"port":1,"x":2}"#] {
+            let text = GOOD.replace(
+                "\"ports\":[8080]",
+                &format!("\"ports\":[8080],\"readiness\":{bad}"),
+            );
+            let err = Descriptor::parse(&text).unwrap_err().to_string();
+            assert!(err.contains("readiness"), "{bad}: {err}");
+        }
         let yaml = "appname: shop\nappns: prod\nservicename: db\nservicens: v1\nports: [5432]\nstateful: true\n";
         assert!(Descriptor::parse(yaml).unwrap().stateful);
+        let none = Descriptor::parse(&format!("{yaml}readiness: none\n")).unwrap();
+        assert_eq!(none.readiness, Some(Readiness::None));
+        let port = Descriptor::parse(&format!("{yaml}readiness: {{port: 9000}}\n")).unwrap();
+        assert_eq!(port.readiness, Some(Readiness::Port(9000)));
         assert!(
             Descriptor::parse(&yaml.replace("5432", "x"))
                 .unwrap_err()

@@ -5,6 +5,7 @@
 //! * [`model`]: the desired state: nodes, services with ServIPs, instances.
 //! * [`descriptor`]: the deployment descriptor and the service record.
 //! * [`config`]: the agent's `agent.toml`.
+//! * [`health`]: instance health: readiness, ejection, draining.
 //! * [`balance`]: the balancing policies: distances, weights, slot tables.
 //! * [`reconcile`]: desired state to BPF map contents, applied by difference.
 //! * [`dataplane`]: the embedded eBPF object; load, attach, pin, and typed
@@ -28,6 +29,7 @@ pub mod config;
 pub mod dataplane;
 pub mod descriptor;
 pub mod dns;
+pub mod health;
 pub mod maps_view;
 pub mod model;
 pub mod netns;

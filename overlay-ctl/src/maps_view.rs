@@ -246,6 +246,9 @@ pub struct NameIndex {
     /// The agent's conntrack lifetimes, for `expires_s`.
     #[serde(default)]
     pub lifetimes: Lifetimes,
+    /// Instances that are not ready, by NamespaceIP: their health.
+    #[serde(default)]
+    pub health: BTreeMap<std::net::Ipv4Addr, String>,
 }
 
 impl NameIndex {
@@ -253,6 +256,49 @@ impl NameIndex {
 
     pub fn load(state_dir: &std::path::Path) -> Option<NameIndex> {
         serde_json::from_slice(&std::fs::read(state_dir.join(Self::FILE)).ok()?).ok()
+    }
+
+    /// Adds a `health` column to `maps backends` rows (one with a backend),
+    /// and a row of weight 0 per ServIP (fixed IPs aside) and instance of its
+    /// service that is out of the table for not being ready.
+    fn add_health(&self, t: &Tables, rows: &mut Vec<Value>) {
+        let backends: BTreeMap<u32, Backend> = t.backends().into_iter().collect();
+        let service_of: BTreeMap<std::net::Ipv4Addr, u32> = t.nsip_services().into_iter().collect();
+        let mut servips = t.servips();
+        servips.sort_by_key(|(vip, _)| *vip);
+        for (vip, sv) in servips {
+            if sv.policy == overlay_common::policy::Policy::Fixed.code() {
+                continue;
+            }
+            for nsip in self.health.keys() {
+                let listed = rows
+                    .iter()
+                    .any(|r| r["servip"] == vip.to_string() && r["backend"] == nsip.to_string());
+                if service_of.get(nsip) != Some(&sv.service) || listed {
+                    continue;
+                }
+                let node = backends
+                    .get(&u32::from(*nsip))
+                    .map_or(Value::Null, |b| json!(b.node));
+                rows.push(
+                    json!({"servip": vip, "policy": policy(sv.policy), "service": sv.service,
+                                 "backend": nsip, "node": node, "slots": 0, "weight": 0.0}),
+                );
+            }
+        }
+        // Stable: each ServIP's rows stay in their order, the new ones last.
+        rows.sort_by_key(|r| {
+            r["servip"]
+                .as_str()
+                .and_then(|s| s.parse::<std::net::Ipv4Addr>().ok())
+        });
+        for row in rows.iter_mut() {
+            let nsip = row["backend"].as_str().and_then(|b| b.parse().ok());
+            row["health"] = match nsip {
+                Some(ip) => json!(self.health.get(&ip).map_or("ready", String::as_str)),
+                None => Value::Null,
+            };
+        }
     }
 
     /// Replaces the ids in the `service` and `node` columns with `name (id)`.
@@ -279,6 +325,9 @@ pub fn render(
 ) -> Result<String> {
     let lifetimes = names.map(|n| n.lifetimes).unwrap_or_default();
     let mut rows = rows_with(t, table, &lifetimes)?;
+    if let (Some(ix), Table::Backends) = (names, table) {
+        ix.add_health(t, &mut rows);
+    }
     if as_json {
         return Ok(serde_json::to_string_pretty(&rows).unwrap_or_default() + "\n");
     }

@@ -87,6 +87,7 @@ impl<'de> Deserialize<'de> for Subnet {
     }
 }
 
+pub use crate::health::{Health, Readiness};
 pub use overlay_common::policy::Policy;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +128,9 @@ pub struct ServiceSpec {
     /// empty: no restriction (unless the cluster denies by default).
     #[serde(default)]
     pub needs: Vec<String>,
+    /// How its instances are checked; absent: any of `ports` accepting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Readiness>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +142,10 @@ pub struct InstanceSpec {
     pub nsip: Ipv4Addr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fixed_ip: Option<Ipv4Addr>,
+    /// Only ready instances get new flows; written only when not ready, so
+    /// a ready instance's record is the previous release's.
+    #[serde(default, skip_serializing_if = "Health::is_ready")]
+    pub health: Health,
 }
 
 impl InstanceSpec {

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Agent, AgentError, Result, State};
 use crate::config::AgentConfig;
-use crate::model::{InstanceSpec, ServiceSpec};
+use crate::health::check_ports;
+use crate::model::{Health, InstanceSpec, ServiceSpec};
 use crate::netns::{self, LinkSpec, NetnsRef};
 
 pub const FILE: &str = "instances.json";
@@ -23,6 +24,10 @@ pub struct LocalInstance {
     pub host_if: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fixed_ip: Option<Ipv4Addr>,
+    /// Whether it takes new flows (`docs/health.md`); kept across restarts
+    /// so that a restarted agent does not take a ready instance out.
+    #[serde(default)]
+    pub health: Health,
 }
 
 /// `POST /v1/instances`.
@@ -47,7 +52,7 @@ pub fn load(cfg: &AgentConfig) -> Result<Vec<LocalInstance>> {
 
 /// Writes the instance records; callers hold `linking`, so writes do not
 /// interleave.
-fn save(agent: &Agent) -> Result<()> {
+pub(super) fn save(agent: &Agent) -> Result<()> {
     let path = agent.cfg.state_dir.join(FILE);
     let tmp = path.with_extension("tmp");
     let list: Vec<LocalInstance> = agent.state().instances.values().cloned().collect();
@@ -95,6 +100,7 @@ fn spec(agent: &Agent, inst: &LocalInstance) -> InstanceSpec {
         node: agent.node.name.clone(),
         nsip: inst.nsip,
         fixed_ip: inst.fixed_ip,
+        health: inst.health,
     }
 }
 
@@ -105,6 +111,14 @@ async fn publish(agent: &Agent, inst: &LocalInstance) -> Result<()> {
             .await?;
     }
     Ok(())
+}
+
+/// Publishes a change of an instance already published; if the store does
+/// not answer, the registration writes it once it does.
+pub(super) async fn publish_logged(agent: &Agent, inst: &LocalInstance) {
+    if let Err(e) = publish(agent, inst).await {
+        tracing::warn!(service = %inst.service, instance = inst.instance, "publishing instance: {e}");
+    }
 }
 
 /// The fixed IP of a stateful service's instance: from the store, or from
@@ -213,10 +227,16 @@ fn planned(
     fixed_ip: Option<Ipv4Addr>,
 ) -> Result<LocalInstance> {
     let key = (svc.name.to_ascii_lowercase(), req.instance);
+    // Until its check passes, a new instance gets no new flows.
+    let starting = match check_ports(&svc.ports, svc.readiness).is_empty() {
+        true => Health::Ready,
+        false => Health::Starting,
+    };
     Ok(match st.instances.get(&key) {
-        Some(old) if old.netns == req.netns => old.clone(),
+        Some(old) if old.netns == req.netns && old.health != Health::Draining => old.clone(),
         Some(old) => LocalInstance {
             netns: req.netns.clone(),
+            health: starting,
             ..old.clone()
         },
         None => {
@@ -229,13 +249,30 @@ fn planned(
                 nsip,
                 host_if,
                 fixed_ip,
+                health: starting,
             }
         }
     })
 }
 
-/// Undeploys an instance; `false` when there was none.
-pub async fn undeploy(agent: &Agent, service: &str, instance: u32) -> Result<bool> {
+/// Undeploys an instance; `false` when there was none. Unless `now` (or
+/// `drain_ms` is 0), it drains first: no new flows on any node, then
+/// `drain_ms` for the established ones, then it is removed and what is left
+/// of its flows ended. Deploys and undeploys of other instances go on
+/// meanwhile.
+pub async fn undeploy(agent: &Agent, service: &str, instance: u32, now: bool) -> Result<bool> {
+    let drain = std::time::Duration::from_millis(agent.cfg.drain_ms);
+    if !now && !drain.is_zero() {
+        if !super::health::start_drain(agent, service, instance).await? {
+            return Ok(false);
+        }
+        tokio::time::sleep(drain).await;
+    }
+    remove(agent, service, instance).await
+}
+
+/// Removes an instance at once: every node ends its flows.
+async fn remove(agent: &Agent, service: &str, instance: u32) -> Result<bool> {
     let _linking = agent.linking.lock().await;
     let removed = {
         let mut st = agent.state();

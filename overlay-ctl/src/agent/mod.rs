@@ -11,6 +11,7 @@
 mod cluster;
 mod conntrack;
 mod error;
+mod health;
 mod host;
 mod instances;
 pub(crate) mod listeners;
@@ -261,6 +262,7 @@ impl Agent {
                 node: self.node.name.clone(),
                 nsip: l.nsip,
                 fixed_ip: l.fixed_ip,
+                health: l.health,
             }));
         // Our own measurements are fresher here than in the store.
         s.rtt.insert(self.node.name.clone(), st.metrics.rtt.clone());
@@ -358,6 +360,12 @@ impl Agent {
                 .map(|n| (n.subnet.node_id(), n.name.clone()))
                 .collect(),
             lifetimes: self.cfg.conntrack_lifetimes,
+            health: state
+                .instances
+                .iter()
+                .filter(|i| !i.health.is_ready())
+                .map(|i| (i.nsip, i.health.label().to_string()))
+                .collect(),
         };
         let path = self.cfg.state_dir.join(crate::maps_view::NameIndex::FILE);
         if let Err(e) = serde_json::to_vec(&ix)
@@ -374,9 +382,14 @@ pub async fn instances_deploy(shared: &Shared, req: DeployRequest) -> Result<Loc
     instances::deploy(shared, req).await
 }
 
-/// API entry: undeploys an instance (serialized with other deploys and undeploys).
-pub async fn instances_undeploy(shared: &Shared, service: &str, instance: u32) -> Result<bool> {
-    instances::undeploy(shared, service, instance).await
+/// API entry: undeploys an instance, draining it first unless `now`.
+pub async fn instances_undeploy(
+    shared: &Shared,
+    service: &str,
+    instance: u32,
+    now: bool,
+) -> Result<bool> {
+    instances::undeploy(shared, service, instance, now).await
 }
 
 #[cfg(test)]
@@ -408,6 +421,7 @@ mod tests {
             node: "n2".into(),
             nsip: Ipv4Addr::new(10, 30, 2, 2),
             fixed_ip: None,
+            health: Default::default(),
         };
         let full = ClusterState {
             nodes: vec![node("n1", 1), node("n2", 2), node("n3", 3)],
@@ -457,6 +471,7 @@ mod tests {
                 nsip,
                 host_if: "ov2".into(),
                 fixed_ip: None,
+                health: Default::default(),
             },
         );
         st.endpoints.insert(nsip, Endpoint::default());
@@ -469,6 +484,7 @@ mod tests {
             servips: Default::default(),
             exposed: false,
             needs: vec![],
+            readiness: None,
         });
         assert_eq!(endpoints_with_ids(&st)[&nsip].service, 7);
     }

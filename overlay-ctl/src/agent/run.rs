@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use super::{Agent, AgentError, Maps, Result, Shared, State};
-use super::{cluster, host, instances, metrics, name_service, source};
+use super::{cluster, health, host, instances, metrics, name_service, source};
 use crate::config::AgentConfig;
 use crate::dataplane::{Dataplane, Tables};
 use crate::model::ClusterState;
@@ -57,6 +57,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         node_ip: shared.node.ip,
         snat: shared.node.subnet.host(1),
     }));
+    let checks = tokio::spawn(health::watch(shared.clone()));
     host::wait_for_signal().await;
     tracing::info!("stopping; the dataplane keeps forwarding");
     // New clients find no socket; calls already made run to their end.
@@ -68,7 +69,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     if let Some(m) = metrics_server {
         let _ = m.await;
     }
-    for task in [measure, follow, gc] {
+    for task in [measure, follow, gc, checks] {
         task.abort();
         let _ = task.await;
     }

@@ -179,15 +179,36 @@ async fn deploy(
 async fn undeploy(
     State(c): State<Ctx>,
     UrlPath((service, instance)): UrlPath<(String, u32)>,
+    uri: axum::http::Uri,
 ) -> Result<StatusCode, AgentError> {
     let name = service.clone();
+    let now = skip_drain(uri.query().unwrap_or(""))?;
     let found = c
-        .change(|agent| async move { agent::instances_undeploy(&agent, &service, instance).await })
+        .change(
+            |agent| async move { agent::instances_undeploy(&agent, &service, instance, now).await },
+        )
         .await?;
     match found {
         true => Ok(StatusCode::NO_CONTENT),
         false => Err(AgentError::NoSuchInstance(name, instance)),
     }
+}
+
+/// `now=true` (or `now`): remove without draining; `now=false` or absent: drain.
+fn skip_drain(query: &str) -> Result<bool, AgentError> {
+    let mut now = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        now = match pair {
+            "now" | "now=true" => true,
+            "now=false" => false,
+            other => {
+                return Err(AgentError::BadRequest(format!(
+                    "query `{other}`: only now=true or now=false"
+                )));
+            }
+        };
+    }
+    Ok(now)
 }
 
 /// Client side: errors a CLI user can act on.
@@ -258,4 +279,20 @@ pub async fn call(
         status: status.as_u16(),
         message,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// `DELETE ...?now=true` skips the drain; no query drains; anything
+    /// else is refused rather than read as either.
+    #[test]
+    fn the_drain_is_skipped_only_when_asked() {
+        assert!(!super::skip_drain("").unwrap());
+        assert!(!super::skip_drain("now=false").unwrap());
+        assert!(super::skip_drain("now=true").unwrap());
+        assert!(super::skip_drain("now").unwrap());
+        for bad in ["now=yes", "drain=0", "now=true&x"] {
+            assert!(super::skip_drain(bad).is_err(), "{bad}");
+        }
+    }
 }

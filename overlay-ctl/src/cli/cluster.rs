@@ -109,8 +109,13 @@ pub fn service(cmd: ServiceCmd, access: &Access) -> anyhow::Result<()> {
                         .into_iter()
                         .flatten()
                         .map(|i| {
+                            // Only instances that are not ready say so.
+                            let health = match i["health"].as_str() {
+                                Some("ready") | None => String::new(),
+                                Some(h) => format!("({h})"),
+                            };
                             format!(
-                                "{}@{}={}",
+                                "{}@{}={}{health}",
                                 i["instance"],
                                 i["node"].as_str().unwrap_or(""),
                                 i["fixed_ip"].as_str().or(i["nsip"].as_str()).unwrap_or("")
@@ -150,7 +155,7 @@ async fn service_rows(access: &Access) -> anyhow::Result<Vec<Value>> {
             let insts: Vec<Value> = instances
                 .iter()
                 .filter(|i| i.service.eq_ignore_ascii_case(&rec.name))
-                .map(|i| json!({"instance": i.instance, "node": i.node, "nsip": i.nsip, "fixed_ip": i.fixed_ip}))
+                .map(|i| json!({"instance": i.instance, "node": i.node, "nsip": i.nsip, "fixed_ip": i.fixed_ip, "health": i.health}))
                 .collect();
             row["instances"] = Value::Array(insts);
             row

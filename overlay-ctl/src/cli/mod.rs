@@ -172,11 +172,15 @@ enum InstanceCmd {
         #[arg(long)]
         netns: String,
     },
-    /// Remove instance N of SERVICE from this node.
+    /// Remove instance N of SERVICE from this node: no new flows at once,
+    /// established ones get the agent's `drain_ms`, then the rest end.
     Rm {
         service: String,
         #[arg(long)]
         instance: u32,
+        /// Skip the drain: end the instance's flows at once.
+        #[arg(long)]
+        now: bool,
     },
     /// List this node's instances.
     Ls {
@@ -264,8 +268,15 @@ fn instance(cmd: InstanceCmd, api: &std::path::Path) -> anyhow::Result<()> {
             let out = rt.block_on(api::call(api, "POST", "/v1/instances", Some(body)))?;
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
-        InstanceCmd::Rm { service, instance } => {
-            let uri = format!("/v1/instances/{service}/{instance}");
+        InstanceCmd::Rm {
+            service,
+            instance,
+            now,
+        } => {
+            let uri = match now {
+                true => format!("/v1/instances/{service}/{instance}?now=true"),
+                false => format!("/v1/instances/{service}/{instance}"),
+            };
             rt.block_on(api::call(api, "DELETE", &uri, None))?;
             println!("removed {service} instance {instance}");
         }
@@ -275,16 +286,17 @@ fn instance(cmd: InstanceCmd, api: &std::path::Path) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 println!(
-                    "{:<32} {:>8} {:<16} {:<8} NETNS",
-                    "SERVICE", "INSTANCE", "NSIP", "LINK"
+                    "{:<32} {:>8} {:<16} {:<8} {:<9} NETNS",
+                    "SERVICE", "INSTANCE", "NSIP", "LINK", "HEALTH"
                 );
                 for i in out.as_array().into_iter().flatten() {
                     println!(
-                        "{:<32} {:>8} {:<16} {:<8} {}",
+                        "{:<32} {:>8} {:<16} {:<8} {:<9} {}",
                         i["service"].as_str().unwrap_or(""),
                         i["instance"],
                         i["nsip"].as_str().unwrap_or(""),
                         i["host_if"].as_str().unwrap_or(""),
+                        i["health"].as_str().unwrap_or(""),
                         i["netns"].as_str().unwrap_or("")
                     );
                 }

@@ -160,6 +160,7 @@ mod tests {
             node: "n1".into(),
             nsip: Ipv4Addr::new(10, 30, 1, n as u8 + 1),
             fixed_ip,
+            health: Default::default(),
         };
         ClusterState {
             nodes: vec![],

@@ -263,6 +263,7 @@ proptest! {
                 node: "n".into(),
                 nsip: Ipv4Addr::new(10, 30, 0, i),
                 fixed_ip: Some(Ipv4Addr::new(172, 30, 200, i)),
+                health: Default::default(),
             });
         }
         for s in &state.services {

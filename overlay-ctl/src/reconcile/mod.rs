@@ -150,8 +150,11 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
             m.ports.insert((svc.id, port, IPPROTO_UDP));
         }
         m.ports.insert((svc.id, 0, IPPROTO_ICMP));
+        // Only ready instances get new flows; the others keep their backend
+        // entry above, so that their established flows go on.
         let candidates: Vec<Candidate> = live
             .iter()
+            .filter(|(inst, _)| inst.health.is_ready())
             .map(|(inst, node)| Candidate {
                 id: inst.backend_id(),
                 local: *node == local_id,
@@ -214,8 +217,9 @@ pub fn slots(pol: Policy, candidates: &[Candidate], p: &Params) -> Vec<u32> {
 }
 
 /// Fixed IPs lead to exactly their instance. A claimed IP whose instance is
-/// not running stays a ServIP without backends, so connections to it fail
-/// fast (ICMP host unreachable) and never go elsewhere.
+/// not running, or not ready, stays a ServIP without backends, so new
+/// connections to it fail fast (ICMP host unreachable) and never go
+/// elsewhere; established ones go on through their conntrack entries.
 fn fixed_ips(m: &mut MapSet, service: u32, live: &[(&InstanceSpec, u32)], claims: &[&FixedIp]) {
     for c in claims {
         m.servips.insert(c.ip, (service, Policy::Fixed, Vec::new()));
@@ -226,8 +230,11 @@ fn fixed_ips(m: &mut MapSet, service: u32, live: &[(&InstanceSpec, u32)], claims
             .find(|c| c.instance == inst.instance)
             .map(|c| c.ip);
         if let Some(ip) = claimed.or(inst.fixed_ip) {
-            m.servips
-                .insert(ip, (service, Policy::Fixed, vec![inst.backend_id()]));
+            let slots = match inst.health.is_ready() {
+                true => vec![inst.backend_id()],
+                false => Vec::new(),
+            };
+            m.servips.insert(ip, (service, Policy::Fixed, slots));
         }
     }
 }

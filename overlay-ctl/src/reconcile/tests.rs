@@ -20,6 +20,7 @@ fn inst(n: u32, node: &str, o: u8) -> InstanceSpec {
         node: node.into(),
         nsip: Ipv4Addr::new(10, 30, o, 2),
         fixed_ip: None,
+        health: Default::default(),
     }
 }
 
@@ -38,6 +39,7 @@ fn state() -> ClusterState {
                 .collect(),
             exposed: false,
             needs: Vec::new(),
+            readiness: None,
         }],
         instances: vec![inst(1, "n1", 1), inst(2, "n2", 2)],
         ..Default::default()
@@ -140,6 +142,47 @@ fn fixed_ip_of_a_missing_instance_fails_fast() {
     assert_eq!(want(desired(&s, &local(&eps))), (7, Policy::Fixed, vec![]));
 }
 
+/// An instance that is not ready leaves every slot table (closest falls
+/// back to the next closest) but keeps its backend entry, so that its
+/// established flows are not ended.
+#[test]
+fn instances_that_are_not_ready_get_no_new_flows() {
+    use crate::model::Health;
+    let eps = BTreeMap::new();
+    let (n1, n2) = (Ipv4Addr::new(10, 30, 1, 2), Ipv4Addr::new(10, 30, 2, 2));
+    for health in [Health::Starting, Health::Failing, Health::Draining] {
+        let mut s = state();
+        s.instances[0].health = health;
+        let m = desired(&s, &local(&eps));
+        for (vip, (_, pol, slots)) in &m.servips {
+            assert!(!slots.contains(&u32::from(n1)), "{health:?} {pol:?} {vip}");
+        }
+        let closest = &m.servips[&Ipv4Addr::new(172, 30, 0, 1)].2;
+        assert_eq!(
+            closest,
+            &vec![u32::from(n2)],
+            "{health:?}: the next closest"
+        );
+        assert_eq!(
+            m.backends[&u32::from(n1)],
+            (n1, s.nodes[0].subnet.node_id())
+        );
+        assert!(m.nsip_services.contains_key(&n1));
+    }
+    let mut s = state();
+    s.services[0].servips.clear();
+    s.services[0].stateful = true;
+    s.instances[1].fixed_ip = Some(Ipv4Addr::new(172, 30, 1, 2));
+    s.instances[1].health = Health::Starting;
+    let m = desired(&s, &local(&eps));
+    let fixed = &m.servips[&Ipv4Addr::new(172, 30, 1, 2)];
+    assert_eq!(
+        fixed,
+        &(7, Policy::Fixed, vec![]),
+        "fails fast while not ready"
+    );
+}
+
 #[test]
 fn fixed_ips_for_stateful_instances() {
     let mut s = state();
@@ -168,6 +211,7 @@ fn needs_and_exposure() {
         servips: BTreeMap::new(),
         exposed: false,
         needs: vec!["A.B.C.D".into(), "not.deployed.yet.x".into()],
+        readiness: None,
     });
     let eps = BTreeMap::new();
     let m = desired(&s, &local(&eps));

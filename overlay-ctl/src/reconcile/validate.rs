@@ -252,6 +252,7 @@ mod tests {
                 .collect(),
             exposed: false,
             needs: Vec::new(),
+            readiness: None,
         }
     }
 
@@ -262,6 +263,7 @@ mod tests {
             node: node.into(),
             nsip,
             fixed_ip: None,
+            health: Default::default(),
         }
     }
 

@@ -81,10 +81,17 @@ impl Inner {
         let value = serde_json::to_vec(spec).expect("instances serialise");
         let mut puts = vec![put(
             &self.instance_key(&spec.service, spec.instance),
-            value.clone(),
+            value,
             lease,
         )];
         if let Some(v1) = &self.v1_mirror {
+            // The previous release refuses unknown fields: it gets the record
+            // without the health (and balances over every instance, as it did).
+            let old = InstanceSpec {
+                health: Default::default(),
+                ..spec.clone()
+            };
+            let value = serde_json::to_vec(&old).expect("instances serialise");
             let key = format!("{v1}instances/{}/{}", spec.service, spec.instance);
             puts.push(put(&key, value, lease));
         }

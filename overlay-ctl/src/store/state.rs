@@ -229,6 +229,7 @@ mod tests {
                 node: "n1".into(),
                 nsip: Ipv4Addr::new(10, 30, 1, i as u8),
                 fixed_ip: None,
+                health: Default::default(),
             })
             .unwrap()
         };
@@ -254,6 +255,7 @@ mod tests {
             node: "n2".into(),
             nsip: Ipv4Addr::new(10, 30, 2, 9),
             fixed_ip: Some(Ipv4Addr::new(172, 30, 0, 1)),
+            health: Default::default(),
         })
         .unwrap();
         let state = build_state([("node/n3/instances/a.b.c.d/1", forged.as_slice())]);
@@ -286,6 +288,7 @@ mod tests {
             node: node.into(),
             nsip: Ipv4Addr::new(10, 30, 0, n as u8),
             fixed_ip: None,
+            health: Default::default(),
         };
         let current = ClusterState {
             nodes: vec![node("n1", 1), node("n2", 2)],

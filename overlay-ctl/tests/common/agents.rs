@@ -208,6 +208,7 @@ impl Agent {
             node: self.name.clone(),
             nsip: v["nsip"].as_str().unwrap().parse().unwrap(),
             fixed_ip: None,
+            health: Default::default(),
         }
     }
 

@@ -114,10 +114,16 @@ impl Cluster {
     }
 
     /// Deploys a service as the orchestrator; a stateful one with the
-    /// fixed IPs of instances 1 to 4.
+    /// fixed IPs of instances 1 to 4. Unless the descriptor says otherwise,
+    /// its instances are ready at once (`readiness: none`): the tests of
+    /// other features do not wait for checks (health_e2e tests readiness).
     pub fn deploy_service(&self, json: &str) -> serde_json::Value {
+        let json = match json.contains("\"readiness\"") {
+            true => json.to_string(),
+            false => json.replacen('{', r#"{"readiness":"none","#, 1),
+        };
         let path = self.work.dir.join(format!("svc-{}.json", json.len()));
-        std::fs::write(&path, json).unwrap();
+        std::fs::write(&path, &json).unwrap();
         let mut args = vec!["service", "deploy", path.to_str().unwrap(), "--json"];
         if json.contains("\"statefull\":true") {
             args.extend(["--instances", "4"]);

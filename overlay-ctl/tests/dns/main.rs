@@ -80,6 +80,7 @@ fn state() -> ClusterState {
         node: "n1".into(),
         nsip: Ipv4Addr::new(10, 30, 1, n as u8 + 10),
         fixed_ip: fixed,
+        health: Default::default(),
     };
     let mut s = ClusterState {
         nodes: vec![],

@@ -67,6 +67,7 @@ fn descriptor(service: &str) -> Descriptor {
         needs: Vec::new(),
         ports: vec![8080],
         stateful: false,
+        readiness: None,
     }
 }
 
@@ -101,6 +102,7 @@ fn instance(service: &str, n: u32, node: &NodeRecord) -> InstanceSpec {
         node: node.name.clone(),
         nsip: node.subnet.host(n + 1),
         fixed_ip: None,
+        health: Default::default(),
     }
 }
 

@@ -265,3 +265,47 @@ fn a_duplicate_node_id_is_refused() {
         drop(first);
     });
 }
+
+/// While agents of the previous release run, an instance's health is
+/// published in the v2 record only: the v1 copy (which the previous
+/// release parses strictly) is the record without it.
+#[test]
+fn the_v1_copy_of_an_instance_has_no_health() {
+    use overlay_ctl::model::Health;
+    let c = cluster("st-v1health");
+    run(&c, |store| async move {
+        let subnet = store
+            .lease_subnet("n1", DEFAULT_SUBNET_POOL, DEFAULT_SUBNET_LEN)
+            .await
+            .unwrap();
+        let record = node("n1", subnet);
+        let mirrored = store.clone().with_v1_mirror(true);
+        let reg = mirrored
+            .register_node(&record, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let starting = InstanceSpec {
+            health: Health::Starting,
+            ..instance("shop.prod.a.v1", 1, &record)
+        };
+        reg.publish_instance(&starting).await.unwrap();
+        assert_eq!(
+            store.instances().await.unwrap(),
+            std::slice::from_ref(&starting)
+        );
+        let (v1, _) = store
+            .clone()
+            .with_prefix(store::V1_PREFIX)
+            .snapshot()
+            .await
+            .unwrap();
+        let ready = InstanceSpec {
+            health: Health::Ready,
+            ..starting
+        };
+        assert_eq!(v1.instances, std::slice::from_ref(&ready));
+        let json = serde_json::to_value(&ready).unwrap();
+        assert!(json.get("health").is_none(), "{json}");
+        reg.close().await.unwrap();
+    });
+}
