@@ -206,6 +206,22 @@ fn agent_state(reg: &Registry, agent: &Agent) {
     )
     .with_label_values(&none)
     .inc_by(total);
+    let passes = agent.passes();
+    counters(
+        reg,
+        "reconcile_passes_total",
+        "Passes that brought the maps to the desired state",
+        &none,
+    )
+    .with_label_values(&none)
+    .inc_by(passes.count);
+    let seconds = prometheus::Counter::with_opts(Opts::new(
+        "reconcile_seconds_total",
+        "Time spent in reconcile passes",
+    ))
+    .expect("a valid counter");
+    seconds.inc_by(passes.seconds);
+    reg.register(Box::new(seconds)).expect("registered once");
 }
 
 /// Service id → name, from the desired state.

@@ -112,6 +112,9 @@ fn metrics_count_exactly_and_pass_promtool() {
     ] {
         assert!(sample(text, series).is_some(), "{series} in\n{text}");
     }
+    // The agent reconciled at least once (its first sync), in some time.
+    assert!(sample(text, "overlay_reconcile_passes_total").is_some_and(|n| n >= 1.0));
+    assert!(sample(text, "overlay_reconcile_seconds_total").is_some_and(|s| s > 0.0));
     let file = c.work.dir.join("scrape.prom");
     std::fs::write(&file, text).unwrap();
     let check = std::process::Command::new("sh")

@@ -210,6 +210,7 @@ struct Maps {
     applied: MapSet,
     /// Map entries the reconciler could not apply (the agent's status shows them).
     failures: reconcile::Failures,
+    passes: reconcile::Passes,
 }
 
 pub type Shared = Arc<Agent>;
@@ -295,7 +296,10 @@ impl Agent {
             return Ok(reconcile::Changes::default());
         };
         let maps = &mut *maps;
+        let started = std::time::Instant::now();
         let (changes, now) = reconcile::apply(&mut maps.dp.tables, &maps.applied, &want);
+        maps.passes.count += 1;
+        maps.passes.seconds += started.elapsed().as_secs_f64();
         maps.applied = now;
         maps.failures.update(&changes.failed);
         if changes != reconcile::Changes::default() {
@@ -310,6 +314,11 @@ impl Agent {
             .as_ref()
             .map(|n| n.counts().snapshot())
             .unwrap_or_default()
+    }
+
+    /// The reconcile passes so far.
+    pub fn passes(&self) -> reconcile::Passes {
+        self.maps().passes
     }
 
     /// The map entries the last reconcile could not apply, and how many

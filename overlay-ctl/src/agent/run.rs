@@ -154,6 +154,7 @@ async fn start(cfg: AgentConfig) -> Result<Started> {
             dp,
             applied,
             failures: Default::default(),
+            passes: Default::default(),
         }),
         linking: tokio::sync::Mutex::new(()),
         store: link,

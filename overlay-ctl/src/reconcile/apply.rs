@@ -462,6 +462,14 @@ fn end_flows(t: &mut Tables, p: &mut Pass) {
     }
 }
 
+/// How many reconcile passes ran, and how long they took (`/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Passes {
+    pub count: u64,
+    /// Time spent in them, summed.
+    pub seconds: f64,
+}
+
 /// The entries failing over successive passes: each failure is logged when
 /// it starts and when it clears, not with every pass, and counted.
 #[derive(Debug, Default)]

@@ -19,7 +19,7 @@ pub mod guard;
 pub mod validate;
 
 use crate::model::{ClusterState, FixedIp, InstanceSpec, Policy};
-pub use apply::{Changes, Failure, Failures, apply};
+pub use apply::{Changes, Failure, Failures, Passes, apply};
 
 /// The full contents of one node's maps (the parts the agent owns).
 #[derive(Clone, Debug, Default, PartialEq)]
