@@ -172,26 +172,32 @@ pub(super) fn configure(dp: &mut Dataplane, uplink_ifindex: u32) -> anyhow::Resu
     Ok(())
 }
 
-/// The conntrack map of `dp`, opened by id (the `Tables` API does not delete
-/// entries).
+/// The conntrack maps of `dp` (confirmed flows, then new ones), opened by
+/// id (the `Tables` API does not delete entries one by one).
 pub(super) fn conntrack_map(
     dp: &mut Dataplane,
-) -> anyhow::Result<BpfHashMap<MapData, CtKey, CtEntry>> {
+) -> anyhow::Result<Vec<BpfHashMap<MapData, CtKey, CtEntry>>> {
     let info = dp.classifier(programs::FROM_INSTANCE)?.info()?;
-    for id in info.map_ids()?.unwrap_or_default() {
-        let m = MapInfo::from_id(id)?;
-        if m.name_as_str() == Some(def::CONNTRACK.name) {
-            let map = Map::from_map_data(MapData::from_id(id)?)?;
-            return Ok(BpfHashMap::try_from(map)?);
-        }
+    let mut out = Vec::new();
+    for name in [def::CONNTRACK.name, def::CT_NEW.name] {
+        let id = info
+            .map_ids()?
+            .unwrap_or_default()
+            .into_iter()
+            .find(|&id| MapInfo::from_id(id).is_ok_and(|m| m.name_as_str() == Some(name)));
+        let Some(id) = id else {
+            bail!("the from_instance program uses no {name} map")
+        };
+        let map = Map::from_map_data(MapData::from_id(id)?)?;
+        out.push(BpfHashMap::try_from(map)?);
     }
-    bail!("the from_instance program uses no CONNTRACK map")
+    Ok(out)
 }
 
 /// Deletes the conntrack entries of the new flows with these source ports
 /// (both directions, as `from_instance` writes them).
 pub(super) fn clear_new_flows(
-    ct: &mut BpfHashMap<MapData, CtKey, CtEntry>,
+    maps: &mut [BpfHashMap<MapData, CtKey, CtEntry>],
     sports: std::ops::Range<u16>,
 ) {
     let port = |p: u16| ip::port_to_wire(p);
@@ -212,8 +218,10 @@ pub(super) fn clear_new_flows(
             proto: IPPROTO_TCP,
             _pad: [0; 3],
         };
-        let _ = ct.remove(&fwd);
-        let _ = ct.remove(&rev);
+        for ct in maps.iter_mut() {
+            let _ = ct.remove(&fwd);
+            let _ = ct.remove(&rev);
+        }
     }
 }
 
