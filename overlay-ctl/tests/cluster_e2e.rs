@@ -498,4 +498,20 @@ fn a_node_listening_on_an_exposed_port_keeps_it() {
         serde_json::json!(["8081/tcp demo.prod.api.v1"])
     );
     assert_eq!(json[1]["exposed_conflicts"], serde_json::json!([]));
+    // Where each node's probes come from, as its peers see them: its own
+    // address and EWP here (no NAT), so no mismatch.
+    let seen = std::cell::RefCell::new(serde_json::Value::Null);
+    let waited = wait_until(Duration::from_secs(10), "the peers' view of n1", || {
+        let json: serde_json::Value =
+            serde_json::from_str(&c.ctl_ok(&["node", "ls", "--json"])).unwrap();
+        *seen.borrow_mut() = json.clone();
+        json[0]["observed"]
+            == serde_json::json!({"n2": "192.0.2.11:50103", "n3": "192.0.2.11:50103"})
+            && json[0]["observed_mismatch"] == false
+    });
+    assert!(waited.is_ok(), "{:#}", seen.borrow());
+    assert!(
+        c.ctl_ok(&["node", "ls"])
+            .contains("seen by its peers as 192.0.2.11:50103")
+    );
 }

@@ -73,9 +73,13 @@ pub async fn measure(agent: Shared, prober: Option<Prober>, scan: Arc<Tables>, p
     let window = window_ticks(agent.cfg.load_window_s);
     let mut keys = super::probe_keys::KeyFollower::default();
     let mut conflicts = Vec::new();
+    let mut seen = BTreeMap::new();
     loop {
         ticker.tick().await;
         listeners(&agent, &mut conflicts);
+        if let Some(p) = &prober {
+            observed(&agent, p, &mut seen);
+        }
         if let (Some(p), Some(link)) = (&prober, &agent.store) {
             keys.refresh(&link.store, p).await;
         }
@@ -147,6 +151,30 @@ fn listeners(agent: &Shared, published: &mut Vec<String>) {
     if now != *published {
         if let Some(link) = &agent.store {
             link.registration.set_status("conflicts", &now);
+        }
+        *published = now;
+    }
+}
+
+/// Publishes where this node sees each peer's probes come from
+/// (`node/<name>/observed`: peer → address:port), when it changes: the
+/// peers' view of a node behind NAT, for `node ls`.
+fn observed(agent: &Shared, prober: &Prober, published: &mut BTreeMap<String, String>) {
+    let names: BTreeMap<u32, String> = agent
+        .state()
+        .cluster_with_lapsed()
+        .nodes
+        .iter()
+        .map(|n| (n.subnet.node_id(), n.name.clone()))
+        .collect();
+    let now: BTreeMap<String, String> = prober
+        .observed()
+        .into_iter()
+        .filter_map(|(id, addr)| Some((names.get(&id)?.clone(), addr.to_string())))
+        .collect();
+    if now != *published {
+        if let Some(link) = &agent.store {
+            link.registration.set_status("observed", &now);
         }
         *published = now;
     }

@@ -1,5 +1,6 @@
 //! Orchestrator-side commands: `service deploy|rm|ls`, `node ls`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
@@ -163,12 +164,37 @@ async fn service_rows(access: &Access) -> anyhow::Result<Vec<Value>> {
         .collect())
 }
 
+/// The address and port other nodes send a node's tunnel packets to: its
+/// public mapping if configured, else its own.
+fn expected(n: &crate::store::NodeRecord) -> String {
+    n.public
+        .map_or_else(|| format!("{}:{}", n.ip, n.ewp), |p| p.to_string())
+}
+
+/// Where node `n`'s probes came from as each peer saw them (peer →
+/// address:port), and whether any differs from where they send to it.
+fn seen_as(
+    n: &crate::store::NodeRecord,
+    observed: &BTreeMap<String, BTreeMap<String, String>>,
+) -> (BTreeMap<String, String>, bool) {
+    let seen: BTreeMap<String, String> = observed
+        .iter()
+        .filter_map(|(peer, m)| Some((peer.clone(), m.get(&n.name)?.clone())))
+        .collect();
+    let want = expected(n);
+    let mismatch = seen.values().any(|a| *a != want);
+    (seen, mismatch)
+}
+
 pub fn node_ls(access: &Access, json: bool) -> anyhow::Result<()> {
-    let (nodes, state, conflicts) = runtime()?.block_on(async {
+    let (nodes, state, conflicts, observed) = runtime()?.block_on(async {
         let store = Store::connect(access).await?;
         let nodes = store.nodes().await?;
         let conflicts = store.node_status::<Vec<String>>("conflicts").await?;
-        Ok::<_, crate::store::StoreError>((nodes, store.snapshot().await?.0, conflicts))
+        let observed = store
+            .node_status::<BTreeMap<String, String>>("observed")
+            .await?;
+        Ok::<_, crate::store::StoreError>((nodes, store.snapshot().await?.0, conflicts, observed))
     })?;
     let none = Default::default();
     let rtt = |n: &str| state.rtt.get(n).unwrap_or(&none);
@@ -181,6 +207,9 @@ pub fn node_ls(access: &Access, json: bool) -> anyhow::Result<()> {
                 v["rtt_us"] = serde_json::json!(rtt(&n.name));
                 v["exposed_conflicts"] =
                     serde_json::json!(conflicts.get(&n.name).cloned().unwrap_or_default());
+                let (seen, mismatch) = seen_as(n, &observed);
+                v["observed"] = serde_json::json!(seen);
+                v["observed_mismatch"] = serde_json::json!(mismatch);
                 v
             })
             .collect();
@@ -210,6 +239,19 @@ pub fn node_ls(access: &Access, json: bool) -> anyhow::Result<()> {
             n.mtu,
             rtts.join(", ")
         );
+        let (seen, mismatch) = seen_as(&n, &observed);
+        let mut addrs: Vec<&String> = seen.values().collect();
+        addrs.sort();
+        addrs.dedup();
+        if !addrs.is_empty() {
+            let list: Vec<&str> = addrs.iter().map(|a| a.as_str()).collect();
+            let flag = if mismatch {
+                format!("  MISMATCH: other nodes should see {}", expected(&n))
+            } else {
+                String::new()
+            };
+            println!("{:<12} seen by its peers as {}{flag}", "", list.join(", "));
+        }
         // What the node will not expose (it listens there itself).
         for c in conflicts.get(&n.name).into_iter().flatten() {
             println!(
@@ -349,4 +391,37 @@ pub fn settings(cmd: ClusterCmd, access: &Access) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A NATed node's configured `public` against what its peers saw.
+    #[test]
+    fn a_mapping_other_than_the_configured_one_is_flagged() {
+        let mut n: crate::store::NodeRecord = serde_json::from_value(serde_json::json!({
+            "name": "n2", "ip": "10.0.0.2", "ewp": 50103, "nsp": 50104, "mtu": 1500,
+            "subnet": "10.30.2.0/24", "public": "198.51.100.7:40002"
+        }))
+        .unwrap();
+        let observed = |addr: &str| {
+            BTreeMap::from([(
+                "n1".to_string(),
+                BTreeMap::from([("n2".to_string(), addr.to_string())]),
+            )])
+        };
+        let (seen, mismatch) = seen_as(&n, &observed("198.51.100.7:40002"));
+        assert_eq!(
+            (seen["n1"].as_str(), mismatch),
+            ("198.51.100.7:40002", false)
+        );
+        assert!(
+            seen_as(&n, &observed("198.51.100.7:61000")).1,
+            "another port"
+        );
+        n.public = None;
+        assert!(!seen_as(&n, &observed("10.0.0.2:50103")).1);
+        assert!(seen_as(&n, &BTreeMap::new()).0.is_empty());
+    }
 }

@@ -131,6 +131,9 @@ struct Shared {
     epoch: Instant,
     peers: Mutex<Peers>,
     dropped: AtomicU64,
+    /// Where each peer's probes came from (node id → address and port), as
+    /// this node sees them: behind NAT, its public mapping.
+    observed: std::sync::Mutex<BTreeMap<u32, SocketAddrV4>>,
 }
 
 impl Prober {
@@ -158,6 +161,7 @@ impl Prober {
             epoch: Instant::now(),
             peers: Mutex::default(),
             dropped: AtomicU64::new(0),
+            observed: Default::default(),
         });
         let tasks = [
             tokio::spawn(send_loop(shared.clone())),
@@ -194,6 +198,16 @@ impl Prober {
     /// Probes sent to each peer and echoes taken back, by peer name.
     pub fn counts(&self) -> BTreeMap<String, ProbeCounts> {
         self.shared.peers().counts()
+    }
+
+    /// The address and port each peer's probes come from, by its node id
+    /// (authenticated probes only): what a NAT in between maps it to.
+    pub fn observed(&self) -> BTreeMap<u32, SocketAddrV4> {
+        self.shared
+            .observed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The address the socket is bound to.
@@ -337,8 +351,14 @@ async fn receive_loop(shared: Arc<Shared>) {
     }
 }
 
-/// Echoes a probe back to its sender, after the configured delay.
+/// Echoes a probe back to its sender, after the configured delay, and
+/// notes where it came from.
 async fn answer(shared: &Arc<Shared>, probe: &Message, to: SocketAddrV4, echoes: &mut JoinSet<()>) {
+    shared
+        .observed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(probe.sender, to);
     let echo = shared.encode(Kind::Echo, probe.seq, probe.t_ns);
     if shared.echo_delay.is_zero() {
         shared.send(&echo, to).await;

@@ -117,6 +117,15 @@ fn two_nodes_measure_each_other() {
     .unwrap();
     assert_eq!(names(&a), ["n2"]);
     assert!(a.prober.rtts()["n2"].srtt_us < 1_000_000);
+    // Each saw where the other's probes come from.
+    assert_eq!(
+        a.prober.observed()[&node_id(n2)],
+        SocketAddrV4::new(n2.ip, EWP)
+    );
+    assert_eq!(
+        b.prober.observed()[&node_id(n1)],
+        SocketAddrV4::new(n1.ip, EWP)
+    );
     assert_eq!((a.prober.dropped(), b.prober.dropped()), (0, 0));
 }
 
