@@ -12,6 +12,11 @@
 /// (the cluster's default-deny setting); service ids start at 1.
 pub const DEFAULT_DENY: u32 = 0;
 
+/// `PEERS` value of an address that several nodes share (nodes behind one
+/// NAT): the sender is then the node whose subnet holds the inner source,
+/// if that node has this address.
+pub const SHARED_PEER: u32 = u32::MAX;
+
 /// The node-wide settings, index 0 of the `CONFIG` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

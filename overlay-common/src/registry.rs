@@ -103,7 +103,8 @@ macro_rules! for_each_map {
             /// Node id → where its tunnel packets go.
             NODES nodes: HashMap<u32, $crate::maps::Node>,
                 $crate::registry::capacity::NODES, $crate::registry::NO_PREALLOC, 1;
-            /// Registered node addresses (value: node id): the only accepted tunnel sources.
+            /// Registered node addresses (value: node id, or `SHARED_PEER` for an
+            /// address several nodes share): the only accepted tunnel sources.
             PEERS peers: HashMap<u32, u32>,
                 $crate::registry::capacity::NODES, $crate::registry::NO_PREALLOC, 1;
             /// Node subnets (value: node id), for traffic to a remote NamespaceIP.

@@ -37,7 +37,7 @@ pub fn decap_from_gateway(
 ) -> Result<(i32, Reason), Reason> {
     tunnel::decap(ctx)?;
     let inner = packet::ipv4(ctx)?.ok_or(Reason::DropMalformed)?;
-    tunnel::check_inner(tunnel::Port::Nsp, 0, inner.saddr)?;
+    tunnel::check_inner(tunnel::Port::Nsp, 0, inner.saddr, outer.saddr)?;
     if inner.daddr != cfg.node_ip {
         return Err(Reason::DropPort);
     }

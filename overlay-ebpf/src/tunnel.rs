@@ -17,7 +17,7 @@ use aya_ebpf::{
 use overlay_common::{
     ENCAP_OVERHEAD, ETH_P_IP, IPPROTO_UDP,
     flow::encap_sport,
-    maps::{Config, Node},
+    maps::{Config, Node, SHARED_PEER},
     stats::Reason,
 };
 
@@ -25,7 +25,7 @@ use crate::csum::ipv4_csum;
 use crate::layout::{
     DEFAULT_TTL, ETH_ADDRS, ETH_OFF, Eth, IP_DF, IP_OFF, Ipv4, Macs, UDP_HLEN, Udp, VIHL_PLAIN,
 };
-use crate::maps::{GATEWAYS, HOST_PREFIX, OVERLAY_NETS, PEERS, ROUTES};
+use crate::maps::{GATEWAYS, HOST_PREFIX, NODES, OVERLAY_NETS, PEERS, ROUTES};
 use crate::nexthop::{self, NextHop};
 use crate::packet::{Flow, read, write};
 
@@ -101,13 +101,20 @@ pub fn check_sender(port: Port, src: u32) -> Result<u32, Reason> {
 /// sources: the client's node translates replies after decapsulation). A
 /// gateway carries external clients, never an address of the overlay.
 /// The outer source itself is not authenticated (see `docs/isolation.md`).
+/// An address several nodes share (`SHARED_PEER`: nodes behind one NAT)
+/// sends for the node whose subnet holds the inner source, if that node is
+/// registered with the outer source `outer_src`.
 #[inline(always)]
-pub fn check_inner(port: Port, sender: u32, inner_src: u32) -> Result<(), Reason> {
+pub fn check_inner(port: Port, sender: u32, inner_src: u32, outer_src: u32) -> Result<(), Reason> {
     let host = Key::new(HOST_PREFIX, inner_src);
     let bound = match port {
         // A node's id is its subnet's /24 number (no two nodes share one), so
         // a source in that /24 is the sender's or nobody's: no lookup on the
         // established path. Subnets wider than a /24 take the route lookup.
+        Port::Ewp if sender == SHARED_PEER => ROUTES.get(host).is_some_and(|node| {
+            // SAFETY: value copied out at once.
+            unsafe { NODES.get(*node) }.is_some_and(|n| n.ip == outer_src)
+        }),
         Port::Ewp => {
             u32::from_be(inner_src) >> 8 == sender
                 || ROUTES.get(host).is_some_and(|node| *node == sender)

@@ -194,19 +194,44 @@ impl Tables {
     /// A node: where its tunnel packets go, and that its address may send them.
     pub fn put_node(&mut self, id: u32, addr: Ipv4Addr, ewp: u16) -> Result<()> {
         let node = tunnel_end(addr, ewp);
+        let old = self.nodes.get(&id, 0).ok();
         self.nodes
             .insert(id, node, 0)
             .map_err(map_err(&def::NODES))?;
-        self.peers
-            .insert(node.ip, id, 0)
-            .map_err(map_err(&def::PEERS))
+        if let Some(old) = old.filter(|o| o.ip != node.ip) {
+            self.settle_peer(old.ip)?;
+        }
+        self.settle_peer(node.ip)
     }
 
     pub fn remove_node(&mut self, id: u32) -> Result<()> {
-        if let Ok(node) = self.nodes.get(&id, 0) {
-            ignore_missing(self.peers.remove(&node.ip)).map_err(map_err(&def::PEERS))?;
+        let old = self.nodes.get(&id, 0).ok();
+        ignore_missing(self.nodes.remove(&id)).map_err(map_err(&def::NODES))?;
+        match old {
+            Some(node) => self.settle_peer(node.ip),
+            None => Ok(()),
         }
-        ignore_missing(self.nodes.remove(&id)).map_err(map_err(&def::NODES))
+    }
+
+    /// Sets `PEERS` for the address `ip` (wire order) from the nodes that
+    /// have it: none, one (its id), or several behind one NAT (`SHARED_PEER`),
+    /// so that one node leaving never takes the address from another.
+    fn settle_peer(&mut self, ip: u32) -> Result<()> {
+        let ids: Vec<u32> = self
+            .nodes
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, n)| n.ip == ip)
+            .map(|(id, _)| id)
+            .collect();
+        match ids.as_slice() {
+            [] => ignore_missing(self.peers.remove(&ip)).map_err(map_err(&def::PEERS)),
+            [id] => self.peers.insert(ip, *id, 0).map_err(map_err(&def::PEERS)),
+            _ => self
+                .peers
+                .insert(ip, overlay_common::maps::SHARED_PEER, 0)
+                .map_err(map_err(&def::PEERS)),
+        }
     }
 
     /// A node's instance subnet.

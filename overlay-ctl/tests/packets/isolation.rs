@@ -337,3 +337,39 @@ fn udp_replies_pass_where_needs_refuse_new_datagrams() {
     let other = udp(b, DNS, REMOTE, 5354);
     assert_eq!(send(&mut dp, &BACKEND, &other), denied);
 }
+
+/// Two nodes behind one NAT share its address (each with its own port):
+/// each one's tunnel packets are accepted for its own subnet only, and one
+/// of them leaving does not take the address from the other.
+#[test]
+fn nodes_sharing_an_address_are_told_apart_by_their_subnets() {
+    let mut dp = guarded();
+    // The third node moves behind the peer's NAT: same address, another port.
+    dp.tables.put_node(THIRD_ID, PEER_IP, 40003).unwrap();
+    for inner in [REMOTE, THIRD_NSIP] {
+        let frame = tunnel(PEER_IP, &tcp(inner, HTTP, BACKEND.ip, CLIENT_PORT));
+        assert_eq!(uplink_xdp(&mut dp, &frame).0, XDP_PASS, "{inner}");
+        let before = snapshot(&dp);
+        let (ret, _) = uplink_tc(&mut dp, &frame);
+        assert_eq!(
+            (ret, before.delta(&dp)),
+            (TC_ACT_REDIRECT, vec![(Reason::Decap, 1)]),
+            "{inner} through the shared address"
+        );
+    }
+    for forged in [VIP, CLIENT.ip, OUTSIDE] {
+        let frame = tunnel(PEER_IP, &tcp(forged, HTTP, BACKEND.ip, CLIENT_PORT));
+        dropped_on_uplink(&mut dp, &frame, Reason::DropForgedInner);
+    }
+    // The third node leaves: the peer keeps its address.
+    dp.tables.remove_node(THIRD_ID).unwrap();
+    let frame = tunnel(PEER_IP, &tcp(REMOTE, HTTP, BACKEND.ip, CLIENT_PORT));
+    let before = snapshot(&dp);
+    assert_eq!(
+        (uplink_tc(&mut dp, &frame).0, before.delta(&dp)),
+        (TC_ACT_REDIRECT, vec![(Reason::Decap, 1)]),
+        "the peer after the third node left"
+    );
+    let gone = tunnel(PEER_IP, &tcp(THIRD_NSIP, HTTP, BACKEND.ip, CLIENT_PORT));
+    dropped_on_uplink(&mut dp, &gone, Reason::DropForgedInner);
+}

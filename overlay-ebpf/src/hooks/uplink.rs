@@ -62,7 +62,7 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
     let sender = tunnel::check_sender(port, ip.saddr).map_err(|r| stranger(ctx, r, ip.saddr))?;
     match port {
         Port::Nsp => north_south::decap_from_gateway(ctx, cfg, &ip).map(Some),
-        Port::Ewp => from_peer(ctx, cfg, sender).map(Some),
+        Port::Ewp => from_peer(ctx, cfg, sender, ip.saddr).map(Some),
     }
 }
 
@@ -70,7 +70,12 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
 /// the agent; anything else whose inner source the sender may use is
 /// decapsulated and goes to its destination.
 #[inline(always)]
-fn from_peer(ctx: &TcContext, cfg: &Config, sender: u32) -> Result<(i32, Reason), Reason> {
+fn from_peer(
+    ctx: &TcContext,
+    cfg: &Config,
+    sender: u32,
+    ip_saddr: u32,
+) -> Result<(i32, Reason), Reason> {
     if read::<u8, _>(ctx, INNER_IP)? == PROBE_MARK {
         return Ok((TC_ACT_OK, Reason::Probe));
     }
@@ -78,7 +83,7 @@ fn from_peer(ctx: &TcContext, cfg: &Config, sender: u32) -> Result<(i32, Reason)
     if !inner.is_v4() {
         return Err(Reason::DropMalformed);
     }
-    tunnel::check_inner(Port::Ewp, sender, inner.saddr)?;
+    tunnel::check_inner(Port::Ewp, sender, inner.saddr, ip_saddr)?;
     let mut f = packet::flow(ctx, &inner, INNER_L4)?;
     tunnel::decap(ctx)?;
     if let Reversed::External { via } = nat::reverse_nat(ctx, &mut f, cfg.node_ip)? {

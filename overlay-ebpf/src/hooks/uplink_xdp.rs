@@ -52,7 +52,7 @@ fn try_uplink_xdp(ctx: &XdpContext) -> Option<(Reason, u32)> {
     if !inner.is_v4() {
         return None;
     }
-    tunnel::check_inner(port, sender, inner.saddr)
+    tunnel::check_inner(port, sender, inner.saddr, ip.saddr)
         .err()
         .map(|reason| (reason, ip.saddr))
 }
