@@ -37,6 +37,7 @@ fn node(i: usize) -> NodeSpec {
             prefix: 20,
         },
         location: None,
+        own: None,
     }
 }
 

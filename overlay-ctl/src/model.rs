@@ -101,6 +101,22 @@ pub struct NodeSpec {
     /// Coordinates: the distance fallback while no RTT is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<crate::balance::Location>,
+    /// Behind NAT (`ip`/`ewp` being its public mapping): its own address
+    /// and EWP, which the nodes behind the same public address use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own: Option<std::net::SocketAddrV4>,
+}
+
+impl NodeSpec {
+    /// Where `from` sends this node's tunnel packets (and its probes): the
+    /// node's own address when both are behind the same public address (no
+    /// router hairpinning needed), else `ip`/`ewp`.
+    pub fn reached_from(&self, from: Option<&NodeSpec>) -> std::net::SocketAddrV4 {
+        match (self.own, from) {
+            (Some(own), Some(me)) if me.own.is_some() && me.ip == self.ip => own,
+            _ => std::net::SocketAddrV4::new(self.ip, self.ewp),
+        }
+    }
 }
 
 fn default_ewp() -> u16 {

@@ -5,7 +5,7 @@
 //! margin, so that jitter does not rewrite slot tables every second.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -204,6 +204,7 @@ fn conflicts(
 
 /// The other registered nodes, as probe targets.
 fn peers(state: &crate::model::ClusterState, me: &str) -> Vec<Peer> {
+    let own = state.node(me);
     state
         .nodes
         .iter()
@@ -211,7 +212,7 @@ fn peers(state: &crate::model::ClusterState, me: &str) -> Vec<Peer> {
         .map(|n| Peer {
             name: n.name.clone(),
             node_id: n.subnet.node_id(),
-            addr: SocketAddrV4::new(n.ip, n.ewp),
+            addr: n.reached_from(own),
         })
         .collect()
 }

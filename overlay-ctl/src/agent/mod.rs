@@ -413,6 +413,7 @@ mod tests {
             ewp: 50103,
             subnet: format!("10.30.{o}.0/24").parse().unwrap(),
             location: None,
+            own: None,
         }
     }
 

@@ -90,9 +90,11 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
         .iter()
         .map(|n| (n.name.as_str(), n.subnet.node_id()))
         .collect();
+    let me = state.node(local.name);
     for n in &state.nodes {
         let id = n.subnet.node_id();
-        m.nodes.insert(id, (n.ip, n.ewp));
+        let at = n.reached_from(me);
+        m.nodes.insert(id, (*at.ip(), at.port()));
         m.routes.insert((n.subnet.addr, n.subnet.prefix as u32), id);
     }
     m.gateways = state.gateways.iter().map(|g| (g.ip, g.port)).collect();

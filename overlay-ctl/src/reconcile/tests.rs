@@ -10,6 +10,7 @@ pub(super) fn node(name: &str, o: u8) -> NodeSpec {
         ewp: 50103,
         subnet: format!("10.30.{o}.0/24").parse().unwrap(),
         location: None,
+        own: None,
     }
 }
 
@@ -398,4 +399,45 @@ fn corrupt_records_reach_no_map() {
     assert!(!m.servips.contains_key(&Ipv4Addr::new(8, 8, 8, 8)));
     assert_eq!(m.refused.len(), 2, "{:?}", m.refused);
     assert_eq!(m.servips.len(), 3, "the good service keeps its ServIPs");
+}
+
+/// Nodes behind one public address reach each other at their own
+/// addresses (no hairpinning through the router); everyone else reaches
+/// them at the public mapping, and they reach the others there too.
+#[test]
+fn nodes_behind_one_nat_talk_over_their_own_addresses() {
+    let public = Ipv4Addr::new(198, 51, 100, 7);
+    let natted = |name: &str, o: u8, port: u16| NodeSpec {
+        ip: public,
+        ewp: port,
+        own: Some(std::net::SocketAddrV4::new(
+            Ipv4Addr::new(10, 0, 0, o),
+            50103,
+        )),
+        ..node(name, o)
+    };
+    let mut s = state();
+    s.nodes = vec![
+        natted("n1", 1, 40001),
+        natted("n2", 2, 40002),
+        node("n3", 3),
+    ];
+    let eps = BTreeMap::new();
+    let id = |name: &str| s.node(name).unwrap().subnet.node_id();
+    let m = desired(&s, &local(&eps));
+    assert_eq!(
+        m.nodes[&id("n2")],
+        (Ipv4Addr::new(10, 0, 0, 2), 50103),
+        "same site"
+    );
+    assert_eq!(
+        m.nodes[&id("n3")],
+        (Ipv4Addr::new(192, 0, 2, 13), 50103)
+    );
+    // From n3, outside the NAT: both at their public mappings.
+    let mut l = local(&eps);
+    l.name = "n3";
+    let m = desired(&s, &l);
+    assert_eq!(m.nodes[&id("n1")], (public, 40001));
+    assert_eq!(m.nodes[&id("n2")], (public, 40002));
 }

@@ -40,6 +40,9 @@ impl NodeRecord {
             ewp: self.public.map_or(self.ewp, |p| p.port()),
             subnet: self.subnet,
             location: self.location,
+            own: self
+                .public
+                .map(|_| std::net::SocketAddrV4::new(self.ip, self.ewp)),
         }
     }
 }
@@ -281,6 +284,7 @@ mod tests {
             ewp: 50103,
             subnet: format!("10.30.{last}.0/24").parse().unwrap(),
             location: None,
+            own: None,
         };
         let inst = |n: u32, node: &str| InstanceSpec {
             service: "a.b.c.d".into(),
