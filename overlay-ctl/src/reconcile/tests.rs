@@ -430,10 +430,7 @@ fn nodes_behind_one_nat_talk_over_their_own_addresses() {
         (Ipv4Addr::new(10, 0, 0, 2), 50103),
         "same site"
     );
-    assert_eq!(
-        m.nodes[&id("n3")],
-        (Ipv4Addr::new(192, 0, 2, 13), 50103)
-    );
+    assert_eq!(m.nodes[&id("n3")], (Ipv4Addr::new(192, 0, 2, 13), 50103));
     // From n3, outside the NAT: both at their public mappings.
     let mut l = local(&eps);
     l.name = "n3";
