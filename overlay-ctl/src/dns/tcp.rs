@@ -8,9 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Header, HeaderCounts, ResponseCode};
 use hickory_proto::rr::Record;
-use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::{NetError, xfer::Protocol};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -100,22 +98,7 @@ impl ResponseHandler for TcpReply {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let mut metadata = *response.metadata();
-        let mut bytes = Vec::with_capacity(512);
-        let info = match response.destructive_emit(&mut BinEncoder::new(&mut bytes)) {
-            Ok(info) => info,
-            Err(e) => {
-                tracing::debug!("DNS: encoding a TCP response: {e}");
-                bytes.clear();
-                metadata.response_code = ResponseCode::ServFail;
-                let header = Header {
-                    metadata,
-                    counts: HeaderCounts::default(),
-                };
-                header.emit(&mut BinEncoder::new(&mut bytes))?;
-                ResponseInfo::from(header)
-            }
-        };
+        let (bytes, info) = super::udp::encode(response, u16::MAX)?;
         // The encoder writes at most 65535 bytes.
         let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
         let mut framed = Vec::with_capacity(bytes.len() + 2);

@@ -138,26 +138,43 @@ impl ResponseHandler for UdpReply {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let id = response.metadata().id;
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(self.max_payload);
-        let info = match response.destructive_emit(&mut encoder) {
-            Ok(info) => info,
-            Err(e) => {
-                tracing::debug!("DNS: encoding a response: {e}");
-                bytes.clear();
-                let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
-                metadata.response_code = ResponseCode::ServFail;
-                let header = Header {
-                    metadata,
-                    counts: HeaderCounts::default(),
-                };
-                header.emit(&mut BinEncoder::new(&mut bytes))?;
-                ResponseInfo::from(header)
-            }
-        };
+        let (bytes, info) = encode(response, self.max_payload)?;
         self.socket.send_to(&bytes, self.dst).await?;
         Ok(info)
     }
+}
+
+/// A response's wire bytes, at most `max_size` long; a response that cannot
+/// be encoded becomes a bare SERVFAIL of the same id. Shared with `tcp.rs`.
+pub(super) fn encode<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+    max_size: u16,
+) -> Result<(Vec<u8>, ResponseInfo), NetError> {
+    let id = response.metadata().id;
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(max_size);
+    let info = match response.destructive_emit(&mut encoder) {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::debug!("DNS: encoding a response: {e}");
+            bytes.clear();
+            let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+            metadata.response_code = ResponseCode::ServFail;
+            let header = Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            };
+            header.emit(&mut BinEncoder::new(&mut bytes))?;
+            ResponseInfo::from(header)
+        }
+    };
+    Ok((bytes, info))
 }
