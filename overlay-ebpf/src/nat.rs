@@ -97,7 +97,7 @@ pub fn choose_backend(
     flags: u8,
 ) -> Result<Target, Reason> {
     let fwd = ct_key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
-    if let Some((e, _)) = refresh_ct(&fwd, ct::FORWARD, flags) {
+    if let Some((e, _)) = refresh_ct(&fwd, Some(ct::FORWARD), flags, true) {
         return Ok(Target {
             nsip: e.nat_addr,
             node: e.via,
@@ -199,24 +199,26 @@ fn reply_port(f: &Flow, backend: u32) -> Result<u16, Reason> {
     Err(Reason::DropNoRoute)
 }
 
-/// The entry of a tracked flow in direction `dir`, with its `seen`
-/// refreshed once per tick (that is how the agent counts active flows and
-/// ages flows out) and a FIN or RST in TCP `flags` recorded; and whether
-/// the flow is confirmed (in `CONNTRACK`).
+/// The entry of a tracked flow (of direction `dir`, if given), with its
+/// `seen` refreshed once per tick if `touch` (that is how the agent counts
+/// active flows and ages flows out) and a FIN or RST in TCP `flags`
+/// recorded; and whether the flow is confirmed (in `CONNTRACK`).
 #[inline(always)]
-pub fn refresh_ct(k: &CtKey, dir: u8, flags: u8) -> Option<(CtEntry, bool)> {
+pub fn refresh_ct(k: &CtKey, dir: Option<u8>, flags: u8, touch: bool) -> Option<(CtEntry, bool)> {
     let (e, confirmed) = match CONNTRACK.get_ptr_mut(k) {
         Some(e) => (e, true),
         None => (CT_NEW.get_ptr_mut(k)?, false),
     };
     // SAFETY: valid for this run; a racing eviction at worst loses one refresh.
     unsafe {
-        if (*e).dir != dir {
+        if dir.is_some_and(|d| (*e).dir != d) {
             return None;
         }
-        let now = crate::maps::tick();
-        if (*e).seen != now {
-            (*e).seen = now;
+        if touch {
+            let now = crate::maps::tick();
+            if (*e).seen != now {
+                (*e).seen = now;
+            }
         }
         if closing(flags) && (*e).state & ct::CLOSING == 0 {
             (*e).state |= ct::CLOSING;
@@ -300,7 +302,7 @@ pub fn reverse_nat(ctx: &TcContext, f: &mut Flow, node_ip: u32) -> Result<Revers
     // A TCP flow's client acknowledges what it gets (the forward entry
     // stays fresh); other protocols may only receive, so replies count too.
     let tcp = f.l4 == L4::Tcp;
-    let Some((e, confirmed)) = refresh_any(&key, flags, !tcp) else {
+    let Some((e, confirmed)) = refresh_ct(&key, None, flags, !tcp) else {
         return Ok(Reversed::Overlay);
     };
     // The first reply confirms a flow; for TCP the first one after the
@@ -330,29 +332,6 @@ pub fn reverse_nat(ctx: &TcContext, f: &mut Flow, node_ip: u32) -> Result<Revers
             Ok(Reversed::External { via: e.via })
         }
         _ => Ok(Reversed::Overlay),
-    }
-}
-
-/// [`refresh_ct`] of whatever direction the entry under `k` has; `seen`
-/// only if `touch`.
-#[inline(always)]
-fn refresh_any(k: &CtKey, flags: u8, touch: bool) -> Option<(CtEntry, bool)> {
-    let (e, confirmed) = match CONNTRACK.get_ptr_mut(k) {
-        Some(e) => (e, true),
-        None => (CT_NEW.get_ptr_mut(k)?, false),
-    };
-    // SAFETY: as in `refresh_ct`.
-    unsafe {
-        if touch {
-            let now = crate::maps::tick();
-            if (*e).seen != now {
-                (*e).seen = now;
-            }
-        }
-        if closing(flags) && (*e).state & ct::CLOSING == 0 {
-            (*e).state |= ct::CLOSING;
-        }
-        Some((*e, confirmed))
     }
 }
 

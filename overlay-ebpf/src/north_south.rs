@@ -94,7 +94,7 @@ pub fn forward_in(
     let f = packet::flow(ctx, ip, L4_OFF)?;
     let fwd = ct_key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
     let flags = nat::tcp_flags(ctx, &f)?;
-    let (backend, node, sport) = match nat::refresh_ct(&fwd, ct::NS_FORWARD, flags) {
+    let (backend, node, sport) = match nat::refresh_ct(&fwd, Some(ct::NS_FORWARD), flags, true) {
         Some((e, _)) => (e.nat_addr, e.via, e.nat_port),
         None => open_flow(&f, &exp, &fwd, via)?,
     };
