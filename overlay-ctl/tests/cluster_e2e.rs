@@ -245,12 +245,7 @@ fn exposure_from_outside_and_needs_between_services() {
     .unwrap();
 
     // North-south: n1 runs no api instance, yet its address serves the port.
-    let ext = c
-        .topo
-        .hosts()
-        .iter()
-        .find(|h| h.name() == c.outside)
-        .unwrap();
+    let ext = c.outside_host();
     let node1 = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 11), 8080));
     let (answer, peer) = servers::tcp_who(ext, node1).expect("exposed port through n1");
     assert_eq!(
@@ -469,12 +464,7 @@ fn a_node_listening_on_an_exposed_port_keeps_it() {
     let a = Netns::new("a1").unwrap();
     c.agents[1].deploy(API, 1, &a);
     servers::tcp(&a, 8081, "api1");
-    let ext = c
-        .topo
-        .hosts()
-        .iter()
-        .find(|h| h.name() == c.outside)
-        .unwrap();
+    let ext = c.outside_host();
     let at = |last: u8| SocketAddr::from((Ipv4Addr::new(192, 0, 2, last), 8081));
     wait_until(Duration::from_secs(5), "api through n2", || {
         servers::tcp_who(ext, at(12)).is_ok_and(|(w, _)| w == "api1")

@@ -137,12 +137,7 @@ fn established_flows_survive_floods_and_old_flows_expire() {
     let before = new_flows(&c);
     // Spoofed outside sources toward the exposed port of n1, then new flows
     // from the instance toward the ServIP (TCP and UDP, each its own port).
-    let ext = c
-        .topo
-        .hosts()
-        .iter()
-        .find(|h| h.name() == c.outside)
-        .unwrap();
+    let ext = c.outside_host();
     ext.enter(|| {
         let fd = raw_socket();
         for i in 0..FLOOD {

@@ -157,12 +157,7 @@ fn a_lan_host_routing_the_overlay_via_a_node_reaches_only_exposed_ports() {
         c.everywhere(a1.nsip, true)
     })
     .unwrap();
-    let ext = c
-        .topo
-        .hosts()
-        .iter()
-        .find(|h| h.name() == c.outside)
-        .unwrap();
+    let ext = c.outside_host();
     for range in ["10.30.0.0/16", "172.30.0.0/16"] {
         ext.ip(["route", "add", range, "via", &NODE1.to_string()])
             .unwrap();

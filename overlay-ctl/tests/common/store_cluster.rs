@@ -80,6 +80,15 @@ impl Cluster {
         c
     }
 
+    /// The external client's namespace (192.0.2.200 on the switch).
+    pub fn outside_host(&self) -> &Netns {
+        self.topo
+            .hosts()
+            .iter()
+            .find(|h| h.name() == self.outside)
+            .expect("the outside host")
+    }
+
     /// `overlay-ctl ARGS` run by the orchestrator (beside etcd).
     pub fn ctl(&self, args: &[&str]) -> Output {
         self.ctl_with("orchestrator", args)
