@@ -38,6 +38,7 @@ fn node(i: usize) -> NodeSpec {
         },
         location: None,
         own: None,
+        mtu: 0,
     }
 }
 

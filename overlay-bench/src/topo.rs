@@ -413,7 +413,7 @@ fn overlay() -> anyhow::Result<Overlay> {
         })?;
         for peer in topo.nodes() {
             let pid = peer.index as u32;
-            dp.tables.put_node(pid, peer.ip(), DEFAULT_EWP)?;
+            dp.tables.put_node(pid, peer.ip(), DEFAULT_EWP, 0)?;
             dp.tables.put_route(subnet(pid), 24, pid)?;
         }
         dps.push(dp);

@@ -19,6 +19,7 @@
 pub mod flow;
 pub mod maps;
 pub mod names;
+pub mod pmtu;
 pub mod policy;
 pub mod registry;
 pub mod stats;

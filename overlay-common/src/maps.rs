@@ -125,7 +125,23 @@ pub struct Node {
     pub ip: u32,
     /// Its EWP (or NAT-mapped port), network order.
     pub port: u16,
+    /// The overlay MTU toward the node: the smaller of both nodes' uplink
+    /// MTUs minus the tunnel overhead (`crate::pmtu`); 0: this node's own
+    /// (`Config::mtu`). Unused (0) in `GATEWAYS`.
+    pub mtu: u16,
+}
+
+/// `PATH_MTU[address]`: what an underlay router reported about the path to
+/// a node's address (ICMP fragmentation needed about a tunnel packet),
+/// written by the dataplane, in force for `pmtu::LIFETIME_TICKS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathMtu {
+    /// The reported next-hop MTU (outer packets), host order.
+    pub mtu: u16,
     pub _pad: u16,
+    /// When it was reported (`ct::tick`).
+    pub tick: u32,
 }
 
 /// `CONNTRACK` key: a 5-tuple as seen on the wire in one direction.
@@ -355,6 +371,7 @@ const _: () = {
     assert!(core::mem::size_of::<Backend>() == 8);
     assert!(core::mem::size_of::<Endpoint>() == 24);
     assert!(core::mem::size_of::<Node>() == 8);
+    assert!(core::mem::size_of::<PathMtu>() == 8);
     assert!(core::mem::size_of::<CtKey>() == 16);
     assert!(core::mem::size_of::<CtEntry>() == 20);
     assert!(core::mem::size_of::<Counter>() == 16);
@@ -377,6 +394,7 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for Node {}
+    unsafe impl aya::Pod for PathMtu {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for InfraKey {}

@@ -156,6 +156,10 @@ macro_rules! for_each_map {
             /// replies to them pass as replies.
             UDP_PEERS udp_peers: LruHashMap<$crate::maps::CtKey, u32>,
                 $crate::registry::capacity::UDP_PEERS, 0, 1;
+            /// Path MTU toward node addresses, as underlay routers reported it
+            /// (key: the address tunnel packets go to).
+            PATH_MTU path_mtu: LruHashMap<u32, $crate::maps::PathMtu>,
+                $crate::registry::capacity::NODES, 0, 1;
             /// Map name → layout version of the pinned maps (see `Layout`).
             LAYOUT layout: HashMap<$crate::maps::Layout, u32>,
                 $crate::registry::capacity::LAYOUT, $crate::registry::NO_PREALLOC, 1;

@@ -16,6 +16,9 @@ pub enum Table {
     Backends,
     Endpoints,
     Nodes,
+    /// The accepted tunnel sources: each registered node address, with its
+    /// node, or `shared` for an address several nodes share (NAT).
+    Peers,
     Gateways,
     /// What instances may not reach: nodes' tunnel ports, the store, the
     /// node's own addresses (with what stays allowed there).
@@ -99,6 +102,10 @@ pub fn rows_with(t: &Tables, table: Table, lifetimes: &Lifetimes) -> Result<Vec<
             .map(|(nsip, e)| json!({"nsip": nsip, "ifindex": e.ifindex, "service": e.service, "instance": e.instance, "mac": mac(&e.mac), "host_mac": mac(&e.host_mac)}))
             .collect(),
         Table::Nodes => t.nodes().into_iter().map(|(id, n)| json!({"node": id, "ip": ip::from_wire(n.ip), "ewp": ip::port_from_wire(n.port)})).collect(),
+        Table::Peers => t.peers().into_iter().map(|(addr, node)| {
+            let node = if node == overlay_common::maps::SHARED_PEER { json!("shared") } else { json!(node) };
+            json!({"addr": addr, "node": node})
+        }).collect(),
         Table::Gateways => t.gateways().into_iter().map(|(addr, port)| json!({"gateway": addr, "port": port})).collect(),
         Table::Infra => infra(t),
         Table::OverlayNets => t.overlay_nets().into_iter().map(|(net, len)| json!({"prefix": format!("{net}/{len}")})).collect(),

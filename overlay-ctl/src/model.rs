@@ -105,6 +105,13 @@ pub struct NodeSpec {
     /// and EWP, which the nodes behind the same public address use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub own: Option<std::net::SocketAddrV4>,
+    /// Its uplink's MTU (0: not known; then this node's own is assumed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mtu: u16,
+}
+
+fn is_zero(v: &u16) -> bool {
+    *v == 0
 }
 
 impl NodeSpec {

@@ -147,6 +147,8 @@ pub const IPV4_WORDS: usize = IPV4_HLEN / 2;
 /// Where the checksum sits inside a TCP and a UDP header.
 pub const TCP_HDR_CHECK: usize = 16;
 /// Where the flags sit inside a TCP header, and the two the programs read.
+/// Offset of the data offset (header length in words, high nibble) in the TCP header.
+pub const TCP_HDR_DOFF: usize = 12;
 pub const TCP_HDR_FLAGS: usize = 13;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;

@@ -31,6 +31,7 @@ mod nat;
 mod nexthop;
 mod north_south;
 mod packet;
+mod pmtu;
 mod tunnel;
 
 #[cfg(not(test))]

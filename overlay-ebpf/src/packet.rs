@@ -80,8 +80,14 @@ pub fn pull(ctx: &TcContext) {
 /// True for a GSO super-packet: the kernel segments it after encapsulation.
 #[inline(always)]
 pub fn is_gso(ctx: &TcContext) -> bool {
+    gso_size(ctx) != 0
+}
+
+/// The payload size of each segment of a GSO super-packet; 0 for any other.
+#[inline(always)]
+pub fn gso_size(ctx: &TcContext) -> u32 {
     // SAFETY: reading a field of the program's own context.
-    unsafe { (*ctx.skb.skb).gso_size != 0 }
+    unsafe { (*ctx.skb.skb).gso_size }
 }
 
 /// A pointer to a `T` at `off`, if the packet holds it.

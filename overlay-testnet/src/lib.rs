@@ -47,7 +47,7 @@ pub use child::NsChild;
 pub use cleanup::{cleanup_stale, list_netns};
 pub use etcd::{Etcd, EtcdTls};
 pub use netns::{Netns, veth};
-pub use topology::{Node, Topology};
+pub use topology::{Node, Router, Topology};
 
 /// What went wrong while building or tearing down a test network.
 ///

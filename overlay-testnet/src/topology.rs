@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use crate::{Error, Netns, Result, veth, wait_until};
 
+mod nat;
+
+pub use nat::Router;
+
 /// The test LAN: 192.0.2.0/24 (TEST-NET-1, never routed anywhere).
 const LAN: [u8; 3] = [192, 0, 2];
 const PREFIX_LEN: u8 = 24;
@@ -52,10 +56,12 @@ impl Node {
 /// then the switch.
 #[derive(Debug)]
 pub struct Topology {
-    // Field order is drop order: hosts and nodes go before the switch.
+    // Field order is drop order: hosts and nodes go before the routers, the
+    // routers before the switch.
     hosts: Vec<Netns>,
     host_ips: Vec<Ipv4Addr>,
     nodes: Vec<Node>,
+    routers: Vec<Router>,
     switch: Netns,
 }
 
@@ -78,6 +84,7 @@ impl Topology {
             hosts: Vec::new(),
             host_ips: Vec::new(),
             nodes: Vec::with_capacity(nodes),
+            routers: Vec::new(),
             switch,
         };
         for index in 1..=nodes {
@@ -118,11 +125,12 @@ impl Topology {
         &self.hosts
     }
 
-    /// Names of every namespace in the topology: switch, nodes, hosts.
+    /// Names of every namespace in the topology: switch, nodes, hosts, routers.
     pub fn netns_names(&self) -> Vec<String> {
         std::iter::once(&self.switch)
             .chain(self.nodes.iter().map(|n| &n.ns))
             .chain(&self.hosts)
+            .chain(self.routers.iter().flat_map(|r| [&r.ns, &r.switch]))
             .map(|ns| ns.name().to_owned())
             .collect()
     }
@@ -131,22 +139,32 @@ impl Topology {
     /// bridge, with `ip`/24 on its `eth0`; its switch port is `h<k>`. `ip`
     /// must be a free host address in 192.0.2.0/24.
     pub fn add_host(&mut self, label: &str, ip: Ipv4Addr) -> Result<&Netns> {
+        self.check_free(ip)?;
+        let port = format!("h{}", self.hosts.len() + 1);
+        let ns = self.attach(label, &port, ip)?;
+        self.hosts.push(ns);
+        self.host_ips.push(ip);
+        Ok(self.hosts.last().expect("just pushed"))
+    }
+
+    /// An error unless `ip` is a host address of the LAN that no node, host
+    /// or router of this topology holds.
+    fn check_free(&self, ip: Ipv4Addr) -> Result<()> {
         let [a, b, c, d] = ip.octets();
         if [a, b, c] != LAN || d == 0 || d == 255 {
             return Err(Error::InvalidArgument(format!(
                 "host address {ip} is not a host address in 192.0.2.0/24"
             )));
         }
-        if self.nodes.iter().any(|n| n.ip == ip) || self.host_ips.contains(&ip) {
+        if self.nodes.iter().any(|n| n.ip == ip)
+            || self.host_ips.contains(&ip)
+            || self.routers.iter().any(|r| r.wan == ip)
+        {
             return Err(Error::InvalidArgument(format!(
                 "host address {ip} is already used in this topology"
             )));
         }
-        let port = format!("h{}", self.hosts.len() + 1);
-        let ns = self.attach(label, &port, ip)?;
-        self.hosts.push(ns);
-        self.host_ips.push(ip);
-        Ok(self.hosts.last().expect("just pushed"))
+        Ok(())
     }
 
     /// Creates namespace `label`, plugs its `eth0` into `br0` via switch

@@ -158,7 +158,7 @@ pub(super) fn configure(dp: &mut Dataplane, uplink_ifindex: u32) -> anyhow::Resu
     };
     t.put_endpoint(CLIENT, &endpoint(7, 2))?;
     t.put_endpoint(LOCAL, &endpoint(SERVICE_LOCAL, 3))?;
-    t.put_node(PEER_ID, PEER_IP, DEFAULT_EWP)?;
+    t.put_node(PEER_ID, PEER_IP, DEFAULT_EWP, 0)?;
     t.put_route(Ipv4Addr::new(10, 30, 2, 0), 24, PEER_ID)?;
     for (vip, service, backend, node) in [
         (VIP_REMOTE, SERVICE_REMOTE, REMOTE, PEER_ID),

@@ -74,9 +74,11 @@ pub async fn measure(agent: Shared, prober: Option<Prober>, scan: Arc<Tables>, p
     let mut keys = super::probe_keys::KeyFollower::default();
     let mut conflicts = Vec::new();
     let mut seen = BTreeMap::new();
+    let mut path_mtu = BTreeMap::new();
     loop {
         ticker.tick().await;
         listeners(&agent, &mut conflicts);
+        super::path_mtu::publish(&agent, &scan, &mut path_mtu);
         if let Some(p) = &prober {
             observed(&agent, p, &mut seen);
         }

@@ -18,6 +18,7 @@ pub(crate) mod listeners;
 mod metrics;
 pub(crate) use metrics::window_ticks;
 mod name_service;
+mod path_mtu;
 mod probe_keys;
 mod run;
 mod source;
@@ -414,6 +415,7 @@ mod tests {
             subnet: format!("10.30.{o}.0/24").parse().unwrap(),
             location: None,
             own: None,
+            mtu: 0,
         }
     }
 

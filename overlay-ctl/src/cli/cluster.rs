@@ -172,29 +172,57 @@ fn expected(n: &crate::store::NodeRecord) -> String {
 }
 
 /// Where node `n`'s probes came from as each peer saw them (peer →
-/// address:port), and whether any differs from where they send to it.
+/// address:port), and whether any differs from where that peer sends to
+/// it (its own address for a peer behind the same public address).
 fn seen_as(
     n: &crate::store::NodeRecord,
+    nodes: &[crate::store::NodeRecord],
     observed: &BTreeMap<String, BTreeMap<String, String>>,
 ) -> (BTreeMap<String, String>, bool) {
     let seen: BTreeMap<String, String> = observed
         .iter()
         .filter_map(|(peer, m)| Some((peer.clone(), m.get(&n.name)?.clone())))
         .collect();
-    let want = expected(n);
-    let mismatch = seen.values().any(|a| *a != want);
+    let me = n.spec();
+    let mismatch = seen.iter().any(|(peer, addr)| {
+        let peer = nodes.iter().find(|p| p.name == *peer).map(|p| p.spec());
+        *addr != me.reached_from(peer.as_ref()).to_string()
+    });
     (seen, mismatch)
 }
 
+/// The overlay MTU toward each other node as `n` applies it: what `n`
+/// published where underlay routers lowered it (`lowered`), else the smaller
+/// uplink of both minus the tunnel.
+fn path_mtus(
+    n: &crate::store::NodeRecord,
+    nodes: &[crate::store::NodeRecord],
+    lowered: &BTreeMap<String, BTreeMap<String, u16>>,
+) -> BTreeMap<String, u16> {
+    let lowered = lowered.get(&n.name);
+    let peers = nodes.iter().filter(|p| p.name != n.name);
+    peers
+        .map(|p| {
+            let reported = lowered.and_then(|l| l.get(&p.name)).copied();
+            let mtu = reported.unwrap_or_else(|| overlay_common::pmtu::between(n.mtu, p.mtu));
+            (p.name.clone(), mtu)
+        })
+        .collect()
+}
+
 pub fn node_ls(access: &Access, json: bool) -> anyhow::Result<()> {
-    let (nodes, state, conflicts, observed) = runtime()?.block_on(async {
+    let (nodes, state, conflicts, observed, lowered) = runtime()?.block_on(async {
         let store = Store::connect(access).await?;
         let nodes = store.nodes().await?;
         let conflicts = store.node_status::<Vec<String>>("conflicts").await?;
         let observed = store
             .node_status::<BTreeMap<String, String>>("observed")
             .await?;
-        Ok::<_, crate::store::StoreError>((nodes, store.snapshot().await?.0, conflicts, observed))
+        let lowered = store
+            .node_status::<BTreeMap<String, u16>>("path_mtu")
+            .await?;
+        let state = store.snapshot().await?.0;
+        Ok::<_, crate::store::StoreError>((nodes, state, conflicts, observed, lowered))
     })?;
     let none = Default::default();
     let rtt = |n: &str| state.rtt.get(n).unwrap_or(&none);
@@ -207,9 +235,10 @@ pub fn node_ls(access: &Access, json: bool) -> anyhow::Result<()> {
                 v["rtt_us"] = serde_json::json!(rtt(&n.name));
                 v["exposed_conflicts"] =
                     serde_json::json!(conflicts.get(&n.name).cloned().unwrap_or_default());
-                let (seen, mismatch) = seen_as(n, &observed);
+                let (seen, mismatch) = seen_as(n, &nodes, &observed);
                 v["observed"] = serde_json::json!(seen);
                 v["observed_mismatch"] = serde_json::json!(mismatch);
+                v["path_mtu"] = serde_json::json!(path_mtus(n, &nodes, &lowered));
                 v
             })
             .collect();
@@ -220,7 +249,7 @@ pub fn node_ls(access: &Access, json: bool) -> anyhow::Result<()> {
         "{:<12} {:<16} {:<6} {:<6} {:<18} {:<6} {:<22} RTT",
         "NODE", "IP", "EWP", "NSP", "SUBNET", "MTU", "PUBLIC"
     );
-    for n in nodes {
+    for n in &nodes {
         let public = n
             .public
             .map(|p| p.to_string())
@@ -239,18 +268,27 @@ pub fn node_ls(access: &Access, json: bool) -> anyhow::Result<()> {
             n.mtu,
             rtts.join(", ")
         );
-        let (seen, mismatch) = seen_as(&n, &observed);
+        let (seen, mismatch) = seen_as(n, &nodes, &observed);
         let mut addrs: Vec<&String> = seen.values().collect();
         addrs.sort();
         addrs.dedup();
         if !addrs.is_empty() {
             let list: Vec<&str> = addrs.iter().map(|a| a.as_str()).collect();
             let flag = if mismatch {
-                format!("  MISMATCH: other nodes should see {}", expected(&n))
+                format!("  MISMATCH: other nodes should see {}", expected(n))
             } else {
                 String::new()
             };
             println!("{:<12} seen by its peers as {}{flag}", "", list.join(", "));
+        }
+        let own = n.mtu.saturating_sub(overlay_common::ENCAP_OVERHEAD);
+        let small: Vec<String> = path_mtus(n, &nodes, &lowered)
+            .into_iter()
+            .filter(|(_, mtu)| *mtu < own)
+            .map(|(peer, mtu)| format!("{peer} {mtu}"))
+            .collect();
+        if !small.is_empty() {
+            println!("{:<12} path MTU below {own}: {}", "", small.join(", "));
         }
         // What the node will not expose (it listens there itself).
         for c in conflicts.get(&n.name).into_iter().flatten() {
@@ -397,31 +435,61 @@ pub fn settings(cmd: ClusterCmd, access: &Access) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    fn record(v: serde_json::Value) -> crate::store::NodeRecord {
+        serde_json::from_value(v).unwrap()
+    }
+
     /// A NATed node's configured `public` against what its peers saw.
     #[test]
     fn a_mapping_other_than_the_configured_one_is_flagged() {
-        let mut n: crate::store::NodeRecord = serde_json::from_value(serde_json::json!({
+        let mut n = record(serde_json::json!({
             "name": "n2", "ip": "10.0.0.2", "ewp": 50103, "nsp": 50104, "mtu": 1500,
             "subnet": "10.30.2.0/24", "public": "198.51.100.7:40002"
-        }))
-        .unwrap();
+        }));
+        let n1 = record(serde_json::json!({
+            "name": "n1", "ip": "192.0.2.11", "ewp": 50103, "nsp": 50104, "mtu": 1500,
+            "subnet": "10.30.1.0/24"
+        }));
+        let nodes = [n1, n.clone()];
         let observed = |addr: &str| {
             BTreeMap::from([(
                 "n1".to_string(),
                 BTreeMap::from([("n2".to_string(), addr.to_string())]),
             )])
         };
-        let (seen, mismatch) = seen_as(&n, &observed("198.51.100.7:40002"));
+        let (seen, mismatch) = seen_as(&n, &nodes, &observed("198.51.100.7:40002"));
         assert_eq!(
             (seen["n1"].as_str(), mismatch),
             ("198.51.100.7:40002", false)
         );
         assert!(
-            seen_as(&n, &observed("198.51.100.7:61000")).1,
+            seen_as(&n, &nodes, &observed("198.51.100.7:61000")).1,
             "another port"
         );
         n.public = None;
-        assert!(!seen_as(&n, &observed("10.0.0.2:50103")).1);
-        assert!(seen_as(&n, &BTreeMap::new()).0.is_empty());
+        assert!(!seen_as(&n, &nodes, &observed("10.0.0.2:50103")).1);
+        assert!(seen_as(&n, &nodes, &BTreeMap::new()).0.is_empty());
+    }
+
+    /// A peer behind the same public address sees the node's own address:
+    /// that is where it sends, no mismatch.
+    #[test]
+    fn a_same_site_peer_sees_the_own_address() {
+        let natted = |name: &str, ip: &str, port: u16| {
+            record(serde_json::json!({
+                "name": name, "ip": ip, "ewp": 50103, "nsp": 50104, "mtu": 1500,
+                "subnet": "10.30.2.0/24", "public": format!("198.51.100.7:{port}")
+            }))
+        };
+        let (n2, n3) = (
+            natted("n2", "10.0.0.2", 40002),
+            natted("n3", "10.0.0.3", 40003),
+        );
+        let nodes = [n2.clone(), n3];
+        let observed = BTreeMap::from([(
+            "n3".to_string(),
+            BTreeMap::from([("n2".to_string(), "10.0.0.2:50103".to_string())]),
+        )]);
+        assert!(!seen_as(&n2, &nodes, &observed).1);
     }
 }

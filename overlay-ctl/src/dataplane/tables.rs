@@ -191,9 +191,13 @@ impl Tables {
             .unwrap_or(0))
     }
 
-    /// A node: where its tunnel packets go, and that its address may send them.
-    pub fn put_node(&mut self, id: u32, addr: Ipv4Addr, ewp: u16) -> Result<()> {
-        let node = tunnel_end(addr, ewp);
+    /// A node: where its tunnel packets go (and the overlay MTU toward it),
+    /// and that its address may send them.
+    pub fn put_node(&mut self, id: u32, addr: Ipv4Addr, ewp: u16, mtu: u16) -> Result<()> {
+        let node = Node {
+            mtu,
+            ..tunnel_end(addr, ewp)
+        };
         let old = self.nodes.get(&id, 0).ok();
         self.nodes
             .insert(id, node, 0)
@@ -412,6 +416,19 @@ impl Tables {
         self.nodes.iter().filter_map(|r| r.ok()).collect()
     }
 
+    /// What underlay routers reported about the paths to node addresses
+    /// (`PATH_MTU`), in force or not (see `overlay_common::pmtu`).
+    pub fn path_mtu(&self) -> Vec<(Ipv4Addr, overlay_common::maps::PathMtu)> {
+        let reports = self.path_mtu.iter().filter_map(|r| r.ok());
+        reports.map(|(a, r)| (ip::from_wire(a), r)).collect()
+    }
+
+    /// The accepted tunnel sources and their node ids (`SHARED_PEER`).
+    pub fn peers(&self) -> Vec<(Ipv4Addr, u32)> {
+        let peers = self.peers.iter().filter_map(|r| r.ok());
+        peers.map(|(a, id)| (ip::from_wire(a), id)).collect()
+    }
+
     pub fn routes(&self) -> Vec<(Ipv4Addr, u32, u32)> {
         self.routes
             .iter()
@@ -465,7 +482,7 @@ fn tunnel_end(addr: Ipv4Addr, port: u16) -> Node {
     Node {
         ip: ip::to_wire(addr),
         port: ip::port_to_wire(port),
-        _pad: 0,
+        mtu: 0,
     }
 }
 

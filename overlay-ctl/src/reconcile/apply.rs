@@ -255,12 +255,12 @@ static ORDER: [&dyn Step; 14] = [
         is: nothing,
         needs: none,
     },
-    &Table::<BTreeMap<u32, (Ipv4Addr, u16)>> {
+    &Table::<BTreeMap<u32, (Ipv4Addr, u16, u16)>> {
         name: "nodes",
         maps: &[def::NODES, def::PEERS],
         of: |m| &m.nodes,
         of_mut: |m| &mut m.nodes,
-        put: |t, id, (addr, ewp)| t.put_node(*id, *addr, *ewp),
+        put: |t, id, (addr, ewp, mtu)| t.put_node(*id, *addr, *ewp, *mtu),
         del: |t, id| t.remove_node(*id),
         is: |id, _| Some(Dep::Node(*id)),
         needs: none,
@@ -434,6 +434,7 @@ mod tests {
             def::CONNTRACK,
             def::CT_NEW,
             def::UDP_PEERS,
+            def::PATH_MTU,
             def::DENIED,
             def::LAYOUT,
         ];

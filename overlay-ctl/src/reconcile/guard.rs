@@ -37,7 +37,7 @@ pub fn infrastructure(m: &mut MapSet, infra: &Infra) {
         m.infra
             .insert((gw, 0, 0), ALLOW_DNS | ALLOW_ECHO | INSTANCES_ONLY);
     }
-    for (addr, ewp) in m.nodes.values() {
+    for (addr, ewp, _) in m.nodes.values() {
         m.infra.insert((*addr, *ewp, IPPROTO_UDP), 0);
         if infra.nsp != 0 {
             m.infra.insert((*addr, infra.nsp, IPPROTO_UDP), 0);
@@ -147,7 +147,8 @@ mod tests {
     #[test]
     fn infrastructure_covers_nodes_store_and_own_addresses() {
         let mut m = MapSet::default();
-        m.nodes.insert(1, (Ipv4Addr::new(192, 0, 2, 11), 50103));
+        m.nodes
+            .insert(1, (Ipv4Addr::new(192, 0, 2, 11), 50103, 1472));
         let gw = Ipv4Addr::new(169, 254, 1, 1);
         let infra = Infra {
             own: vec![Ipv4Addr::new(192, 0, 2, 11), gw],

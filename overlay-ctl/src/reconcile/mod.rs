@@ -25,8 +25,8 @@ pub use apply::{Changes, Failure, Failures, Passes, apply};
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MapSet {
     pub config: Option<Config>,
-    /// node id → (address, EWP)
-    pub nodes: BTreeMap<u32, (Ipv4Addr, u16)>,
+    /// node id → (address, EWP, overlay MTU toward it)
+    pub nodes: BTreeMap<u32, (Ipv4Addr, u16, u16)>,
     /// (subnet, prefix) → node id
     pub routes: BTreeMap<(Ipv4Addr, u32), u32>,
     /// backend id → (NamespaceIP, node id)
@@ -94,7 +94,9 @@ pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
     for n in &state.nodes {
         let id = n.subnet.node_id();
         let at = n.reached_from(me);
-        m.nodes.insert(id, (*at.ip(), at.port()));
+        let uplink_mtu = local.config.mtu + overlay_common::ENCAP_OVERHEAD;
+        let mtu = overlay_common::pmtu::between(uplink_mtu, n.mtu);
+        m.nodes.insert(id, (*at.ip(), at.port(), mtu));
         m.routes.insert((n.subnet.addr, n.subnet.prefix as u32), id);
     }
     m.gateways = state.gateways.iter().map(|g| (g.ip, g.port)).collect();
@@ -248,8 +250,8 @@ pub fn read(t: &Tables) -> MapSet {
         ..Default::default()
     };
     for (id, n) in t.nodes() {
-        m.nodes
-            .insert(id, (ip::from_wire(n.ip), ip::port_from_wire(n.port)));
+        let at = (ip::from_wire(n.ip), ip::port_from_wire(n.port));
+        m.nodes.insert(id, (at.0, at.1, n.mtu));
     }
     for (addr, prefix, node) in t.routes() {
         m.routes.insert((addr, prefix), node);

@@ -11,6 +11,7 @@ pub(super) fn node(name: &str, o: u8) -> NodeSpec {
         subnet: format!("10.30.{o}.0/24").parse().unwrap(),
         location: None,
         own: None,
+        mtu: 0,
     }
 }
 
@@ -249,7 +250,8 @@ fn needs_and_exposure() {
 /// (service, slots) pair, 172.30.0.1 onwards.
 fn maps_with(backends: &[u32], servips: &[(u32, Vec<u32>)]) -> MapSet {
     let mut m = MapSet::default();
-    m.nodes.insert(1, (Ipv4Addr::new(192, 0, 2, 1), 50103));
+    m.nodes
+        .insert(1, (Ipv4Addr::new(192, 0, 2, 1), 50103, 1472));
     for &id in backends {
         m.backends.insert(id, (Ipv4Addr::from(id), 1));
     }
@@ -394,7 +396,7 @@ fn corrupt_records_reach_no_map() {
     assert!(
         !m.nodes
             .values()
-            .any(|(ip, _)| *ip == Ipv4Addr::new(192, 0, 2, 19))
+            .any(|(ip, _, _)| *ip == Ipv4Addr::new(192, 0, 2, 19))
     );
     assert!(!m.servips.contains_key(&Ipv4Addr::new(8, 8, 8, 8)));
     assert_eq!(m.refused.len(), 2, "{:?}", m.refused);
@@ -425,16 +427,36 @@ fn nodes_behind_one_nat_talk_over_their_own_addresses() {
     let eps = BTreeMap::new();
     let id = |name: &str| s.node(name).unwrap().subnet.node_id();
     let m = desired(&s, &local(&eps));
+    let at = |m: &MapSet, n: &str| {
+        let (ip, port, _) = m.nodes[&id(n)];
+        (ip, port)
+    };
     assert_eq!(
-        m.nodes[&id("n2")],
+        at(&m, "n2"),
         (Ipv4Addr::new(10, 0, 0, 2), 50103),
         "same site"
     );
-    assert_eq!(m.nodes[&id("n3")], (Ipv4Addr::new(192, 0, 2, 13), 50103));
+    assert_eq!(at(&m, "n3"), (Ipv4Addr::new(192, 0, 2, 13), 50103));
     // From n3, outside the NAT: both at their public mappings.
     let mut l = local(&eps);
     l.name = "n3";
     let m = desired(&s, &l);
-    assert_eq!(m.nodes[&id("n1")], (public, 40001));
-    assert_eq!(m.nodes[&id("n2")], (public, 40002));
+    assert_eq!(at(&m, "n1"), (public, 40001));
+    assert_eq!(at(&m, "n2"), (public, 40002));
+}
+
+/// The overlay MTU toward a node: the smaller uplink of both, minus the
+/// tunnel; a node that publishes none counts as this node's size.
+#[test]
+fn the_smaller_uplink_sets_the_mtu_toward_a_node() {
+    let mut s = state();
+    s.nodes.push(node("n3", 3));
+    s.nodes[1].mtu = 1400;
+    s.nodes[2].mtu = 9000;
+    let eps = BTreeMap::new();
+    let mut l = local(&eps);
+    l.config.mtu = 1472;
+    let m = desired(&s, &l);
+    let mtu = |i: usize| m.nodes[&s.nodes[i].subnet.node_id()].2;
+    assert_eq!((mtu(0), mtu(1), mtu(2)), (1472, 1372, 1472));
 }

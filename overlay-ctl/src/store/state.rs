@@ -43,6 +43,7 @@ impl NodeRecord {
             own: self
                 .public
                 .map(|_| std::net::SocketAddrV4::new(self.ip, self.ewp)),
+            mtu: self.mtu,
         }
     }
 }
@@ -285,6 +286,7 @@ mod tests {
             subnet: format!("10.30.{last}.0/24").parse().unwrap(),
             location: None,
             own: None,
+            mtu: 0,
         };
         let inst = |n: u32, node: &str| InstanceSpec {
             service: "a.b.c.d".into(),

@@ -241,6 +241,7 @@ pub fn node_spec(name: &str, index: usize, ip: std::net::Ipv4Addr) -> NodeSpec {
         subnet: format!("10.30.{index}.0/24").parse().unwrap(),
         location: None,
         own: None,
+        mtu: 0,
     }
 }
 

@@ -86,7 +86,7 @@ impl Cluster {
             for peer in topo.nodes() {
                 let pid = peer.index as u32;
                 let t = &mut n.dp.tables;
-                t.put_node(pid, peer.ip, EWP).expect("node");
+                t.put_node(pid, peer.ip, EWP, 0).expect("node");
                 t.put_route(subnet(pid), 24, pid).expect("route");
             }
         }

@@ -35,7 +35,13 @@ impl Cluster {
     /// With `extra(i)` appended to node `i`'s `agent.toml` (1-based).
     pub fn with_config(label: &str, extra: impl Fn(usize) -> String) -> Cluster {
         overlay_testnet::require_root().unwrap();
-        let mut topo = Topology::new(3).unwrap();
+        Cluster::on(label, Topology::new(3).unwrap(), extra)
+    }
+
+    /// The cluster on `topo`: an agent on each of its nodes, with `extra(i)`
+    /// appended to node `i`'s `agent.toml`, etcd and the external client on
+    /// its switch.
+    pub fn on(label: &str, mut topo: Topology, extra: impl Fn(usize) -> String) -> Cluster {
         let ns = topo.add_host("etcd", ETCD_IP).unwrap();
         let orchestrator = ns.name().to_string();
         let work = Workdir::new(label);

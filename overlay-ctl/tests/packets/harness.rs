@@ -121,7 +121,7 @@ pub fn node_sized(uplink_ifindex: u32, sizes: overlay_ctl::dataplane::Sizes) -> 
         };
         t.put_endpoint(x.ip, &ep).unwrap();
     }
-    t.put_node(PEER_ID, PEER_IP, EWP).unwrap();
+    t.put_node(PEER_ID, PEER_IP, EWP, 0).unwrap();
     t.put_route(PEER_SUBNET, 24, PEER_ID).unwrap();
     t.put_port(SERVICE, HTTP, TCP).unwrap();
     t.put_port(SERVICE, DNS, UDP).unwrap();

@@ -28,7 +28,7 @@ fn guarded() -> Dataplane {
     let mut dp = node(LO);
     servip(&mut dp, &[B1]);
     let t = &mut dp.tables;
-    t.put_node(THIRD_ID, THIRD_IP, EWP).unwrap();
+    t.put_node(THIRD_ID, THIRD_IP, EWP, 0).unwrap();
     t.put_route(Ipv4Addr::new(10, 30, 4, 0), 23, THIRD_ID)
         .unwrap();
     t.put_overlay_net(Ipv4Addr::new(10, 30, 0, 0), 16).unwrap();
@@ -345,7 +345,7 @@ fn udp_replies_pass_where_needs_refuse_new_datagrams() {
 fn nodes_sharing_an_address_are_told_apart_by_their_subnets() {
     let mut dp = guarded();
     // The third node moves behind the peer's NAT: same address, another port.
-    dp.tables.put_node(THIRD_ID, PEER_IP, 40003).unwrap();
+    dp.tables.put_node(THIRD_ID, PEER_IP, 40003, 0).unwrap();
     for inner in [REMOTE, THIRD_NSIP] {
         let frame = tunnel(PEER_IP, &tcp(inner, HTTP, BACKEND.ip, CLIENT_PORT));
         assert_eq!(uplink_xdp(&mut dp, &frame).0, XDP_PASS, "{inner}");

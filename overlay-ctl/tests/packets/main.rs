@@ -28,6 +28,7 @@ mod harness;
 mod isolation;
 mod malformed;
 mod north_south;
+mod pmtu;
 mod reverse;
 mod translate;
 mod unreachable;

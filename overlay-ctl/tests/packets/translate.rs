@@ -415,7 +415,7 @@ fn missing_table_entries_drop_the_packet() {
     dp.tables.put_backend(7, lost, NODE_ID).unwrap(); // no endpoint
     dp.tables.put_backend(8, far, 4).unwrap(); // node 4 unknown
     dp.tables
-        .put_node(5, Ipv4Addr::new(198, 51, 100, 5), EWP)
+        .put_node(5, Ipv4Addr::new(198, 51, 100, 5), EWP, 0)
         .unwrap(); // unroutable
     dp.tables.put_backend(9, far, 5).unwrap();
     let cases = [

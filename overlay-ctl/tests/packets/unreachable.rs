@@ -152,22 +152,6 @@ fn too_big_answer_comes_from_servip_and_quotes_the_sent_packet() {
     answered(&mut dp, &big, mtu, &counted);
 }
 
-#[test]
-fn too_big_without_df_is_dropped() {
-    let mut dp = node(LO);
-    servip(&mut dp, &[B_REMOTE]);
-    let mut h = ipv4(CLIENT.ip, VIP, UDP);
-    h.dont_fragment = false;
-    let sent = udp_with(h, CLIENT_PORT, DNS, &[7; MTU as usize - 27]);
-    let before = snapshot(&dp);
-    let (ret, _) = from_instance(&mut dp, &from(&CLIENT, &sent), CLIENT.ifindex);
-    assert_eq!(ret, TC_ACT_SHOT);
-    assert_eq!(
-        before.delta(&dp),
-        [(Reason::NewFlow, 1), (Reason::DropTooBig, 1)]
-    );
-}
-
 /// Host-side veth with a 1500-byte MTU (the instance's own link may be
 /// larger than the overlay MTU): the answer still has to be produced.
 #[test]

@@ -5,14 +5,16 @@
 //! the agent. Packets to an exposed port of the node, and those a registered
 //! gateway tunnels to the node's NSP, go to `north_south`. Packets for an
 //! address of the overlay that are not tunnelled to the node are dropped
-//! (`guard`). Everything else passes untouched.
+//! (`guard`). ICMP fragmentation needed about the node's tunnel packets
+//! lowers the path MTU toward their node (`pmtu`). Everything else passes
+//! untouched.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     macros::classifier,
     programs::TcContext,
 };
-use overlay_common::{PROBE_MARK, maps::Config, stats::Reason};
+use overlay_common::{IPPROTO_ICMP, PROBE_MARK, maps::Config, stats::Reason};
 
 use crate::deliver;
 use crate::guard;
@@ -21,6 +23,7 @@ use crate::maps::{ENDPOINTS, config, count, stranger};
 use crate::nat::{self, Reversed};
 use crate::north_south;
 use crate::packet::{self, read};
+use crate::pmtu;
 use crate::tunnel::{self, Port};
 
 #[classifier]
@@ -47,6 +50,11 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
     };
     if !tunnel::to_node(cfg, &ip) {
         return guard::arriving(cfg, &ip).map(|()| None);
+    }
+    if ip.proto == IPPROTO_ICMP {
+        // The node's own: only read for what it says about the path MTU.
+        pmtu::learn(ctx, cfg);
+        return Ok(None);
     }
     let Ok(udp) = read::<Udp, _>(ctx, L4_OFF) else {
         return Ok(None);
