@@ -19,6 +19,8 @@ pub enum Table {
     /// The accepted tunnel sources: each registered node address, with its
     /// node, or `shared` for an address several nodes share (NAT).
     Peers,
+    /// What underlay routers reported about the paths to node addresses.
+    PathMtu,
     Gateways,
     /// What instances may not reach: nodes' tunnel ports, the store, the
     /// node's own addresses (with what stays allowed there).
@@ -101,7 +103,14 @@ pub fn rows_with(t: &Tables, table: Table, lifetimes: &Lifetimes) -> Result<Vec<
             .into_iter()
             .map(|(nsip, e)| json!({"nsip": nsip, "ifindex": e.ifindex, "service": e.service, "instance": e.instance, "mac": mac(&e.mac), "host_mac": mac(&e.host_mac)}))
             .collect(),
-        Table::Nodes => t.nodes().into_iter().map(|(id, n)| json!({"node": id, "ip": ip::from_wire(n.ip), "ewp": ip::port_from_wire(n.port)})).collect(),
+        Table::Nodes => t.nodes().into_iter().map(|(id, n)| json!({"node": id, "ip": ip::from_wire(n.ip), "ewp": ip::port_from_wire(n.port), "mtu": n.mtu})).collect(),
+        Table::PathMtu => {
+            let now = crate::dataplane::tick_now();
+            t.path_mtu().into_iter().map(|(addr, r)| {
+                let age = now.wrapping_sub(r.tick) as u64 * overlay_common::maps::ct::TICK_NS / 1_000_000_000;
+                json!({"addr": addr, "mtu": r.mtu, "age_s": age, "in_force": overlay_common::pmtu::in_force(&r, now)})
+            }).collect()
+        }
         Table::Peers => t.peers().into_iter().map(|(addr, node)| {
             let node = if node == overlay_common::maps::SHARED_PEER { json!("shared") } else { json!(node) };
             json!({"addr": addr, "node": node})
