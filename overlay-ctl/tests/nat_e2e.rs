@@ -197,6 +197,7 @@ fn nodes_behind_nat_reach_each_other_in_every_direction() {
         c.ctl_ok(&["node", "ls"])
             .contains("path MTU below 1472: n4 1372")
     );
+    oversized_datagram(&sites[0], sites[3].servip);
 
     // The routers' mappings expire while nobody sends: the probes keep
     // what the nodes need.
@@ -227,6 +228,28 @@ fn nodes_behind_nat_reach_each_other_in_every_direction() {
         vec![],
         "after n3's return"
     );
+}
+
+/// A UDP datagram too large for the path toward n4 is answered with
+/// fragmentation needed: the sending instance's kernel takes the path's MTU
+/// for the ServIP.
+fn oversized_datagram(from: &Site, servip: Ipv4Addr) {
+    let to = SocketAddr::from((servip, PORT));
+    let route = || from.inst.ip(["route", "get", &servip.to_string()]).unwrap();
+    assert!(!route().contains("mtu"), "{}", route());
+    from.inst
+        .enter(|| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            // Linux sets DF on UDP by default (IP_PMTUDISC_WANT).
+            s.send_to(&[0x5a; 1400 - 28], to).unwrap();
+        })
+        .unwrap();
+    wait_until(
+        Duration::from_secs(3),
+        "the instance to learn the MTU",
+        || route().contains("mtu 1372"),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", route()));
 }
 
 /// 20 MB through a ServIP across r1–r2 (MTU 1400) in both directions: n4
