@@ -11,8 +11,9 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
         BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
     maps::lpm_trie::Key,
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
 };
 use overlay_common::{
     ENCAP_OVERHEAD, ETH_P_IP, IPPROTO_UDP,
@@ -186,6 +187,50 @@ fn add_room(ctx: &TcContext) -> Result<(), Reason> {
             .map_err(|_| Reason::DropHelper)?;
     }
     Ok(())
+}
+
+/// The uplink's XDP program decapsulated this packet (the value of the
+/// 4 bytes of metadata in front of it): TC delivers it as it is.
+const XDP_DECAPPED: u32 = 0x4f56_4450;
+
+/// Removes the outer IPv4 + UDP headers in XDP, before the kernel builds an
+/// skb, so that GRO sees (and coalesces) the inner packets; marks the
+/// packet for TC in its metadata. Only XDP programs write metadata, so a
+/// packet from the wire cannot carry the mark.
+#[inline(always)]
+pub fn decap_xdp(ctx: &XdpContext) -> Result<(), Reason> {
+    let eth: Eth = read(ctx, ETH_OFF)?;
+    // SAFETY: helper calls on the program's own context.
+    unsafe {
+        if bpf_xdp_adjust_head(ctx.ctx, ENCAP_OVERHEAD as i32) != 0
+            || bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<u32>() as i32)) != 0
+        {
+            return Err(Reason::DropHelper);
+        }
+    }
+    let (meta, data) = (ctx.metadata(), ctx.data());
+    if meta + size_of::<u32>() > data || data + size_of::<Eth>() > ctx.data_end() {
+        return Err(Reason::DropHelper);
+    }
+    // SAFETY: both ranges were checked against the packet's bounds just above.
+    unsafe {
+        core::ptr::write_unaligned(meta as *mut u32, XDP_DECAPPED);
+        core::ptr::write_unaligned(data as *mut Eth, eth);
+    }
+    Ok(())
+}
+
+/// Whether the uplink's XDP program decapsulated this packet
+/// ([`decap_xdp`]).
+#[inline(always)]
+pub fn decapped_by_xdp(ctx: &TcContext) -> bool {
+    // SAFETY: reading a field of the program's own context.
+    let meta = unsafe { (*ctx.skb.skb).data_meta } as usize;
+    if meta + size_of::<u32>() > ctx.data() {
+        return false;
+    }
+    // SAFETY: within the metadata, checked just above.
+    unsafe { core::ptr::read_unaligned(meta as *const u32) == XDP_DECAPPED }
 }
 
 /// Removes the outer IPv4 + UDP headers.

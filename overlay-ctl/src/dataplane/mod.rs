@@ -233,6 +233,8 @@ impl Dataplane {
 
     /// Attaches the uplink's TCX ingress program, and its XDP program when
     /// `xdp` (else a pinned XDP attachment from an earlier run is removed).
+    /// TC first: the XDP program hands TC packets it decapsulated, which
+    /// only a TC program of the same release recognises.
     pub fn attach_uplink_with(&mut self, ifname: &str, xdp: bool) -> Result<()> {
         let name = programs::UPLINK_XDP;
         let pin = self.link_pin(name, ifname);
@@ -242,6 +244,7 @@ impl Dataplane {
             }
             return self.attach_tc(programs::UPLINK, ifname);
         }
+        self.attach_tc(programs::UPLINK, ifname)?;
         let prog = self.xdp(name)?;
         match pin {
             Some(pin) => links::xdp(prog, name, ifname, &pin)?,
@@ -250,7 +253,7 @@ impl Dataplane {
                     .map_err(|source| Error::Program { name, source })?;
             }
         }
-        self.attach_tc(programs::UPLINK, ifname)
+        Ok(())
     }
 }
 

@@ -80,7 +80,8 @@ fn tunnel_packets_with_an_inner_source_the_sender_does_not_hold_are_dropped() {
     // Probes carry no inner packet: still passed to the agent.
     let mut probe = vec![overlay_common::PROBE_MARK, 0x57, 0x50, 0x01];
     probe.resize(40, 0);
-    assert_eq!(uplink_xdp(&mut dp, &tunnel(PEER_IP, &probe)).0, XDP_PASS);
+    let frame = tunnel(PEER_IP, &probe);
+    assert_eq!(uplink_xdp(&mut dp, &frame), (XDP_PASS, frame.clone()));
 }
 
 #[test]

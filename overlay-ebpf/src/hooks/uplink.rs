@@ -1,7 +1,7 @@
 //! TC ingress on the uplink: tunnel packets from registered nodes, with an
-//! inner source of the sender's subnet, are decapsulated, replies get their
-//! ServIP back, and the inner packet is
-//! delivered into its instance. RTT probes from registered nodes pass up to
+//! inner source of the sender's subnet, are decapsulated (here, or already
+//! by the uplink's XDP program, which marks them), replies get their
+//! ServIP back, and the inner packet is delivered into its instance. RTT probes from registered nodes pass up to
 //! the agent. Packets to an exposed port of the node, and those a registered
 //! gateway tunnels to the node's NSP, go to `north_south`. Packets for an
 //! address of the overlay that are not tunnelled to the node are dropped
@@ -22,7 +22,7 @@ use crate::layout::{INNER_IP, INNER_L4, Ipv4, L4_OFF, Udp};
 use crate::maps::{ENDPOINTS, config, count, stranger};
 use crate::nat::{self, Reversed};
 use crate::north_south;
-use crate::packet::{self, read};
+use crate::packet::{self, Flow, read};
 use crate::pmtu;
 use crate::tunnel::{self, Port};
 
@@ -44,24 +44,49 @@ pub fn uplink(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
+    let decapped = tunnel::decapped_by_xdp(ctx);
     packet::pull(ctx);
     let (Some(cfg), Ok(Some(ip))) = (config(), packet::ipv4(ctx)) else {
         return Ok(None);
     };
-    if !tunnel::to_node(cfg, &ip) {
-        return guard::arriving(cfg, &ip).map(|()| None);
+    let f = match decapped {
+        // A node's tunnel packet, judged and decapsulated by XDP.
+        true => packet::flow(ctx, &ip, L4_OFF)?,
+        false => match arriving(ctx, cfg, &ip)? {
+            Arrived::Tunnelled(f) => f,
+            Arrived::Done(verdict) => return Ok(verdict),
+        },
+    };
+    to_instance(ctx, cfg, f).map(Some)
+}
+
+/// What became of a packet on the uplink before delivery.
+enum Arrived {
+    /// A node's tunnel packet, decapsulated: the inner packet's flow.
+    Tunnelled(Flow),
+    /// Anything else, judged: its verdict (`None`: not counted).
+    Done(Option<(i32, Reason)>),
+}
+
+/// Judges a packet that XDP left as it was: not a tunnel packet, or a
+/// tunnel packet XDP did not decapsulate (no XDP program, a gateway's, an
+/// RTT probe).
+#[inline(always)]
+fn arriving(ctx: &TcContext, cfg: &Config, ip: &Ipv4) -> Result<Arrived, Reason> {
+    if !tunnel::to_node(cfg, ip) {
+        return guard::arriving(cfg, ip).map(|()| Arrived::Done(None));
     }
     if ip.proto == IPPROTO_ICMP {
         // The node's own: only read for what it says about the path MTU.
         pmtu::learn(ctx, cfg);
-        return Ok(None);
+        return Ok(Arrived::Done(None));
     }
     let Ok(udp) = read::<Udp, _>(ctx, L4_OFF) else {
-        return Ok(None);
+        return Ok(Arrived::Done(None));
     };
-    let Some(port) = tunnel::port(cfg, &ip, &udp) else {
+    let Some(port) = tunnel::port(cfg, ip, &udp) else {
         // Not a tunnel: an exposed service's port, or the node's own traffic.
-        return north_south::forward_in(ctx, cfg, &ip, 0);
+        return north_south::forward_in(ctx, cfg, ip, 0).map(Arrived::Done);
     };
     // From here on the packet is addressed to a tunnel port: it is ours to judge.
     if ip.is_fragment() {
@@ -69,31 +94,34 @@ fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
     }
     let sender = tunnel::check_sender(port, ip.saddr).map_err(|r| stranger(ctx, r, ip.saddr))?;
     match port {
-        Port::Nsp => north_south::decap_from_gateway(ctx, cfg, &ip).map(Some),
-        Port::Ewp => from_peer(ctx, cfg, sender, ip.saddr).map(Some),
+        Port::Nsp => north_south::decap_from_gateway(ctx, cfg, ip).map(|v| Arrived::Done(Some(v))),
+        Port::Ewp => from_peer(ctx, sender, ip.saddr),
     }
 }
 
 /// A tunnel packet from registered node `sender`: an RTT probe passes up to
 /// the agent; anything else whose inner source the sender may use is
-/// decapsulated and goes to its destination.
+/// decapsulated.
 #[inline(always)]
-fn from_peer(
-    ctx: &TcContext,
-    cfg: &Config,
-    sender: u32,
-    ip_saddr: u32,
-) -> Result<(i32, Reason), Reason> {
+fn from_peer(ctx: &TcContext, sender: u32, ip_saddr: u32) -> Result<Arrived, Reason> {
     if read::<u8, _>(ctx, INNER_IP)? == PROBE_MARK {
-        return Ok((TC_ACT_OK, Reason::Probe));
+        return Ok(Arrived::Done(Some((TC_ACT_OK, Reason::Probe))));
     }
     let inner: Ipv4 = read(ctx, INNER_IP)?;
     if !inner.is_v4() {
         return Err(Reason::DropMalformed);
     }
     tunnel::check_inner(Port::Ewp, sender, inner.saddr, ip_saddr)?;
-    let mut f = packet::flow(ctx, &inner, INNER_L4)?;
+    let f = packet::flow(ctx, &inner, INNER_L4)?;
     tunnel::decap(ctx)?;
+    Ok(Arrived::Tunnelled(f))
+}
+
+/// A decapsulated packet `f` from another node: a reply gets its ServIP
+/// back (or goes back out to its external client); the packet goes into
+/// its instance.
+#[inline(always)]
+fn to_instance(ctx: &TcContext, cfg: &Config, mut f: Flow) -> Result<(i32, Reason), Reason> {
     if let Reversed::External { via } = nat::reverse_nat(ctx, &mut f, cfg.node_ip)? {
         return north_south::reply_out(ctx, cfg, &f, via);
     }

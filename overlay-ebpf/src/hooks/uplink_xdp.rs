@@ -4,7 +4,11 @@
 //! sparsely: see `maps::log_due`). The TC program applies the same checks
 //! (`tunnel::port`, `tunnel::check_sender`, `tunnel::check_inner`) when XDP
 //! is absent.
-//! Everything else passes to TC.
+//!
+//! A node's tunnel packet that passes is decapsulated here
+//! (`tunnel::decap_xdp`): the kernel's GRO then coalesces the inner packets
+//! of a flow before the TC program translates and delivers them, once per
+//! coalesced packet instead of once per frame. Everything else passes to TC.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
@@ -16,7 +20,7 @@ use overlay_common::stats::Reason;
 use crate::layout::{INNER_IP, Ipv4, L4_OFF, Udp};
 use crate::maps::{config, count, stranger};
 use crate::packet::{self, read};
-use crate::tunnel;
+use crate::tunnel::{self, Port};
 
 #[xdp(frags)]
 pub fn uplink_xdp(ctx: XdpContext) -> u32 {
@@ -30,9 +34,27 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The drop reason (and source) of an unwanted tunnel packet, `None` to pass it on.
+/// The drop reason (and source) of an unwanted tunnel packet, `None` to pass
+/// it on (decapsulated if it is a node's tunnel packet).
 #[inline(always)]
 fn try_uplink_xdp(ctx: &XdpContext) -> Option<(Reason, u32)> {
+    let reason = match judge(ctx)? {
+        Ok(Port::Ewp) => tunnel::decap_xdp(ctx).err()?,
+        Ok(Port::Nsp) => return None,
+        Err(reason) => reason,
+    };
+    let src = packet::ipv4_unchecked(ctx)
+        .ok()
+        .flatten()
+        .map_or(0, |ip| ip.saddr);
+    Some((reason, src))
+}
+
+/// A tunnel packet's port once its sender and inner source passed, or why
+/// it must be dropped; `None` for anything TC judges (not a tunnel packet, a
+/// fragment, an RTT probe, an inner header TC finds malformed).
+#[inline(always)]
+fn judge(ctx: &XdpContext) -> Option<Result<Port, Reason>> {
     let cfg = config()?;
     // `to_node` checks the header's version and length.
     let Ok(Some(ip)) = packet::ipv4_unchecked(ctx) else {
@@ -45,14 +67,12 @@ fn try_uplink_xdp(ctx: &XdpContext) -> Option<(Reason, u32)> {
     let port = tunnel::port(cfg, &ip, &udp)?;
     let sender = match tunnel::check_sender(port, ip.saddr) {
         Ok(sender) => sender,
-        Err(reason) => return Some((reason, ip.saddr)),
+        Err(reason) => return Some(Err(reason)),
     };
     // An RTT probe (no IPv4 header) or a header TC finds malformed: TC judges.
     let inner: Ipv4 = read(ctx, INNER_IP).ok()?;
-    if !inner.is_v4() {
+    if !inner.is_v4() || ip.is_fragment() {
         return None;
     }
-    tunnel::check_inner(port, sender, inner.saddr, ip.saddr)
-        .err()
-        .map(|reason| (reason, ip.saddr))
+    Some(tunnel::check_inner(port, sender, inner.saddr, ip.saddr).map(|()| port))
 }
