@@ -17,9 +17,11 @@ const PANEL_BOTTOM: f64 = 26.0;
 /// The target for (b)/(a) of each metric, drawn as a dashed line.
 fn goal(m: RatioMetric) -> f64 {
     match m {
-        RatioMetric::Tcp => 0.90,
+        RatioMetric::Tcp => 0.95,
         RatioMetric::UdpPps => 0.85,
         RatioMetric::P50 => 1.15,
+        RatioMetric::Tcp8 => 0.90,
+        RatioMetric::WireTcp => 0.75,
     }
 }
 

@@ -61,10 +61,28 @@ pub enum Metric {
     Udp,
     /// UDP ping-pong of our own: p50 and p99 round trip.
     Latency,
+    /// iperf3, 8 parallel TCP streams.
+    Tcp8,
+    /// iperf3, one TCP stream, in wire mode: the switch segments every
+    /// frame to the MTU and the receiving uplinks coalesce with GRO, as
+    /// real NICs do (`Testbed::build`). Not measured on (c).
+    WireTcp,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 3] = [Metric::Tcp, Metric::Udp, Metric::Latency];
+    pub const ALL: [Metric; 5] = [
+        Metric::Tcp,
+        Metric::Udp,
+        Metric::Latency,
+        Metric::Tcp8,
+        Metric::WireTcp,
+    ];
+
+    /// Whether the metric is taken on `path` (wire mode leaves the same-node
+    /// path out: it never touches a wire).
+    pub fn on(self, path: PathId) -> bool {
+        !(self == Metric::WireTcp && path == PathId::OverlayLocal)
+    }
 }
 
 /// One step of the schedule.
@@ -109,7 +127,7 @@ pub const DEFAULT_ROUNDS: usize = 5;
 pub const QUICK_ROUNDS: usize = 2;
 
 /// Seconds the setup, teardown and each iperf3 start add, for [`Plan::estimate_secs`].
-const SETUP_SECS: f64 = 12.0;
+const SETUP_SECS: f64 = 24.0;
 const IPERF_OVERHEAD_SECS: f64 = 0.7;
 /// Round trips take tens of microseconds; the TUN path up to ~300.
 const PING_SECS: f64 = 150e-6;
@@ -155,6 +173,9 @@ impl Plan {
             for metric in Metric::ALL {
                 for i in 0..n {
                     let path = self.paths[(i + round) % n];
+                    if !metric.on(path) {
+                        continue;
+                    }
                     steps.push(Step {
                         round,
                         metric,
@@ -169,9 +190,9 @@ impl Plan {
     /// Expected wall-clock seconds of the run (not a measurement: arithmetic
     /// on the plan, so that a test can keep `--quick` under two minutes).
     pub fn estimate_secs(&self) -> f64 {
-        let per_path_round = self.tcp_secs as f64
+        let per_path_round = 3.0 * self.tcp_secs as f64
             + self.udp_secs as f64
-            + 2.0 * IPERF_OVERHEAD_SECS
+            + 4.0 * IPERF_OVERHEAD_SECS
             + self.pings as f64 * PING_SECS;
         let traffic = per_path_round * (self.rounds * self.paths.len()) as f64;
         let cost = (self.cost_runs * COST_PROGRAMS) as f64 * TEST_RUN_SECS;

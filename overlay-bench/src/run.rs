@@ -115,16 +115,22 @@ pub fn run(plan: Plan, sections: &Sections) -> anyhow::Result<Report> {
 
 fn data_paths(plan: &Plan, r: &mut Report) -> anyhow::Result<()> {
     tunfwd::check_available()?;
-    eprintln!("bench: building the five test networks");
+    eprintln!("bench: building the five test networks, and again in wire mode");
     let t = Instant::now();
-    let mut bed = Testbed::build()?;
+    let mut default = Testbed::build(false)?;
+    let mut wire = Testbed::build(true)?;
     eprintln!("bench: built in {:.1} s", t.elapsed().as_secs_f64());
     let steps = plan.schedule();
     let total = steps.len();
     for (i, step) in steps.into_iter().enumerate() {
         interrupted()?;
+        let bed = match step.metric {
+            Metric::WireTcp => &mut wire,
+            _ => &mut default,
+        };
         // Path (b)'s programs report their own run time during TCP and UDP.
-        let in_situ = step.path == PathId::OverlayRemote && step.metric != Metric::Latency;
+        let in_situ =
+            step.path == PathId::OverlayRemote && matches!(step.metric, Metric::Tcp | Metric::Udp);
         let stats = in_situ
             .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime).ok())
             .flatten();
@@ -176,6 +182,14 @@ fn data_paths(plan: &Plan, r: &mut Report) -> anyhow::Result<()> {
                     u.received_kpps, u.sent_kpps
                 )
             }),
+            Metric::Tcp8 => traffic::tcp_streams(&env, plan.tcp_secs, 8).map(|t| {
+                s.tcp8_gbps.push(Some(t.gbps));
+                format!("{:.2} Gbit/s in 8 streams", t.gbps)
+            }),
+            Metric::WireTcp => traffic::tcp(&env, plan.tcp_secs).map(|t| {
+                s.wire_tcp_gbps.push(Some(t.gbps));
+                format!("{:.2} Gbit/s in wire mode", t.gbps)
+            }),
             Metric::Latency => traffic::latency(&env, plan.pings, &INTERRUPTED).map(|l| {
                 s.p50_us.push(Some(l.p50_us));
                 s.p99_us.push(Some(l.p99_us));
@@ -212,6 +226,8 @@ fn data_paths(plan: &Plan, r: &mut Report) -> anyhow::Result<()> {
                         s.p99_us.push(None);
                         s.lost_pings.push(None);
                     }
+                    Metric::Tcp8 => s.tcp8_gbps.push(None),
+                    Metric::WireTcp => s.wire_tcp_gbps.push(None),
                 }
                 let env = bed.env(step.path);
                 let mut msg = format!("{what} ({}): {e:#}", traffic::describe(&env));
@@ -222,6 +238,8 @@ fn data_paths(plan: &Plan, r: &mut Report) -> anyhow::Result<()> {
             }
         }
     }
+    let bed = default;
+    drop(wire);
     let fwd: Vec<String> = bed
         .tun
         .forwarders
@@ -306,6 +324,8 @@ fn record_in_situ(
         Metric::Tcp => "TCP",
         Metric::Udp => "UDP 64 B",
         Metric::Latency => "ping-pong",
+        Metric::Tcp8 => "TCP, 8 streams",
+        Metric::WireTcp => "TCP, wire mode",
     };
     for ((node, program, t0, n0), (_, _, t1, n1)) in before.iter().zip(after) {
         let runs = n1.saturating_sub(*n0);

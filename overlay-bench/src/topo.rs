@@ -102,13 +102,29 @@ pub struct Testbed {
 }
 
 impl Testbed {
-    pub fn build() -> anyhow::Result<Testbed> {
-        Ok(Testbed {
+    /// The five networks; in wire mode (`wire`) every switch port segments
+    /// what it sends to the MTU (TSO and GSO off, as a wire carries frames)
+    /// and every node's uplink receives with GRO (veth NAPI), as a NIC does;
+    /// the overlay's uplinks get the XDP program, as the agent gives it to
+    /// every uplink but a veth's.
+    pub fn build(wire: bool) -> anyhow::Result<Testbed> {
+        let bed = Testbed {
             plain: routed(Underlay::Plain).context("building (a) plain routing")?,
-            overlay: overlay().context("building (b)/(c) the overlay")?,
+            overlay: overlay(wire).context("building (b)/(c) the overlay")?,
             vxlan: routed(Underlay::Vxlan).context("building (d) VXLAN")?,
             tun: routed(Underlay::Tun).context("building (e) the TUN forwarder")?,
-        })
+        };
+        if wire {
+            for topo in [
+                &bed.plain.topo,
+                &bed.overlay.topo,
+                &bed.vxlan.topo,
+                &bed.tun.topo,
+            ] {
+                wire_mode(topo).context("switching to wire mode")?;
+            }
+        }
+        Ok(bed)
     }
 
     pub fn env(&self, p: PathId) -> Env<'_> {
@@ -151,6 +167,23 @@ impl Testbed {
         }
         out.join(" ")
     }
+}
+
+/// Wire mode on `topo`: its switch ports send MTU-sized frames only, its
+/// nodes' uplinks coalesce what they receive with GRO.
+fn wire_mode(topo: &Topology) -> anyhow::Result<()> {
+    for node in topo.nodes() {
+        let port = format!("p{}", node.index);
+        let sw = topo.switch();
+        sw.run("ethtool", ["-K", &port, "tso", "off", "gso", "off"])?;
+        // Not every kernel lets these change on a veth; TSO and GSO off is what counts.
+        for f in ["tx-udp_tnl-segmentation", "tx-udp_tnl-csum-segmentation"] {
+            let _ = sw.run("ethtool", ["-K", &port, f, "off"]);
+        }
+        node.ns()
+            .run("ethtool", ["-K", &node.uplink, "gro", "on"])?;
+    }
+    Ok(())
 }
 
 impl Overlay {
@@ -384,9 +417,9 @@ fn subnet(id: u32) -> Ipv4Addr {
 }
 
 /// The overlay as `overlay-ctl/tests/common` builds it: a dataplane per node
-/// (TC on the uplink, no XDP as the agent on a veth uplink; TC on each instance's veth), maps written
-/// through `Tables`.
-fn overlay() -> anyhow::Result<Overlay> {
+/// (TC on the uplink, XDP only in wire mode; TC on each instance's veth),
+/// maps written through `Tables`.
+fn overlay(wire: bool) -> anyhow::Result<Overlay> {
     let topo = Topology::new(2)?;
     let mut dps = Vec::new();
     for node in topo.nodes() {
@@ -397,8 +430,9 @@ fn overlay() -> anyhow::Result<Overlay> {
         let mut dp = node.ns().enter(|| -> anyhow::Result<Dataplane> {
             let mut dp = Dataplane::load(None).context("loading the dataplane")?;
             // As the agent does on a veth uplink: TC only, no XDP (XDP on a
-            // veth turns TSO off on its peer, the bridge port).
-            dp.attach_uplink_with(&node.uplink, false)
+            // veth turns TSO off on its peer, the bridge port); in wire mode as
+            // on a NIC: XDP too, which decapsulates before GRO.
+            dp.attach_uplink_with(&node.uplink, wire)
                 .context("attaching to the uplink")?;
             Ok(dp)
         })??;

@@ -216,8 +216,15 @@ pub struct Tcp {
 }
 
 pub fn tcp(env: &Env, secs: u32) -> anyhow::Result<Tcp> {
+    tcp_streams(env, secs, 1)
+}
+
+/// `streams` parallel TCP streams; the throughput is their sum.
+pub fn tcp_streams(env: &Env, secs: u32, streams: u32) -> anyhow::Result<Tcp> {
     let before = CpuTimes::read()?;
-    let v = iperf_client(env, &[], secs)?;
+    let n = streams.to_string();
+    let args: &[&str] = if streams > 1 { &["-P", &n] } else { &[] };
+    let v = iperf_client(env, args, secs)?;
     let after = CpuTimes::read()?;
     parse_tcp(&v, after.busy_secs_since(&before))
 }

@@ -16,8 +16,8 @@ fn quick_and_full_plans_fit_their_time_budgets() {
     let full = Plan::new(false, None);
     assert_eq!(quick.rounds, 2);
     assert_eq!(full.rounds, 5);
-    // About two minutes (the DNS row added ~10 s to the earlier 115).
-    assert!(quick.estimate_secs() <= 130.0, "{}", quick.estimate_secs());
+    // About three minutes (DNS, 8 streams and wire mode added to the earlier 115).
+    assert!(quick.estimate_secs() <= 200.0, "{}", quick.estimate_secs());
     assert!(full.estimate_secs() <= 900.0, "{}", full.estimate_secs());
     assert!(quick.tcp_secs < full.tcp_secs);
     for p in [&quick, &full] {
@@ -39,7 +39,8 @@ fn quick_and_full_plans_fit_their_time_budgets() {
 fn schedule_interleaves_every_path_each_round_and_rotates() {
     let plan = Plan::new(false, Some(3));
     let steps = plan.schedule();
-    assert_eq!(steps.len(), 3 * 3 * 5);
+    // Wire mode leaves (c) out: it never touches a wire.
+    assert_eq!(steps.len(), 3 * (5 * 5 - 1));
     for round in 0..3 {
         for metric in Metric::ALL {
             let mut paths: Vec<PathId> = steps
@@ -47,11 +48,12 @@ fn schedule_interleaves_every_path_each_round_and_rotates() {
                 .filter(|s| s.round == round && s.metric == metric)
                 .map(|s| s.path)
                 .collect();
-            assert_eq!(paths.len(), 5);
             paths.sort();
-            assert_eq!(paths, PathId::ALL);
+            let want: Vec<PathId> = PathId::ALL.into_iter().filter(|&p| metric.on(p)).collect();
+            assert_eq!(paths, want);
         }
     }
+    assert!(!Metric::WireTcp.on(PathId::OverlayLocal));
     // Each round starts with another path, and a round's steps are contiguous.
     let firsts: Vec<PathId> = (0..3)
         .map(|r| steps.iter().find(|s| s.round == r).unwrap().path)
@@ -211,18 +213,21 @@ fn targets_are_judged_met_missed_or_not_measured() {
             .unwrap_or_else(|| panic!("no target {name}"))
             .status
     };
-    assert_eq!(status("(b)/(a) TCP"), Status::Met);
+    assert_eq!(status("(b)/(a) TCP throughput"), Status::Met);
     assert_eq!(status("(b)/(a) UDP"), Status::Missed);
     assert_eq!(status("(b)/(a) p50"), Status::Met);
-    assert_eq!(status("(b)/(d) TCP"), Status::Met);
+    assert_eq!(status("(b)/(d) TCP throughput"), Status::Met);
+    assert_eq!(status("(b)/(a) TCP, 8 streams"), Status::NotMeasured);
+    assert_eq!(status("(b)/(a) TCP, wire mode"), Status::NotMeasured);
+    assert_eq!(status("(b)/(d) TCP, wire mode"), Status::NotMeasured);
     assert_eq!(status("(b)/(e) TCP"), Status::Met);
     assert_eq!(status("translate+encapsulate, established"), Status::Met);
     assert_eq!(status("translate+encapsulate, new"), Status::Missed);
     assert_eq!(status("decapsulate+reverse NAT"), Status::Met);
     assert_eq!(status("3,000 instances"), Status::Met);
     assert_eq!(status("DNS queries/s"), Status::Met);
-    assert_eq!(t.len(), 10);
-    assert_eq!(t[0].goal, Goal::AtLeast(0.90));
+    assert_eq!(t.len(), 13);
+    assert_eq!(t[0].goal, Goal::AtLeast(0.95));
 
     r.control.converge = None;
     r.costs.clear();
@@ -247,7 +252,7 @@ fn markdown_has_every_section_and_the_dns_row() {
         "## Ratios to (a) plain routing",
         "| (b) overlay ServIP, cross-node | 0.95x | 0.80x | 1.10x |",
         "| (b)/(a) UDP 64 B pps | 0.80x | ≥ 0.85x | MISSED |",
-        "| translate+encapsulate, established flow | 130 ns | ≤ 150 ns | met |",
+        "| translate+encapsulate, established flow | 130 ns | ≤ 250 ns | met |",
         "| 3,000 instances converge on every node | 0.15 s | ≤ 5 s | met |",
         "## Per-packet cost",
         "| encap_new path | prog | 1000000 | TC_ACT_REDIRECT | 400 | 405 | 800 | 300 | - | 1234 |",

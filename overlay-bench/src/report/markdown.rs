@@ -74,14 +74,17 @@ fn data_paths(s: &mut String, r: &Report) {
     let _ = writeln!(s, "## Data paths (medians over the rounds)\n");
     let _ = writeln!(
         s,
-        "| path | TCP Gbit/s | CPU s/Gbit | uplink skb B (TCP) | UDP 64 B kpps received | RTT p50 µs | RTT p99 µs |"
+        "| path | TCP Gbit/s | CPU s/Gbit | uplink skb B (TCP) | UDP 64 B kpps received | RTT p50 µs | RTT p99 µs | TCP 8 streams Gbit/s | TCP wire mode Gbit/s |"
     );
-    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        s,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for ps in &r.paths {
         let Some(path) = ps.path else { continue };
         let _ = writeln!(
             s,
-            "| ({}) {} | {} | {} | {} | {} | {} | {} |",
+            "| ({}) {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             path.letter(),
             path.label(),
             num(med(&ps.tcp_gbps), 2),
@@ -90,6 +93,8 @@ fn data_paths(s: &mut String, r: &Report) {
             num(med(&ps.udp_kpps), 0),
             num(med(&ps.p50_us), 0),
             num(med(&ps.p99_us), 0),
+            num(med(&ps.tcp8_gbps), 2),
+            num(med(&ps.wire_tcp_gbps), 2),
         );
     }
 }
@@ -101,8 +106,11 @@ fn ratio_table(s: &mut String, r: &Report) {
         s,
         "\n## Ratios to (a) plain routing (median of the per-round ratios)\n"
     );
-    let _ = writeln!(s, "| path | TCP | UDP pps | p50 latency |");
-    let _ = writeln!(s, "| --- | ---: | ---: | ---: |");
+    let _ = writeln!(
+        s,
+        "| path | TCP | UDP pps | p50 latency | TCP, 8 streams | TCP, wire mode |"
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: |");
     for &path in p.paths.iter().filter(|&&q| q != PathId::Plain) {
         let cells: Vec<String> = RatioMetric::ALL
             .iter()

@@ -19,6 +19,12 @@ pub use targets::{Goal, RatioMetric, Status, Target, med, ratio, targets};
 pub struct PathSamples {
     pub path: Option<PathId>,
     pub tcp_gbps: Vec<Option<f64>>,
+    /// 8 parallel streams, all together.
+    #[serde(default)]
+    pub tcp8_gbps: Vec<Option<f64>>,
+    /// One stream in wire mode (see `Metric::WireTcp`).
+    #[serde(default)]
+    pub wire_tcp_gbps: Vec<Option<f64>>,
     pub tcp_retransmits: Vec<Option<f64>>,
     /// Machine-wide CPU seconds (all cores, /proc/stat) per gigabit moved.
     pub cpu_s_per_gbit: Vec<Option<f64>>,
