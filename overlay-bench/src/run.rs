@@ -130,7 +130,7 @@ fn data_paths(plan: &Plan, r: &mut Report) -> anyhow::Result<()> {
         };
         // Path (b)'s programs report their own run time during TCP and UDP.
         let in_situ =
-            step.path == PathId::OverlayRemote && matches!(step.metric, Metric::Tcp | Metric::Udp);
+            step.path == PathId::OverlayRemote && matches!(step.metric, Metric::Tcp | Metric::Udp | Metric::WireTcp);
         let stats = in_situ
             .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime).ok())
             .flatten();
@@ -302,6 +302,12 @@ fn dns(plan: &Plan, r: &mut Report) -> anyhow::Result<()> {
 fn work(metric: Metric, node: &str, program: &str) -> &'static str {
     use overlay_ctl::dataplane::programs::{FROM_INSTANCE, UPLINK, UPLINK_XDP};
     match (metric, node, program) {
+        (Metric::WireTcp, "n1", FROM_INSTANCE) => "translate + encapsulate, TSO super-packets",
+        (Metric::WireTcp, "n1", UPLINK_XDP) => "decapsulate ACKs (MTU-size frames)",
+        (Metric::WireTcp, "n1", UPLINK) => "reverse NAT + deliver ACKs (after GRO)",
+        (Metric::WireTcp, "n2", UPLINK_XDP) => "decapsulate MTU-size frames",
+        (Metric::WireTcp, "n2", UPLINK) => "deliver (no NAT), after GRO",
+        (Metric::WireTcp, "n2", FROM_INSTANCE) => "encapsulate replies (ACKs)",
         (Metric::Udp, "n1", FROM_INSTANCE) => "translate + encapsulate, 64 B datagrams",
         (Metric::Tcp, "n1", FROM_INSTANCE) => "translate + encapsulate, TSO super-packets",
         (Metric::Udp, "n2", UPLINK) => "decapsulate + deliver (no NAT), 64 B datagrams",
