@@ -129,8 +129,8 @@ fn data_paths(plan: &Plan, r: &mut Report) -> anyhow::Result<()> {
             _ => &mut default,
         };
         // Path (b)'s programs report their own run time during TCP and UDP.
-        let in_situ =
-            step.path == PathId::OverlayRemote && matches!(step.metric, Metric::Tcp | Metric::Udp | Metric::WireTcp);
+        let in_situ = step.path == PathId::OverlayRemote
+            && matches!(step.metric, Metric::Tcp | Metric::Udp | Metric::WireTcp);
         let stats = in_situ
             .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime).ok())
             .flatten();
