@@ -52,33 +52,35 @@ pub fn too_big(
     let Dest::Remote(id) = *dest else {
         return Ok(None);
     };
-    let gso = packet::gso_size(ctx);
     // Every path carries this much: no lookups for small packets.
-    if gso == 0 && f.len <= pmtu::MIN_REPORTED - ENCAP_OVERHEAD {
+    if !packet::is_gso(ctx) && f.len <= pmtu::MIN_REPORTED - ENCAP_OVERHEAD {
         return Ok(None);
     }
-    let limit = crate::pmtu::limit(cfg, id);
-    let size = match gso {
-        0 => u32::from(f.len),
-        _ => segment_len(ctx, f, gso)?,
-    };
-    if size <= u32::from(limit) {
+    let limit = exceeded(ctx, cfg, f, id);
+    if limit == 0 {
         return Ok(None);
     }
     let action = icmp::reply_unreachable(ctx, f.proto, icmp::CODE_FRAG_NEEDED, limit)?;
     Ok(Some((action, Reason::DropTooBig)))
 }
 
-/// The IPv4 length of each segment of a GSO packet of flow `f` with
-/// `gso_size` bytes of payload per segment.
-#[inline(always)]
-fn segment_len(ctx: &TcContext, f: &Flow, gso_size: u32) -> Result<u32, Reason> {
-    let l4 = match f.l4 {
-        L4::Tcp => u32::from(read::<u8, _>(ctx, L4_OFF + TCP_HDR_DOFF)? >> 4) * 4,
-        L4::Udp => UDP_HLEN as u32,
-        _ => 0,
+/// The path MTU toward node `id` if `f` (each segment of a GSO packet)
+/// exceeds it, else 0. Out of line: the from-instance program's stack is
+/// at its limit, and this only runs for large packets.
+#[inline(never)]
+fn exceeded(ctx: &TcContext, cfg: &Config, f: &Flow, id: u32) -> u16 {
+    let limit = crate::pmtu::limit(cfg, id);
+    let gso = packet::gso_size(ctx);
+    let size = match (gso, f.l4) {
+        (0, _) => u32::from(f.len),
+        (_, L4::Tcp) => match read::<u8, _>(ctx, L4_OFF + TCP_HDR_DOFF) {
+            Ok(doff) => IPV4_HLEN as u32 + u32::from(doff >> 4) * 4 + gso,
+            Err(_) => return 0,
+        },
+        (_, L4::Udp) => (IPV4_HLEN + UDP_HLEN) as u32 + gso,
+        _ => IPV4_HLEN as u32 + gso,
     };
-    Ok(IPV4_HLEN as u32 + l4 + gso_size)
+    if size > u32::from(limit) { limit } else { 0 }
 }
 
 /// Sends `f` to `dest`: delivered locally, or encapsulated toward its node.
