@@ -11,7 +11,7 @@ use aya::programs::{SchedClassifier, TcAttachType, Xdp, xdp::XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use overlay_common::registry::{self, def};
 
-pub use tables::{Lifetimes, Tables, Tracked, tick_now, ticks as tables_ticks};
+pub use tables::{Lifetimes, Tables, Tracked, parse_event, tick_now, ticks as tables_ticks};
 
 /// Reader of the programs' aya-log ring buffer, writing through the `log` facade.
 pub type ProgramLogger = aya_log::EbpfLogger<&'static dyn log::Log>;

@@ -1,0 +1,233 @@
+//! Events for `overlay-ctl monitor` (layout, slots and rate limit:
+//! `overlay_common::events`).
+//!
+//! The hooks call in at three places: a hook's exit with a drop reason, a
+//! new flow's backend choice, and a denied new flow. The checks the hooks
+//! inline are a comparison at most; everything else is out of line, in BPF
+//! functions with at most three arguments and a small frame (the
+//! from-instance program has no stack to spare: every value a caller keeps
+//! across a call is one more slot of it), which read what they can from the
+//! maps rather than take it as arguments: the event is built in the per-CPU `EVENT` map,
+//! then copied into the ring buffer of every open slot whose token bucket
+//! has credit. With no monitor running, an event costs a clock read and
+//! one array lookup per slot.
+
+use aya_ebpf::{
+    bindings::{__sk_buff, xdp_md},
+    maps::RingBuf,
+    programs::{TcContext, XdpContext},
+};
+use overlay_common::{
+    ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP,
+    events::{Event, Hook, Kind, MONITORS, take_credit},
+    maps::CtKey,
+    stats::Reason,
+};
+
+use crate::layout::{ETH_PROTO, IP_OFF, Ipv4, Ports};
+use crate::maps::{
+    CT_NEW, EVENT, EVENTS_0, EVENTS_1, EVENTS_2, EVENTS_3, LIMITER, MONITOR, NSIP_SERVICES, SERVIPS,
+};
+use crate::packet::{Flow, Packet, read};
+
+/// Whether a hook's verdict `reason` is a drop the hook reports itself
+/// (a denied flow is reported where it is refused, with its services).
+#[inline(always)]
+fn reported(reason: Reason) -> bool {
+    reason as u32 >= Reason::DropMalformed as u32 && reason != Reason::DropDenied
+}
+
+/// Reports a TC program's drop, if `reason` is one.
+#[inline(always)]
+pub fn drop_tc(ctx: &TcContext, hook: Hook, reason: Reason) {
+    if reported(reason) {
+        dropped_tc(ctx.skb.skb, hook as u32, reason as u32);
+    }
+}
+
+/// Reports an XDP program's drop.
+#[inline(always)]
+pub fn drop_xdp(ctx: &XdpContext, reason: Reason) {
+    if reported(reason) {
+        dropped_xdp(ctx.ctx, reason as u32);
+    }
+}
+
+#[inline(never)]
+fn dropped_tc(skb: *mut __sk_buff, hook: u32, reason: u32) {
+    let ctx = TcContext::new(skb);
+    if let Some((ev, open, now)) = start() {
+        ev.len = ctx.len();
+        dropped(&ctx, ev, hook, reason);
+        send(ev, open, now);
+    }
+}
+
+#[inline(never)]
+fn dropped_xdp(md: *mut xdp_md, reason: u32) {
+    let ctx = XdpContext::new(md);
+    if let Some((ev, open, now)) = start() {
+        ev.len = (ctx.data_end() - ctx.data()) as u32;
+        dropped(&ctx, ev, Hook::UplinkXdp as u32, reason);
+        send(ev, open, now);
+    }
+}
+
+/// Fills a drop event from the packet's own headers: what the program
+/// dropped, as it was then.
+#[inline(always)]
+fn dropped<P: Packet>(ctx: &P, ev: &mut Event, hook: u32, reason: u32) {
+    ev.kind = Kind::Drop as u8;
+    ev.hook = hook as u8;
+    ev.reason = reason;
+    let ipv4 = read::<u16, _>(ctx, ETH_PROTO).is_ok_and(|p| p == ETH_P_IP.to_be());
+    let Some(ip) = ipv4.then(|| read::<Ipv4, _>(ctx, IP_OFF).ok()).flatten() else {
+        return;
+    };
+    ev.saddr = ip.saddr;
+    ev.daddr = ip.daddr;
+    ev.proto = ip.proto;
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+        return;
+    }
+    // The header's own length: a drop for IP options has them.
+    let l4 = IP_OFF + (ip.vihl & 0xf) as usize * 4;
+    if let Ok(p) = read::<Ports, _>(ctx, l4) {
+        ev.sport = p.sport;
+        ev.dport = p.dport;
+    }
+}
+
+/// A flow's addresses as one scalar argument.
+#[inline(always)]
+pub fn addrs(f: &Flow) -> u64 {
+    (u64::from(f.saddr) << 32) | u64::from(f.daddr)
+}
+
+/// A flow's ports and protocol as one scalar argument.
+#[inline(always)]
+pub fn ports(f: &Flow) -> u64 {
+    (u64::from(f.sport) << 48) | (u64::from(f.dport) << 32) | u64::from(f.proto)
+}
+
+/// Reports the new flow whose forward conntrack entry was just written
+/// under `fwd`. Everything else is read from the maps here, only while a
+/// monitor runs: the caller keeps nothing alive across the call.
+#[inline(never)]
+pub fn new_flow(fwd: &CtKey) {
+    let Some((ev, open, now)) = start() else {
+        return;
+    };
+    let k = *fwd;
+    flow_event(ev, Kind::NewFlow, pack(k.saddr, k.daddr), ports_of(&k));
+    ev.reason = Reason::NewFlow as u32;
+    // SAFETY: values copied out at once.
+    if let Some(e) = unsafe { CT_NEW.get(&k) } {
+        ev.backend = e.nat_addr;
+        ev.node = e.via;
+    }
+    send(ev, open, now);
+}
+
+/// Reports a new flow (`addrs`, `ports`: the packers above) that the
+/// sender's `needs` refused.
+#[inline(never)]
+pub fn denied(addrs: u64, ports: u64) {
+    if let Some((ev, open, now)) = start() {
+        flow_event(ev, Kind::Denied, addrs, ports);
+        ev.reason = Reason::DropDenied as u32;
+        send(ev, open, now);
+    }
+}
+
+#[inline(always)]
+fn pack(high: u32, low: u32) -> u64 {
+    (u64::from(high) << 32) | u64::from(low)
+}
+
+#[inline(always)]
+fn ports_of(k: &CtKey) -> u64 {
+    (u64::from(k.sport) << 48) | (u64::from(k.dport) << 32) | u64::from(k.proto)
+}
+
+/// Fills a flow's event; the services and the policy come from the maps
+/// (the sender's from its NamespaceIP; the destination's from its ServIP
+/// or, for a flow straight to an instance, its NamespaceIP).
+#[inline(always)]
+fn flow_event(ev: &mut Event, kind: Kind, addrs: u64, ports: u64) {
+    ev.kind = kind as u8;
+    ev.hook = Hook::FromInstance as u8;
+    ev.saddr = (addrs >> 32) as u32;
+    ev.daddr = addrs as u32;
+    ev.sport = (ports >> 48) as u16;
+    ev.dport = (ports >> 32) as u16;
+    ev.proto = ports as u8;
+    // SAFETY: values copied out at once.
+    unsafe {
+        if let Some(s) = NSIP_SERVICES.get(ev.saddr) {
+            ev.src_service = *s;
+        }
+        if let Some(sv) = SERVIPS.get(ev.daddr) {
+            ev.dst_service = sv.service;
+            ev.policy = sv.policy;
+        } else if let Some(s) = NSIP_SERVICES.get(ev.daddr) {
+            ev.dst_service = *s;
+        }
+    }
+}
+
+/// The clock, for the deadlines and the buckets.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() }
+}
+
+/// When a monitor runs: this CPU's cleared event, the open slots (bit
+/// per slot) and the time.
+#[inline(always)]
+fn start() -> Option<(&'static mut Event, u32, u64)> {
+    let now = now_ns();
+    let mut open = 0;
+    let mut i = 0;
+    while i < MONITORS {
+        if MONITOR.get(i).is_some_and(|m| now < m.deadline_ns) {
+            open |= 1 << i;
+        }
+        i += 1;
+    }
+    if open == 0 {
+        return None;
+    }
+    // SAFETY: this CPU's own slot, valid for this program run.
+    let ev = unsafe { &mut *EVENT.get_ptr_mut(0)? };
+    *ev = Event {
+        time_ns: now,
+        ..Event::default()
+    };
+    Some((ev, open, now))
+}
+
+/// Copies `ev` into every open slot's ring whose bucket has credit.
+#[inline(always)]
+fn send(ev: &Event, open: u32, now: u64) {
+    to_slot(0, &EVENTS_0, ev, open, now);
+    to_slot(1, &EVENTS_1, ev, open, now);
+    to_slot(2, &EVENTS_2, ev, open, now);
+    to_slot(3, &EVENTS_3, ev, open, now);
+}
+
+#[inline(always)]
+fn to_slot(slot: u32, ring: &RingBuf, ev: &Event, open: u32, now: u64) {
+    if open & (1 << slot) == 0 {
+        return;
+    }
+    let (Some(m), Some(lim)) = (MONITOR.get(slot), LIMITER.get_ptr_mut(slot)) else {
+        return;
+    };
+    // SAFETY: this CPU's own bucket, valid for this program run.
+    let lim = unsafe { &mut *lim };
+    if !take_credit(lim, m, now) || ring.output::<Event>(ev, 0).is_err() {
+        lim.suppressed += 1;
+    }
+}
