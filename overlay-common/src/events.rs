@@ -17,10 +17,9 @@ pub const RING_BYTES: u32 = 256 * 1024;
 /// How far ahead of the clock a monitor sets its deadline; it renews it
 /// every second, so only a dead monitor lets it pass.
 pub const LEASE_NS: u64 = 3_000_000_000;
-/// Events a monitor receives per second and CPU, by default...
+/// Events a monitor receives per second and CPU, by default; a CPU may
+/// send one second's worth at once after a quiet spell.
 pub const DEFAULT_RATE: u64 = 4_000;
-/// ... and how many a CPU may send at once after a quiet spell.
-pub const DEFAULT_BURST: u64 = 4_000;
 /// Nanoseconds in a second.
 pub const NS_PER_S: u64 = 1_000_000_000;
 
