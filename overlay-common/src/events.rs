@@ -132,7 +132,10 @@ impl Monitor {
     /// A slot open until `deadline_ns`, passing `rate` events per second
     /// and CPU (0: every event) with bursts of `burst`.
     pub const fn new(deadline_ns: u64, rate: u64, burst: u64) -> Monitor {
-        let cost_ns = if rate == 0 { 0 } else { NS_PER_S / rate };
+        let cost_ns = match NS_PER_S.checked_div(rate) {
+            Some(ns) => ns,
+            None => 0,
+        };
         Monitor {
             deadline_ns,
             cost_ns,
@@ -181,7 +184,7 @@ const _: () = {
     assert!(core::mem::size_of::<Monitor>() == 24);
     assert!(core::mem::size_of::<Limiter>() == 24);
     // The kernel wants a power-of-two ring of whole pages.
-    assert!(RING_BYTES.is_power_of_two() && RING_BYTES % 4096 == 0);
+    assert!(RING_BYTES.is_power_of_two() && RING_BYTES.is_multiple_of(4096));
 };
 
 #[cfg(feature = "user")]

@@ -129,6 +129,9 @@ macro_rules! for_each_map {
             /// New flows denied, per sending service (per CPU).
             DENIED denied: PerCpuHashMap<u32, u64>,
                 $crate::registry::capacity::RESTRICTED, $crate::registry::NO_PREALLOC, 1;
+            /// New flows this node opened, per destination service (per CPU).
+            FLOWS_NEW flows_new: PerCpuHashMap<u32, u64>,
+                $crate::registry::capacity::RESTRICTED, $crate::registry::NO_PREALLOC, 1;
             /// Ports of the node's address that lead to exposed services.
             EXPOSED exposed: HashMap<$crate::maps::ExposeKey, $crate::maps::Exposed>,
                 $crate::registry::capacity::EXPOSED, $crate::registry::NO_PREALLOC, 1;

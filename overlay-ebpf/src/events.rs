@@ -9,8 +9,8 @@
 //! across a call is one more slot of it), which read what they can from the
 //! maps rather than take it as arguments: the event is built in the per-CPU `EVENT` map,
 //! then copied into the ring buffer of every open slot whose token bucket
-//! has credit. With no monitor running, an event costs a clock read and
-//! one array lookup per slot.
+//! has credit. With no monitor running, an event costs a BPF call and one
+//! array lookup per slot (plus a clock read once a monitor was killed).
 
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},
@@ -56,20 +56,20 @@ pub fn drop_xdp(ctx: &XdpContext, reason: Reason) {
 #[inline(never)]
 fn dropped_tc(skb: *mut __sk_buff, hook: u32, reason: u32) {
     let ctx = TcContext::new(skb);
-    if let Some((ev, open, now)) = start() {
+    if let Some((ev, ready)) = start() {
         ev.len = ctx.len();
         dropped(&ctx, ev, hook, reason);
-        send(ev, open, now);
+        send(ev, ready);
     }
 }
 
 #[inline(never)]
 fn dropped_xdp(md: *mut xdp_md, reason: u32) {
     let ctx = XdpContext::new(md);
-    if let Some((ev, open, now)) = start() {
+    if let Some((ev, ready)) = start() {
         ev.len = (ctx.data_end() - ctx.data()) as u32;
         dropped(&ctx, ev, Hook::UplinkXdp as u32, reason);
-        send(ev, open, now);
+        send(ev, ready);
     }
 }
 
@@ -115,28 +115,28 @@ pub fn ports(f: &Flow) -> u64 {
 /// monitor runs: the caller keeps nothing alive across the call.
 #[inline(never)]
 pub fn new_flow(fwd: &CtKey) {
-    let Some((ev, open, now)) = start() else {
+    let Some((ev, ready)) = start() else {
         return;
     };
     let k = *fwd;
     flow_event(ev, Kind::NewFlow, pack(k.saddr, k.daddr), ports_of(&k));
     ev.reason = Reason::NewFlow as u32;
     // SAFETY: values copied out at once.
-    if let Some(e) = unsafe { CT_NEW.get(&k) } {
+    if let Some(e) = unsafe { CT_NEW.get(k) } {
         ev.backend = e.nat_addr;
         ev.node = e.via;
     }
-    send(ev, open, now);
+    send(ev, ready);
 }
 
 /// Reports a new flow (`addrs`, `ports`: the packers above) that the
 /// sender's `needs` refused.
 #[inline(never)]
 pub fn denied(addrs: u64, ports: u64) {
-    if let Some((ev, open, now)) = start() {
+    if let Some((ev, ready)) = start() {
         flow_event(ev, Kind::Denied, addrs, ports);
         ev.reason = Reason::DropDenied as u32;
-        send(ev, open, now);
+        send(ev, ready);
     }
 }
 
@@ -183,20 +183,32 @@ fn now_ns() -> u64 {
     unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() }
 }
 
-/// When a monitor runs: this CPU's cleared event, the open slots (bit
-/// per slot) and the time.
+/// When a monitor runs and its bucket has credit: this CPU's cleared
+/// event (dated) and the slots to send it to (bit per slot). The buckets
+/// are charged here, before the event is built, so that an event over the
+/// rate costs no more than the lookups of its slot.
 #[inline(always)]
-fn start() -> Option<(&'static mut Event, u32, u64)> {
-    let now = now_ns();
-    let mut open = 0;
+fn start() -> Option<(&'static mut Event, u32)> {
+    // No clock read while every switch is off (never set, or closed).
+    let mut any = 0;
     let mut i = 0;
     while i < MONITORS {
-        if MONITOR.get(i).is_some_and(|m| now < m.deadline_ns) {
-            open |= 1 << i;
+        any |= MONITOR.get(i).map_or(0, |m| m.deadline_ns);
+        i += 1;
+    }
+    if any == 0 {
+        return None;
+    }
+    let now = now_ns();
+    let mut ready = 0;
+    let mut i = 0;
+    while i < MONITORS {
+        if charge(i, now) {
+            ready |= 1 << i;
         }
         i += 1;
     }
-    if open == 0 {
+    if ready == 0 {
         return None;
     }
     // SAFETY: this CPU's own slot, valid for this program run.
@@ -205,29 +217,45 @@ fn start() -> Option<(&'static mut Event, u32, u64)> {
         time_ns: now,
         ..Event::default()
     };
-    Some((ev, open, now))
+    Some((ev, ready))
 }
 
-/// Copies `ev` into every open slot's ring whose bucket has credit.
+/// Whether slot `slot` is open and its bucket on this CPU pays for an
+/// event (else the event is counted as suppressed there).
 #[inline(always)]
-fn send(ev: &Event, open: u32, now: u64) {
-    to_slot(0, &EVENTS_0, ev, open, now);
-    to_slot(1, &EVENTS_1, ev, open, now);
-    to_slot(2, &EVENTS_2, ev, open, now);
-    to_slot(3, &EVENTS_3, ev, open, now);
-}
-
-#[inline(always)]
-fn to_slot(slot: u32, ring: &RingBuf, ev: &Event, open: u32, now: u64) {
-    if open & (1 << slot) == 0 {
-        return;
-    }
+fn charge(slot: u32, now: u64) -> bool {
     let (Some(m), Some(lim)) = (MONITOR.get(slot), LIMITER.get_ptr_mut(slot)) else {
-        return;
+        return false;
     };
+    if now >= m.deadline_ns {
+        return false;
+    }
     // SAFETY: this CPU's own bucket, valid for this program run.
     let lim = unsafe { &mut *lim };
-    if !take_credit(lim, m, now) || ring.output::<Event>(ev, 0).is_err() {
-        lim.suppressed += 1;
+    if take_credit(lim, m, now) {
+        return true;
+    }
+    lim.suppressed += 1;
+    false
+}
+
+/// Copies `ev` into the ring of every slot in `ready`.
+#[inline(always)]
+fn send(ev: &Event, ready: u32) {
+    to_slot(0, &EVENTS_0, ev, ready);
+    to_slot(1, &EVENTS_1, ev, ready);
+    to_slot(2, &EVENTS_2, ev, ready);
+    to_slot(3, &EVENTS_3, ev, ready);
+}
+
+#[inline(always)]
+fn to_slot(slot: u32, ring: &RingBuf, ev: &Event, ready: u32) {
+    if ready & (1 << slot) == 0 || ring.output::<Event>(ev, 0).is_ok() {
+        return;
+    }
+    // A full ring: its reader is behind.
+    if let Some(lim) = LIMITER.get_ptr_mut(slot) {
+        // SAFETY: this CPU's own bucket, valid for this program run.
+        unsafe { (*lim).suppressed += 1 };
     }
 }

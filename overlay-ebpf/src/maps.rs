@@ -92,6 +92,18 @@ pub fn count_denied(src: u32) {
     }
 }
 
+/// Counts a new flow to service `dst`.
+#[inline(always)]
+pub fn count_new_flow(dst: u32) {
+    match FLOWS_NEW.get_ptr_mut(dst) {
+        // SAFETY: this CPU's own slot.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = FLOWS_NEW.insert(dst, 1, 0);
+        }
+    }
+}
+
 /// Counts one packet of `len` bytes under `reason`.
 #[inline(always)]
 pub fn count(reason: Reason, len: u32) {

@@ -161,6 +161,7 @@ pub fn choose_backend(
         .insert(fwd, entry(b.nsip, b.node, ct::FORWARD, fwd_port), 0)
         .map_err(|_| Reason::DropHelper)?;
     count(Reason::NewFlow, 0);
+    crate::maps::count_new_flow(sv.service);
     events::new_flow(&fwd);
     Ok(Target {
         nsip: b.nsip,

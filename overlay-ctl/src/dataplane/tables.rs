@@ -466,6 +466,15 @@ impl Tables {
             .map(|(svc, per_cpu)| (svc, per_cpu.iter().sum()))
             .collect()
     }
+
+    /// New flows this node opened per destination service, summed over CPUs.
+    pub fn new_flows(&self) -> Vec<(u32, u64)> {
+        self.flows_new
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(svc, per_cpu)| (svc, per_cpu.iter().sum()))
+            .collect()
+    }
 }
 
 /// A tunnel endpoint (a node, or a gateway) as the maps hold it.
