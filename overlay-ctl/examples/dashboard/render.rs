@@ -175,7 +175,9 @@ pub fn render(ns: &Netns, began: Instant, out: &Path) -> anyhow::Result<()> {
         let mut plots = Vec::new();
         // Series that stay at 0 (every drop reason has a counter) are left
         // out, as a Grafana legend set to hide empty series would.
-        let series = series.iter().filter(|(_, pts)| pts.iter().any(|(_, v)| *v > 0.0));
+        let series = series
+            .iter()
+            .filter(|(_, pts)| pts.iter().any(|(_, v)| *v > 0.0));
         for (k, (metric, points)) in series.enumerate() {
             let metric: Value = serde_json::from_str(metric)?;
             for (t, v) in points {
