@@ -249,10 +249,10 @@ fn traffic(webs: &[Netns], vips: &[Ipv4Addr], db_vip: Ipv4Addr, round: u64) {
                 s.send_to(b"x", (db_vip, 5432))?;
             }
             // A port api does not forward; an overlay address nobody holds.
-            if round % 4 == 0 {
+            if round.is_multiple_of(4) {
                 s.send_to(b"x", (vips[0], 9999))?;
             }
-            if round % 9 == 0 {
+            if round.is_multiple_of(9) {
                 s.send_to(b"x", (Ipv4Addr::new(10, 30, 250, 1), 53))?;
             }
             Ok::<_, std::io::Error>(())

@@ -117,6 +117,9 @@ fn legend(legend: &str, metric: &Value) -> String {
     out
 }
 
+/// A series' labels (as JSON) and its points.
+type Series = (String, Vec<(f64, f64)>);
+
 /// Seconds since the Unix epoch.
 fn unix(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
@@ -130,7 +133,7 @@ fn range(
     expr: &str,
     start: f64,
     end: f64,
-) -> anyhow::Result<Vec<(String, Vec<(f64, f64)>)>> {
+) -> anyhow::Result<Vec<Series>> {
     let path = format!(
         "/api/v1/query_range?query={}&start={start:.0}&end={end:.0}&step=5",
         encode(expr)
