@@ -2,12 +2,12 @@
 //! a ring buffer while a monitor runs.
 //!
 //! Up to [`MONITORS`] monitors run at once, each in a slot of its own: its
-//! `MONITOR` entry (a deadline and a rate), its ring buffer `EVENTS_<slot>`
+//! entry in `MONITOR` (a deadline and a rate), its ring buffer `EVENTS_<slot>`
 //! and its per-CPU token bucket in `LIMITER`. The programs write an event
 //! into a slot only while the coarse monotonic clock is before the slot's
 //! deadline, which the monitor pushes forward every second: a monitor that
 //! dies, however, stops its events within [`LEASE_NS`]. With no monitor the
-//! cost is a few array lookups on the paths that emit (drops, new flows,
+//! cost is one array lookup on the paths that emit (drops, new flows,
 //! denied flows), never on an established flow's packets.
 
 /// Monitors that may run at once (one ring buffer each).
@@ -116,7 +116,34 @@ pub struct Event {
     pub len: u32,
 }
 
-/// `MONITOR[slot]`: one monitor's switch and rate.
+/// `MONITOR[0]`: every slot's switch and rate, in one value so that the
+/// programs see whether any monitor runs with one lookup. A monitor
+/// rewrites the whole value to change its slot; two doing so at once may
+/// put another slot's previous deadline back, which is at most one renewal
+/// old (still ahead) or, for a monitor that just closed its slot, lapses
+/// within [`LEASE_NS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Monitors {
+    pub slots: [Monitor; MONITORS as usize],
+}
+
+impl Monitors {
+    /// Whether any slot was switched on and not closed since (a lapsed
+    /// deadline still counts: the clock decides then).
+    #[inline(always)]
+    pub fn any(&self) -> bool {
+        let mut any = 0;
+        let mut i = 0;
+        while i < MONITORS as usize {
+            any |= self.slots[i].deadline_ns;
+            i += 1;
+        }
+        any != 0
+    }
+}
+
+/// One monitor's switch and rate.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Monitor {
@@ -182,6 +209,7 @@ pub fn take_credit(lim: &mut Limiter, m: &Monitor, now_ns: u64) -> bool {
 const _: () = {
     assert!(core::mem::size_of::<Event>() == 48);
     assert!(core::mem::size_of::<Monitor>() == 24);
+    assert!(core::mem::size_of::<Monitors>() == 24 * MONITORS as usize);
     assert!(core::mem::size_of::<Limiter>() == 24);
     // The kernel wants a power-of-two ring of whole pages.
     assert!(RING_BYTES.is_power_of_two() && RING_BYTES.is_multiple_of(4096));
@@ -195,6 +223,8 @@ mod pod {
     unsafe impl aya::Pod for Event {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Monitor {}
+    // SAFETY: as above (an array of `Monitor`).
+    unsafe impl aya::Pod for Monitors {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Limiter {}
 }
@@ -218,6 +248,14 @@ mod tests {
         let later = (1..=50).filter(|i| take_credit(&mut lim, &m, now + i * 1_000_000));
         assert_eq!(later.count(), 50);
         assert!(!take_credit(&mut lim, &m, now + 50 * 1_000_000));
+    }
+
+    #[test]
+    fn any_slot_counts() {
+        let mut m = Monitors::default();
+        assert!(!m.any());
+        m.slots[3] = Monitor::new(1, 0, 0);
+        assert!(m.any());
     }
 
     #[test]

@@ -163,7 +163,7 @@ macro_rules! for_each_map {
             LAYOUT layout: HashMap<$crate::maps::Layout, u32>,
                 $crate::registry::capacity::LAYOUT, $crate::registry::NO_PREALLOC, 1;
             /// Monitor slots: each running monitor's deadline and rate (`events`).
-            MONITOR monitor: Array<u32, $crate::events::Monitor>, $crate::events::MONITORS, 0, 1;
+            MONITOR monitor: Array<u32, $crate::events::Monitors>, 1, 0, 1;
             /// Per monitor slot and CPU: its token bucket, what it held back,
             /// the event being written.
             LIMITER limiter: PerCpuArray<u32, $crate::events::Limiter>,

@@ -9,8 +9,8 @@
 //! across a call is one more slot of it), which read what they can from the
 //! maps rather than take it as arguments: the event is built in the per-CPU `EVENT` map,
 //! then copied into the ring buffer of every open slot whose token bucket
-//! has credit. With no monitor running, an event costs a BPF call and one
-//! array lookup per slot (plus a clock read once a monitor was killed).
+//! has credit. With no monitor running, a drop costs one array lookup more
+//! (inlined in the hook) and a new or denied flow a BPF call and that lookup.
 
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},
@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use overlay_common::{
     ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP,
-    events::{Event, Hook, Kind, MONITORS, take_credit},
+    events::{Event, Hook, Kind, MONITORS, Monitors, take_credit},
     maps::CtKey,
     stats::Reason,
 };
@@ -37,18 +37,24 @@ fn reported(reason: Reason) -> bool {
     reason as u32 >= Reason::DropMalformed as u32 && reason != Reason::DropDenied
 }
 
-/// Reports a TC program's drop, if `reason` is one.
+/// Whether any monitor was switched on (one array lookup).
+#[inline(always)]
+fn monitoring() -> bool {
+    MONITOR.get(0).is_some_and(Monitors::any)
+}
+
+/// Reports a TC program's drop, if `reason` is one and a monitor runs.
 #[inline(always)]
 pub fn drop_tc(ctx: &TcContext, hook: Hook, reason: Reason) {
-    if reported(reason) {
+    if reported(reason) && monitoring() {
         dropped_tc(ctx.skb.skb, hook as u32, reason as u32);
     }
 }
 
-/// Reports an XDP program's drop.
+/// Reports an XDP program's drop, if a monitor runs.
 #[inline(always)]
 pub fn drop_xdp(ctx: &XdpContext, reason: Reason) {
-    if reported(reason) {
+    if reported(reason) && monitoring() {
         dropped_xdp(ctx.ctx, reason as u32);
     }
 }
@@ -189,21 +195,16 @@ fn now_ns() -> u64 {
 /// rate costs no more than the lookups of its slot.
 #[inline(always)]
 fn start() -> Option<(&'static mut Event, u32)> {
+    let all = MONITOR.get(0)?;
     // No clock read while every switch is off (never set, or closed).
-    let mut any = 0;
-    let mut i = 0;
-    while i < MONITORS {
-        any |= MONITOR.get(i).map_or(0, |m| m.deadline_ns);
-        i += 1;
-    }
-    if any == 0 {
+    if !all.any() {
         return None;
     }
     let now = now_ns();
     let mut ready = 0;
     let mut i = 0;
     while i < MONITORS {
-        if charge(i, now) {
+        if charge(all, i, now) {
             ready |= 1 << i;
         }
         i += 1;
@@ -223,8 +224,8 @@ fn start() -> Option<(&'static mut Event, u32)> {
 /// Whether slot `slot` is open and its bucket on this CPU pays for an
 /// event (else the event is counted as suppressed there).
 #[inline(always)]
-fn charge(slot: u32, now: u64) -> bool {
-    let (Some(m), Some(lim)) = (MONITOR.get(slot), LIMITER.get_ptr_mut(slot)) else {
+fn charge(all: &Monitors, slot: u32, now: u64) -> bool {
+    let (Some(m), Some(lim)) = (all.slots.get(slot as usize), LIMITER.get_ptr_mut(slot)) else {
         return false;
     };
     if now >= m.deadline_ns {

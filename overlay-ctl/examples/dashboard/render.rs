@@ -128,12 +128,7 @@ fn unix(t: SystemTime) -> f64 {
 
 /// Each series of `expr` from `start` to `end` (Unix s): legend → (minutes
 /// since `start`, value).
-fn range(
-    ns: &Netns,
-    expr: &str,
-    start: f64,
-    end: f64,
-) -> anyhow::Result<Vec<Series>> {
+fn range(ns: &Netns, expr: &str, start: f64, end: f64) -> anyhow::Result<Vec<Series>> {
     let path = format!(
         "/api/v1/query_range?query={}&start={start:.0}&end={end:.0}&step=5",
         encode(expr)

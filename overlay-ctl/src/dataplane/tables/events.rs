@@ -8,14 +8,19 @@ use overlay_common::registry::def;
 use super::{Result, Tables, map_err};
 
 impl Tables {
-    /// Sets monitor slot `slot`'s switch and rate.
+    /// Sets monitor slot `slot`'s switch and rate (the other slots as read).
     pub fn set_monitor(&mut self, slot: u32, m: &Monitor) -> Result<()> {
-        self.monitor.set(slot, m, 0).map_err(map_err(&def::MONITOR))
+        let mut all = self.monitor.get(&0, 0).map_err(map_err(&def::MONITOR))?;
+        if let Some(s) = all.slots.get_mut(slot as usize) {
+            *s = *m;
+        }
+        self.monitor.set(0, all, 0).map_err(map_err(&def::MONITOR))
     }
 
     /// Monitor slot `slot`'s switch and rate.
     pub fn monitor(&self, slot: u32) -> Result<Monitor> {
-        self.monitor.get(&slot, 0).map_err(map_err(&def::MONITOR))
+        let all = self.monitor.get(&0, 0).map_err(map_err(&def::MONITOR))?;
+        Ok(all.slots.get(slot as usize).copied().unwrap_or_default())
     }
 
     /// Events the programs held back from slot `slot` so far, over all CPUs.
