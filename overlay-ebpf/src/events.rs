@@ -225,12 +225,12 @@ fn start() -> Option<(&'static mut Event, u32)> {
 /// event (else the event is counted as suppressed there).
 #[inline(always)]
 fn charge(all: &Monitors, slot: u32, now: u64) -> bool {
-    let (Some(m), Some(lim)) = (all.slots.get(slot as usize), LIMITER.get_ptr_mut(slot)) else {
+    let Some(m) = all.slots.get(slot as usize).filter(|m| now < m.deadline_ns) else {
         return false;
     };
-    if now >= m.deadline_ns {
+    let Some(lim) = LIMITER.get_ptr_mut(slot) else {
         return false;
-    }
+    };
     // SAFETY: this CPU's own bucket, valid for this program run.
     let lim = unsafe { &mut *lim };
     if take_credit(lim, m, now) {
