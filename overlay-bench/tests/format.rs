@@ -219,9 +219,11 @@ fn targets_are_judged_met_missed_or_not_measured() {
     assert_eq!(status("translate+encapsulate, established"), Status::Met);
     assert_eq!(status("translate+encapsulate, new"), Status::Missed);
     assert_eq!(status("decapsulate+reverse NAT"), Status::Met);
+    // The canned report has no row with a monitor attached.
+    assert_eq!(status("new flow with a monitor"), Status::NotMeasured);
     assert_eq!(status("3,000 instances"), Status::Met);
     assert_eq!(status("DNS queries/s"), Status::Met);
-    assert_eq!(t.len(), 10);
+    assert_eq!(t.len(), 11);
     assert_eq!(t[0].goal, Goal::AtLeast(0.90));
 
     r.control.converge = None;
