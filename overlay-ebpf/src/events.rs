@@ -2,15 +2,15 @@
 //! `overlay_common::events`).
 //!
 //! The hooks call in at three places: a hook's exit with a drop reason, a
-//! new flow's backend choice, and a denied new flow. The checks the hooks
-//! inline are a comparison at most; everything else is out of line, in BPF
-//! functions with at most three arguments and a small frame (the
-//! from-instance program has no stack to spare: every value a caller keeps
-//! across a call is one more slot of it), which read what they can from the
-//! maps rather than take it as arguments: the event is built in the per-CPU `EVENT` map,
-//! then copied into the ring buffer of every open slot whose token bucket
-//! has credit. With no monitor running, a drop costs one array lookup more
-//! (inlined in the hook) and a new or denied flow a BPF call and that lookup.
+//! new flow's backend choice, and a denied new flow. What the hooks inline
+//! is a comparison (is the verdict a drop) and, for a drop, one lookup of
+//! `MONITOR` (does any monitor run). Everything else is out of line, in BPF
+//! functions with at most three arguments and a small frame, which read
+//! what they can from the maps rather than take it as arguments: the
+//! from-instance program has no stack to spare, and every value a caller
+//! keeps across a call costs it a slot. The event is built in the per-CPU
+//! `EVENT` map, then copied into the ring buffer of every open slot whose
+//! token bucket has credit (charged before the event is built).
 
 use aya_ebpf::{
     bindings::{__sk_buff, xdp_md},

@@ -169,7 +169,9 @@ pub fn targets(r: &Report) -> Vec<Target> {
         ),
         target(
             "new flow with a monitor attached, vs none",
-            net("encap_new_monitor").zip(net("encap_new")).map(|(m, n)| m / n),
+            net("encap_new_monitor")
+                .zip(net("encap_new"))
+                .map(|(m, n)| m / n),
             Goal::AtMost(1.05),
             "x",
         ),
