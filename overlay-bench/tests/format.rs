@@ -224,9 +224,11 @@ fn targets_are_judged_met_missed_or_not_measured() {
     assert_eq!(status("translate+encapsulate, established"), Status::Met);
     assert_eq!(status("translate+encapsulate, new"), Status::Met);
     assert_eq!(status("decapsulate+reverse NAT"), Status::Met);
+    // The canned report has no row with a monitor attached.
+    assert_eq!(status("new flow with a monitor"), Status::NotMeasured);
     assert_eq!(status("3,000 instances"), Status::Met);
     assert_eq!(status("DNS queries/s"), Status::Met);
-    assert_eq!(t.len(), 13);
+    assert_eq!(t.len(), 14);
     assert_eq!(t[0].goal, Goal::AtLeast(0.95));
 
     r.control.converge = None;

@@ -5,6 +5,8 @@
 //! * [`policy`]: the balancing policies, for names, maps and model alike.
 //! * [`registry`]: every BPF map declared once (name, kind, types, capacity,
 //!   pinning, layout version) and the limits user input must respect to fit.
+//! * [`events`]: the events the programs send to `overlay-ctl monitor`, and
+//!   the monitors' switch and rate limit.
 //! * [`stats`]: the per-CPU counter slots (one per verdict or drop reason).
 //! * [`flow`]: the flow hash and the slot choice, used by the programs for new
 //!   flows and by the agent and tests to predict them.
@@ -16,6 +18,7 @@
 //! the [`maps::ip`] helpers convert on the userspace side.
 #![no_std]
 
+pub mod events;
 pub mod flow;
 pub mod maps;
 pub mod names;

@@ -129,6 +129,9 @@ macro_rules! for_each_map {
             /// New flows denied, per sending service (per CPU).
             DENIED denied: PerCpuHashMap<u32, u64>,
                 $crate::registry::capacity::RESTRICTED, $crate::registry::NO_PREALLOC, 1;
+            /// New flows this node opened, per destination service (per CPU).
+            FLOWS_NEW flows_new: PerCpuHashMap<u32, u64>,
+                $crate::registry::capacity::RESTRICTED, $crate::registry::NO_PREALLOC, 1;
             /// Ports of the node's address that lead to exposed services.
             EXPOSED exposed: HashMap<$crate::maps::ExposeKey, $crate::maps::Exposed>,
                 $crate::registry::capacity::EXPOSED, $crate::registry::NO_PREALLOC, 1;
@@ -163,10 +166,23 @@ macro_rules! for_each_map {
             /// Map name → layout version of the pinned maps (see `Layout`).
             LAYOUT layout: HashMap<$crate::maps::Layout, u32>,
                 $crate::registry::capacity::LAYOUT, $crate::registry::NO_PREALLOC, 1;
+            /// Monitor slots: each running monitor's deadline and rate (`events`).
+            MONITOR monitor: Array<u32, $crate::events::Monitors>, 1, 0, 1;
+            /// Per monitor slot and CPU: its token bucket, what it held back,
+            /// the event being written.
+            LIMITER limiter: PerCpuArray<u32, $crate::events::Limiter>,
+                $crate::events::MONITORS, 0, 1;
+            /// The monitors' ring buffers, one per slot.
+            EVENTS_0 events_0: RingBuf<(), ()>, $crate::events::RING_BYTES, 0, 1;
+            EVENTS_1 events_1: RingBuf<(), ()>, $crate::events::RING_BYTES, 0, 1;
+            EVENTS_2 events_2: RingBuf<(), ()>, $crate::events::RING_BYTES, 0, 1;
+            EVENTS_3 events_3: RingBuf<(), ()>, $crate::events::RING_BYTES, 0, 1;
           }
           private {
             /// Per-CPU scratch space for building packets off the stack.
             SCRATCH scratch: PerCpuArray<u32, $crate::maps::Scratch>, 1, 0, 1;
+            /// Per-CPU space where an event is built (`events`), off the stack.
+            EVENT event: PerCpuArray<u32, $crate::events::Event>, 1, 0, 1;
             /// Cached FIB results for tunnel destinations (node address → hop),
             /// so that an established flow's packets skip `bpf_fib_lookup`.
             HOPS hops: PerCpuHashMap<u32, $crate::maps::CachedHop>,
@@ -186,6 +202,8 @@ pub enum MapKind {
     PerCpuArray = 6,
     LruHashMap = 9,
     LpmTrie = 11,
+    /// Key and value sizes 0; the capacity is the ring's size in bytes.
+    RingBuf = 27,
 }
 
 /// One map as the kernel sees it.

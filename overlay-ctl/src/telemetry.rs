@@ -41,7 +41,7 @@ pub fn render(agent: &Agent, maps: &Tables) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// Packets and bytes per verdict, denied and active flows per service, map fill.
+/// Packets and bytes per verdict, new, denied and active flows per service, map fill.
 fn dataplane(reg: &Registry, agent: &Agent, maps: &Tables) {
     let by_reason = ["reason"];
     let packets = counters(
@@ -77,6 +77,15 @@ fn dataplane(reg: &Registry, agent: &Agent, maps: &Tables) {
     );
     for (svc, n) in maps.denied() {
         denied.with_label_values(&[&name(svc)]).inc_by(n);
+    }
+    let new = counters(
+        reg,
+        "flows_new_total",
+        "New flows this node opened to each service (a backend chosen)",
+        &["service"],
+    );
+    for (svc, n) in maps.new_flows() {
+        new.with_label_values(&[&name(svc)]).inc_by(n);
     }
     let active = gauges(
         reg,
@@ -142,6 +151,16 @@ fn agent_state(reg: &Registry, agent: &Agent) {
         )
         .with_label_values(&none)
         .set(h.revision.load(Relaxed) as f64);
+        if let Some(lag) = h.lag() {
+            gauges(
+                reg,
+                "store_watch_lag_seconds",
+                "Time since the store last confirmed that the agent's desired state was current",
+                &none,
+            )
+            .with_label_values(&none)
+            .set(lag.as_secs_f64());
+        }
     }
     let dns = counters(
         reg,

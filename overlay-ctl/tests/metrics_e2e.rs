@@ -1,5 +1,5 @@
 //! `/metrics` of a running cluster: a scrape `promtool` accepts, exact
-//! denied-flow counts, an RTT gauge per peer.
+//! denied and new flow counts, an RTT gauge per peer, the watch's lag.
 
 mod common;
 
@@ -43,13 +43,16 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 #[test]
 fn metrics_count_exactly_and_pass_promtool() {
     let c = Cluster::with_config("metrics", |_| "metrics = \"127.0.0.1:9464\"\n".into());
-    c.deploy_service(&access("api", &[8080], false, false, &[]));
+    let api = c.deploy_service(&access("api", &[8080], false, false, &[]));
+    let api_vip = servip(&api, "roundrobin");
     let web = c.deploy_service(&access("web", &[], false, false, &[API]));
     let other = c.deploy_service(&access("db", &[5432], false, false, &[]));
     let db_vip = servip(&other, "roundrobin");
     let (w1, d2) = (Netns::new("w1").unwrap(), Netns::new("d2").unwrap());
+    let a3 = Netns::new("a3").unwrap();
     c.agents[0].deploy(WEB, 1, &w1);
     c.agents[1].deploy(DB, 1, &d2);
+    c.agents[2].deploy(API, 1, &a3);
     let name = web["name"].as_str().unwrap().to_string();
     let denied = format!("overlay_flows_denied_total{{service=\"{name}\"}}");
     wait_until(Duration::from_secs(20), "RTT gauges for both peers", || {
@@ -71,6 +74,29 @@ fn metrics_count_exactly_and_pass_promtool() {
     .unwrap();
     wait_until(Duration::from_secs(5), "100 denied flows counted", || {
         sample(body(&scrape(&c, 1)), &denied) == Some(before + 100.0)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", body(&scrape(&c, 1))));
+
+    // web may open flows to api: 10 new flows, one datagram each, once the
+    // node has api's backend.
+    let api_name = api["name"].as_str().unwrap();
+    let new = format!("overlay_flows_new_total{{service=\"{api_name}\"}}");
+    let udp_to_api = || {
+        w1.enter(|| {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.send_to(b"x", (api_vip, 8080)).unwrap();
+        })
+        .unwrap()
+    };
+    wait_until(Duration::from_secs(10), "a first new flow to api", || {
+        udp_to_api();
+        sample(body(&scrape(&c, 1)), &new).is_some()
+    })
+    .unwrap();
+    let before = sample(body(&scrape(&c, 1)), &new).unwrap();
+    (0..10).for_each(|_| udp_to_api());
+    wait_until(Duration::from_secs(5), "10 new flows counted", || {
+        sample(body(&scrape(&c, 1)), &new) == Some(before + 10.0)
     })
     .unwrap_or_else(|e| panic!("{e}: {}", body(&scrape(&c, 1))));
 
@@ -98,6 +124,9 @@ fn metrics_count_exactly_and_pass_promtool() {
     let text = body(&answer);
     assert_eq!(sample(text, "overlay_store_connected"), Some(1.0), "{text}");
     assert!(sample(text, "overlay_store_revision").is_some_and(|r| r > 0.0));
+    // Confirmed current at least every 2 s (progress requests) while connected.
+    let lag = sample(text, "overlay_store_watch_lag_seconds");
+    assert!(lag.is_some_and(|s| s < 3.0), "watch lag {lag:?}");
     let probes = |what: &str| sample(text, &format!("overlay_probes_{what}_total{{peer=\"n2\"}}"));
     let (sent, answered) = (probes("sent").unwrap(), probes("answered").unwrap());
     assert!(

@@ -23,6 +23,7 @@ use overlay_common::{
     stats::Reason,
 };
 
+use crate::events;
 use crate::icmp;
 use crate::layout::{ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_PARAMETERPROB, ICMP_TIME_EXCEEDED};
 use crate::layout::{IP_OFF, Icmp, Ipv4, L4_OFF, Ports, TCP_ACK, TCP_HDR_FLAGS, TCP_SYN};
@@ -86,6 +87,7 @@ pub fn direct(
         return Ok(None);
     }
     count_denied(src_service);
+    events::denied(events::addrs(f), events::ports(f));
     let action = icmp::reply_unreachable(ctx, f.proto, icmp::CODE_ADMIN_PROHIBITED, 0)?;
     Ok(Some((action, Reason::DropDenied)))
 }

@@ -15,12 +15,14 @@
 //! - `nat`: conntrack, backend choice and address translation;
 //! - `north_south`: exposed services (north-south);
 //! - `icmp`: ICMP errors answered to instances;
-//! - `maps`: the maps and the counters.
+//! - `maps`: the maps and the counters;
+//! - `events`: drops and new flows reported to `overlay-ctl monitor`.
 #![no_std]
 #![no_main]
 
 mod csum;
 mod deliver;
+mod events;
 mod forward;
 mod guard;
 mod hooks;

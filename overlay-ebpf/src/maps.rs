@@ -8,7 +8,7 @@
 use aya_ebpf::{
     EbpfContext,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use overlay_common::{
     maps::{Config, DEFAULT_DENY, NeedKey},
@@ -21,7 +21,18 @@ pub use overlay_common::maps::{CachedHop, Scratch};
 macro_rules! bpf_type {
     (Array, $k:ty, $v:ty) => { Array<$v> };
     (PerCpuArray, $k:ty, $v:ty) => { PerCpuArray<$v> };
+    (RingBuf, $k:ty, $v:ty) => { RingBuf };
     ($kind:ident, $k:ty, $v:ty) => { $kind<$k, $v> };
+}
+
+/// The definition of a registry entry's map (a ring buffer's capacity is its size in bytes).
+macro_rules! bpf_new {
+    (RingBuf, $t:ty, $cap:expr, $flags:expr) => {
+        RingBuf::with_byte_size($cap, $flags)
+    };
+    ($kind:ident, $t:ty, $cap:expr, $flags:expr) => {
+        <$t>::with_max_entries($cap, $flags)
+    };
 }
 
 /// One `#[map]` static per registry entry, named as the map.
@@ -32,7 +43,7 @@ macro_rules! bpf_statics {
             $(#[$doc])*
             #[map]
             pub static $name: bpf_type!($kind, $key, $val) =
-                <bpf_type!($kind, $key, $val)>::with_max_entries($cap, $flags);
+                bpf_new!($kind, bpf_type!($kind, $key, $val), $cap, $flags);
         )*
     };
 }
@@ -77,6 +88,18 @@ pub fn count_denied(src: u32) {
         Some(n) => unsafe { *n += 1 },
         None => {
             let _ = DENIED.insert(src, 1, 0);
+        }
+    }
+}
+
+/// Counts a new flow to service `dst`.
+#[inline(always)]
+pub fn count_new_flow(dst: u32) {
+    match FLOWS_NEW.get_ptr_mut(dst) {
+        // SAFETY: this CPU's own slot.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = FLOWS_NEW.insert(dst, 1, 0);
         }
     }
 }

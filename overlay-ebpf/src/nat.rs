@@ -22,6 +22,7 @@ use overlay_common::{
 };
 
 use crate::csum::csum_replace4;
+use crate::events;
 use crate::layout::{
     ICMP_CSUM, IP_CSUM, IP_DST, IP_SRC, Ipv4, L4_DPORT, L4_OFF, L4Head, QUOTE, QUOTE_CSUM,
     QUOTE_DST, QUOTE_L4, QUOTE_SRC, TCP_CSUM, TCP_FIN, TCP_HDR_FLAGS, TCP_RST, TCP_SYN, UDP_CSUM,
@@ -121,6 +122,7 @@ pub fn choose_backend(
     }
     if !crate::maps::allowed(src_service, sv.service) {
         crate::maps::count_denied(src_service);
+        events::denied(events::addrs(f), events::ports(f));
         return Err(Reason::DropDenied);
     }
     if sv.count == 0 {
@@ -159,6 +161,8 @@ pub fn choose_backend(
         .insert(fwd, entry(b.nsip, b.node, ct::FORWARD, fwd_port), 0)
         .map_err(|_| Reason::DropHelper)?;
     count(Reason::NewFlow, 0);
+    crate::maps::count_new_flow(sv.service);
+    events::new_flow(&fwd);
     Ok(Target {
         nsip: b.nsip,
         node: b.node,

@@ -155,5 +155,6 @@ fn open_flow(f: &Flow, exp: &Exposed, fwd: &CtKey, via: u32) -> Result<(u32, u32
         .insert(fwd, entry(b.nsip, port, b.node, ct::NS_FORWARD), 0)
         .map_err(|_| Reason::DropHelper)?;
     count(Reason::NewFlow, 0);
+    crate::maps::count_new_flow(sv.service);
     Ok((b.nsip, b.node, port))
 }

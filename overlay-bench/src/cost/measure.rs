@@ -12,7 +12,7 @@ use super::fixtures::{
     clear_new_flows, configure, conntrack_map, eth, tcp, tunnel, with_sport,
 };
 use super::{
-    Case, OwnedFdOrProgram, TC_ACT_OK, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS, into_rows,
+    Case, OwnedFdOrProgram, TC_ACT_OK, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS, into_rows, monitor,
     stats_overhead, verdict_name,
 };
 use crate::rawbpf::{self, BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_XDP};
@@ -115,7 +115,12 @@ pub(super) fn measure(
             tc,
             verdict,
             counted,
-            new_flows: key == "encap_new",
+            new_flows: key.starts_with("encap_new"),
+            monitor: match key {
+                "encap_new_monitor_all" => Some(0),
+                k if k.ends_with("_monitor") => Some(overlay_common::events::DEFAULT_RATE),
+                _ => None,
+            },
             baseline,
             idempotent,
             samples: Vec::with_capacity(runs),
@@ -138,6 +143,30 @@ pub(super) fn measure(
         case(
             "encap_new",
             "from_instance: translate + encapsulate, new flow",
+            programs::FROM_INSTANCE,
+            prog(programs::FROM_INSTANCE)?,
+            &new_flow,
+            true,
+            TC_ACT_REDIRECT,
+            Some(Reason::Encap),
+            "trivial_tc",
+            false,
+        ),
+        case(
+            "encap_new_monitor",
+            "from_instance: new flow, a monitor attached (default rate; beyond it events are counted as suppressed)",
+            programs::FROM_INSTANCE,
+            prog(programs::FROM_INSTANCE)?,
+            &new_flow,
+            true,
+            TC_ACT_REDIRECT,
+            Some(Reason::Encap),
+            "trivial_tc",
+            false,
+        ),
+        case(
+            "encap_new_monitor_all",
+            "from_instance: new flow, a monitor attached without rate limit (every event written and read)",
             programs::FROM_INSTANCE,
             prog(programs::FROM_INSTANCE)?,
             &new_flow,
@@ -210,6 +239,18 @@ pub(super) fn measure(
         case(
             "xdp_drop",
             "uplink_xdp: drop a tunnel packet from an unknown node",
+            programs::UPLINK_XDP,
+            prog(programs::UPLINK_XDP)?,
+            &stranger,
+            false,
+            XDP_DROP,
+            Some(Reason::DropUnknownPeer),
+            "trivial_xdp",
+            true,
+        ),
+        case(
+            "xdp_drop_monitor",
+            "uplink_xdp: drop from an unknown node, a monitor attached (default rate)",
             programs::UPLINK_XDP,
             prog(programs::UPLINK_XDP)?,
             &stranger,
@@ -325,6 +366,10 @@ pub(super) fn measure(
         .map(|c| c.counted.map_or(Ok(0), |r| dp.tables.count(r)))
         .collect::<Result<_, _>>()?;
     let new_before = dp.tables.count(Reason::NewFlow)?;
+    let reader = match cases.iter().any(|c| c.monitor.is_some()) {
+        true => Some(monitor::Reader::start(&mut dp)?),
+        false => None,
+    };
 
     let mut done = 0;
     let ports = NEW_FLOW_PORTS.len();
@@ -335,6 +380,7 @@ pub(super) fn measure(
         }
         let n = chunk.min(runs - done);
         for c in &mut cases {
+            monitor::switch(&mut dp.tables, c.monitor)?;
             let fd = c.fd.as_fd();
             let ctx = c.tc.then_some(&ctx[..]);
             for i in 0..n.div_ceil(c.share) {
@@ -353,12 +399,20 @@ pub(super) fn measure(
                 }
                 c.samples.push(r.ns);
             }
+            // Each new-flow row opens the same flows anew.
+            if c.new_flows {
+                clear_new_flows(
+                    &mut ct,
+                    NEW_FLOW_PORTS.start..NEW_FLOW_PORTS.start + n as u16,
+                );
+            }
         }
-        clear_new_flows(
-            &mut ct,
-            NEW_FLOW_PORTS.start..NEW_FLOW_PORTS.start + n as u16,
-        );
         done += n;
+    }
+    if let Some(reader) = reader {
+        monitor::switch(&mut dp.tables, None)?;
+        let monitored = cases.iter().filter(|c| c.monitor.is_some());
+        reader.finish(&dp.tables, monitored.map(|c| c.samples.len() as u64).sum())?;
     }
 
     check_counters(&dp, &cases, &counts_before, new_before)?;

@@ -16,6 +16,7 @@
 
 mod fixtures;
 mod measure;
+mod monitor;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::AtomicBool;
@@ -47,6 +48,8 @@ struct Case {
     counted: Option<Reason>,
     /// A new source port every run.
     new_flows: bool,
+    /// Runs with a monitor attached at this rate (0: every event), else none.
+    monitor: Option<u64>,
     baseline: &'static str,
     /// The program leaves the packet as it found it: `repeat` is valid too.
     idempotent: bool,

@@ -198,6 +198,14 @@ pub fn targets(r: &Report) -> Vec<Target> {
             "ns",
         ),
         target(
+            "new flow with a monitor attached, vs none",
+            net("encap_new_monitor")
+                .zip(net("encap_new"))
+                .map(|(m, n)| m / n),
+            Goal::AtMost(1.05),
+            "x",
+        ),
+        target(
             "decapsulate+reverse NAT",
             net("decap_reverse"),
             Goal::AtMost(150.0),

@@ -3,6 +3,7 @@
 mod cert;
 mod cluster;
 mod gateway;
+mod monitor;
 mod store;
 
 use std::path::PathBuf;
@@ -93,6 +94,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cert::CertCmd,
     },
+    /// Live dataplane events: drops with their reason, new flows with their
+    /// backend, denied flows (reads the pinned ring buffers; root).
+    Monitor(monitor::MonitorArgs),
     /// Read the pinned dataplane maps directly (works while no agent runs).
     Maps {
         table: maps_view::Table,
@@ -221,24 +225,14 @@ pub fn main() -> anyhow::Result<()> {
         Cmd::Gateway { cmd, store } => gateway::gateway(cmd, &store.access()?)?,
         Cmd::Cert { cmd } => cert::cert(cmd)?,
         Cmd::Resolve { name, store } => cluster::resolve(&name, &store.access()?)?,
+        Cmd::Monitor(args) => monitor::run(args)?,
         Cmd::Maps {
             table,
             json,
             config,
             pin_dir,
         } => {
-            let mut names = None;
-            let dir = match (config, pin_dir) {
-                (Some(c), _) => {
-                    let cfg = AgentConfig::load(&c)?;
-                    names = maps_view::NameIndex::load(&cfg.state_dir);
-                    cfg.bpf_pin_dir
-                }
-                (None, Some(d)) => d,
-                (None, None) => {
-                    bail!("give --pin-dir DIR or --config agent.toml (or set OVERLAY_PIN_DIR)")
-                }
-            };
+            let (dir, names) = monitor::pins(config.as_deref(), pin_dir)?;
             let tables = Tables::open_pinned(&dir)
                 .with_context(|| format!("reading the maps pinned in {}", dir.display()))?;
             print!(

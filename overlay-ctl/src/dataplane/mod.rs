@@ -11,7 +11,7 @@ use aya::programs::{SchedClassifier, TcAttachType, Xdp, xdp::XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use overlay_common::registry::{self, def};
 
-pub use tables::{Lifetimes, Tables, Tracked, tick_now, ticks as tables_ticks};
+pub use tables::{Lifetimes, Tables, Tracked, parse_event, tick_now, ticks as tables_ticks};
 
 /// Reader of the programs' aya-log ring buffer, writing through the `log` facade.
 pub type ProgramLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -110,6 +110,26 @@ impl Default for Sizes {
     }
 }
 
+/// Loads a program, again when the verifier was interrupted: it gives up
+/// with `EAGAIN` when a signal arrives for the loading thread, and the
+/// from-instance program takes it a good part of a second (libbpf retries
+/// five times too).
+fn with_retries(
+    mut load: impl FnMut() -> std::result::Result<(), aya::programs::ProgramError>,
+) -> std::result::Result<(), aya::programs::ProgramError> {
+    let mut tries = 1;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 =>
+            {
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Dataplane {
     /// Loads the object. With `pin_dir`, every map is pinned there by name and
     /// an already pinned map is reused, so a restarted agent adopts the state.
@@ -173,8 +193,7 @@ impl Dataplane {
             .try_into()
             .map_err(|source| Error::Program { name, source })?;
         if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| Error::Program { name, source })?;
+            with_retries(|| prog.load()).map_err(|source| Error::Program { name, source })?;
         }
         Ok(prog)
     }
@@ -188,8 +207,7 @@ impl Dataplane {
             .try_into()
             .map_err(|source| Error::Program { name, source })?;
         if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| Error::Program { name, source })?;
+            with_retries(|| prog.load()).map_err(|source| Error::Program { name, source })?;
         }
         Ok(prog)
     }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
 use overlay_common::maps::{
     Backend, Config, Counter, Endpoint, Layout, NeedKey, Node, PortKey, ServIp, SlotKey, ip,
 };
@@ -19,10 +19,12 @@ use overlay_common::registry::{self, MapDef, MapKind, def};
 use overlay_common::stats::{REASONS, Reason};
 
 mod conntrack;
+mod events;
 mod guard;
 mod north_south;
 
 pub use conntrack::{Lifetimes, Tracked, ticks};
+pub use events::parse_event;
 
 use super::batch::read_all;
 use super::{Error, Result};
@@ -31,6 +33,7 @@ use super::{Error, Result};
 macro_rules! user_type {
     (Array, $k:ty, $v:ty) => { Array<MapData, $v> };
     (PerCpuArray, $k:ty, $v:ty) => { PerCpuArray<MapData, $v> };
+    (RingBuf, $k:ty, $v:ty) => { RingBuf<MapData> };
     // aya reads and writes an LRU hash through its `HashMap` handle.
     (LruHashMap, $k:ty, $v:ty) => { HashMap<MapData, $k, $v> };
     ($kind:ident, $k:ty, $v:ty) => { $kind<MapData, $k, $v> };
@@ -47,6 +50,10 @@ macro_rules! entries {
     };
     (LruHashMap, $m:expr, $d:expr) => {
         read_all(&$m).len()
+    };
+    // Events are not entries: what a ring holds is its reader's business.
+    (RingBuf, $m:expr, $d:expr) => {
+        0
     };
     ($kind:ident, $m:expr, $d:expr) => {
         $m.keys().filter(|k| k.is_ok()).count()
@@ -115,6 +122,7 @@ fn wrap(d: &MapDef, data: MapData) -> Map {
         MapKind::PerCpuHashMap => Map::PerCpuHashMap(data),
         MapKind::LruHashMap => Map::LruHashMap(data),
         MapKind::LpmTrie => Map::LpmTrie(data),
+        MapKind::RingBuf => Map::RingBuf(data),
     }
 }
 
@@ -470,6 +478,15 @@ impl Tables {
     /// New flows denied so far, per sending service (summed over CPUs).
     pub fn denied(&self) -> Vec<(u32, u64)> {
         self.denied
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(svc, per_cpu)| (svc, per_cpu.iter().sum()))
+            .collect()
+    }
+
+    /// New flows this node opened per destination service, summed over CPUs.
+    pub fn new_flows(&self) -> Vec<(u32, u64)> {
+        self.flows_new
             .iter()
             .filter_map(|r| r.ok())
             .map(|(svc, per_cpu)| (svc, per_cpu.iter().sum()))

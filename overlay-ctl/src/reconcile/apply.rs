@@ -428,7 +428,7 @@ mod tests {
     /// in the reconcile order fails here.
     #[test]
     fn every_agent_map_has_its_place_in_the_order() {
-        // Written by the programs, or at load.
+        // Written by the programs, at load, or by `overlay-ctl monitor`.
         let elsewhere = [
             def::STATS,
             def::CONNTRACK,
@@ -436,7 +436,14 @@ mod tests {
             def::UDP_PEERS,
             def::PATH_MTU,
             def::DENIED,
+            def::FLOWS_NEW,
             def::LAYOUT,
+            def::MONITOR,
+            def::LIMITER,
+            def::EVENTS_0,
+            def::EVENTS_1,
+            def::EVENTS_2,
+            def::EVENTS_3,
         ];
         for d in registry::PINNED.iter().filter(|d| !elsewhere.contains(d)) {
             let n = super::ORDER.iter().filter(|t| t.maps().contains(d)).count();

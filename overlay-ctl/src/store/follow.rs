@@ -21,6 +21,8 @@ use crate::model::ClusterState;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often the follower asks the store to confirm that it is current.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// The follower's copy of the state keys, at a revision.
 struct Mirror {
@@ -60,6 +62,25 @@ pub struct FollowHealth {
     pub connected: std::sync::atomic::AtomicBool,
     /// The store revision the follower's state is at.
     pub revision: std::sync::atomic::AtomicI64,
+    /// When the store last confirmed that the follower had every change
+    /// (an event, or the answer to a progress request); `None` before the
+    /// first read.
+    pub current_at: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl FollowHealth {
+    /// The follower's state is the store's as of now.
+    fn confirmed(&self) {
+        let mut at = self.current_at.lock().unwrap_or_else(|e| e.into_inner());
+        *at = Some(std::time::Instant::now());
+    }
+
+    /// How long ago the store last confirmed the follower's state (`None`:
+    /// never): the watch's lag, bounded below by the progress request period.
+    pub fn lag(&self) -> Option<Duration> {
+        let at = *self.current_at.lock().unwrap_or_else(|e| e.into_inner());
+        at.map(|t| t.elapsed())
+    }
 }
 
 /// [`follow_prefix`] under [`DEFAULT_PREFIX`].
@@ -118,6 +139,7 @@ async fn run(
                 // Announced even when equal to what the receivers hold (an
                 // empty store at start): they learn that this is the state.
                 tx.send_replace(m.state());
+                health.confirmed();
                 mirror = Some(m);
             }
             let m = mirror.as_mut().expect("mirror was just read");
@@ -184,13 +206,26 @@ async fn watch(
         start_revision: mirror.revision + 1,
         progress_notify: true,
     };
-    let (_requests, mut stream) = match store.client.watch(create).await {
+    let (requests, mut stream) = match store.client.watch(create).await {
         Ok(pair) => pair,
         Err(StoreError::Compacted) => return compacted(mirror),
         Err(e) => return WatchEnd::Failed(e),
     };
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
     loop {
-        let resp = match stream.message().await {
+        let message = tokio::select! {
+            m = stream.message() => m,
+            _ = progress.tick() => {
+                let ask = proto::watch_request::RequestUnion::ProgressRequest(
+                    proto::WatchProgressRequest {},
+                );
+                let _ = requests.unbounded_send(proto::WatchRequest {
+                    request_union: Some(ask),
+                });
+                continue;
+            }
+        };
+        let resp = match message {
             Ok(Some(resp)) => resp,
             Ok(None) => {
                 return WatchEnd::Failed(StoreError::Rpc {
@@ -242,6 +277,10 @@ async fn watch(
                 mirror.revision = mirror.revision.max(revision);
             }
             health.revision.store(mirror.revision, Ordering::Relaxed);
+            if !resp.created {
+                // Sent only to a watcher that has sent everything.
+                health.confirmed();
+            }
             continue;
         }
         for event in resp.events {
@@ -263,5 +302,14 @@ async fn watch(
         }
         publish(tx, mirror.state());
         health.revision.store(mirror.revision, Ordering::Relaxed);
+        // A watcher catching up gets old events under the store's current
+        // revision: current only once it reached that revision.
+        if resp
+            .header
+            .as_ref()
+            .is_none_or(|h| mirror.revision >= h.revision)
+        {
+            health.confirmed();
+        }
     }
 }

@@ -222,8 +222,15 @@ pub mod watch_request {
     pub enum RequestUnion {
         #[prost(message, tag = "1")]
         CreateRequest(super::WatchCreateRequest),
+        /// Asks for a progress notification (etcd 3.4+), answered once the
+        /// stream has sent every event up to the store's revision.
+        #[prost(message, tag = "3")]
+        ProgressRequest(super::WatchProgressRequest),
     }
 }
+
+#[derive(Clone, PartialEq, Message)]
+pub struct WatchProgressRequest {}
 
 #[derive(Clone, PartialEq, Message)]
 pub struct WatchCreateRequest {

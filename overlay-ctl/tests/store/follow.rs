@@ -297,3 +297,26 @@ fn follow_announces_an_empty_store() {
     })
     .unwrap();
 }
+
+/// With nothing written, the store still confirms every 2 s that the
+/// follower is current (progress requests): its watch lag stays low.
+#[test]
+fn a_quiet_store_keeps_confirming_the_follower() {
+    let c = cluster("st-progress");
+    let endpoint = c.etcd.endpoint();
+    c.ns.enter(move || {
+        runtime().block_on(async move {
+            let (tx, _rx) = watch::channel(ClusterState::default());
+            let health = std::sync::Arc::new(store::FollowHealth::default());
+            let h = health.clone();
+            let follower = tokio::spawn(async move {
+                store::follow_with_health(&endpoint, store::DEFAULT_PREFIX, tx, h).await
+            });
+            tokio::time::sleep(Duration::from_secs(7)).await;
+            let lag = health.lag().expect("confirmed at least once");
+            assert!(lag < Duration::from_secs(3), "lag {lag:?} without writes");
+            follower.abort();
+        })
+    })
+    .unwrap();
+}

@@ -15,10 +15,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use overlay_common::{
+    events::Hook,
     maps::{Config, ServIp, ct},
     stats::Reason,
 };
 
+use crate::events;
 use crate::forward::{self, Dest, send, too_big};
 use crate::guard;
 use crate::icmp;
@@ -33,6 +35,7 @@ pub fn from_instance(ctx: TcContext) -> i32 {
     match try_from_instance(&ctx) {
         Ok((action, reason)) => {
             count(reason, ctx.len());
+            events::drop_tc(&ctx, Hook::FromInstance, reason);
             action
         }
         Err(reason) => {
@@ -41,6 +44,7 @@ pub fn from_instance(ctx: TcContext) -> i32 {
                 aya_log_ebpf::warn!(&ctx, "instance packet dropped: reason {}", reason as u32);
             }
             count(reason, ctx.len());
+            events::drop_tc(&ctx, Hook::FromInstance, reason);
             TC_ACT_SHOT
         }
     }

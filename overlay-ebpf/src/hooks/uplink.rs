@@ -14,9 +14,10 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use overlay_common::{IPPROTO_ICMP, PROBE_MARK, maps::Config, stats::Reason};
+use overlay_common::{IPPROTO_ICMP, PROBE_MARK, events::Hook, maps::Config, stats::Reason};
 
 use crate::deliver;
+use crate::events;
 use crate::guard;
 use crate::layout::{INNER_IP, INNER_L4, Ipv4, L4_OFF, Udp};
 use crate::maps::{ENDPOINTS, config, count, stranger};
@@ -31,12 +32,14 @@ pub fn uplink(ctx: TcContext) -> i32 {
     match try_uplink(&ctx) {
         Ok(Some((action, reason))) => {
             count(reason, ctx.len());
+            events::drop_tc(&ctx, Hook::Uplink, reason);
             action
         }
         // Not a tunnel packet: the node's own traffic, not counted.
         Ok(None) => TC_ACT_OK,
         Err(reason) => {
             count(reason, ctx.len());
+            events::drop_tc(&ctx, Hook::Uplink, reason);
             TC_ACT_SHOT
         }
     }

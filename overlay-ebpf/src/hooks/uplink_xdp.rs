@@ -17,6 +17,7 @@ use aya_ebpf::{
 };
 use overlay_common::stats::Reason;
 
+use crate::events;
 use crate::layout::{INNER_IP, Ipv4, L4_OFF, Udp};
 use crate::maps::{config, count, stranger};
 use crate::packet::{self, read};
@@ -28,6 +29,7 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
         Some((reason, src)) => {
             stranger(&ctx, reason, src);
             count(reason, (ctx.data_end() - ctx.data()) as u32);
+            events::drop_xdp(&ctx, reason);
             XDP_DROP
         }
         None => XDP_PASS,
