@@ -189,6 +189,26 @@ async fn link(agent: &Agent, inst: &LocalInstance) -> Result<Endpoint> {
     })
 }
 
+/// How long a deploy waits for its service to reach this node: a service
+/// deployed a moment ago may still be on its way from the store (the
+/// follower gathers changes for a few milliseconds before applying them).
+const SERVICE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The service `name` of the desired state, once it is there (within
+/// [`SERVICE_WAIT`]).
+async fn known_service(agent: &Agent, name: &str) -> Result<crate::model::ServiceSpec> {
+    let give_up = tokio::time::Instant::now() + SERVICE_WAIT;
+    loop {
+        if let Some(svc) = agent.state().cluster.service(name).cloned() {
+            return Ok(svc);
+        }
+        if tokio::time::Instant::now() >= give_up {
+            return Err(AgentError::UnknownService(name.to_owned()));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Deploys an instance: idempotent for the same request.
 pub async fn deploy(agent: &Agent, req: DeployRequest) -> Result<LocalInstance> {
     if req.instance == 0 {
@@ -196,12 +216,7 @@ pub async fn deploy(agent: &Agent, req: DeployRequest) -> Result<LocalInstance> 
     }
     req.netns.parse::<NetnsRef>()?;
     let _linking = agent.linking.lock().await;
-    let svc = agent
-        .state()
-        .cluster
-        .service(&req.service)
-        .cloned()
-        .ok_or_else(|| AgentError::UnknownService(req.service.clone()))?;
+    let svc = known_service(agent, &req.service).await?;
     let fixed_ip = fixed_ip(agent, &svc, req.instance).await?;
     let inst = planned(agent, &agent.state(), &svc, &req, fixed_ip)?;
     let ep = link(agent, &inst).await?;
