@@ -249,6 +249,18 @@ pub(super) fn measure(
             true,
         ),
         case(
+            "xdp_decap",
+            "uplink_xdp: check and decapsulate a node's tunnel packet (before GRO)",
+            programs::UPLINK_XDP,
+            prog(programs::UPLINK_XDP)?,
+            &reply,
+            false,
+            XDP_PASS,
+            None,
+            "trivial_xdp",
+            false,
+        ),
+        case(
             "xdp_drop_monitor",
             "uplink_xdp: drop from an unknown node, a monitor attached (default rate)",
             programs::UPLINK_XDP,
