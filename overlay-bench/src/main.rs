@@ -37,11 +37,51 @@ struct Args {
     /// Time only these program paths (e.g. `encap_established`), for profiling.
     #[arg(long, value_delimiter = ',')]
     cost_only: Vec<String>,
+    /// Only the scale simulation (`docs/scale.md`): 100, 300 and 1,000
+    /// simulated nodes (quick: 20); results in scale.json, scale.md, scale.svg.
+    #[arg(long)]
+    scale: bool,
+    /// With --scale: these cluster sizes instead.
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<usize>,
+}
+
+/// `--scale`: the simulation alone, its files in `out`.
+fn scale(args: &Args, out: &std::path::Path) -> anyhow::Result<()> {
+    use overlay_bench::scale::{self, ScalePlan, report};
+    let mut plan = if args.quick {
+        ScalePlan::quick()
+    } else {
+        ScalePlan::full()
+    };
+    if !args.nodes.is_empty() {
+        plan.sizes = args.nodes.clone();
+    }
+    let rows = scale::run(&plan)?;
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("scale.json"), serde_json::to_string_pretty(&rows)?)?;
+    let md = report::markdown(&rows);
+    std::fs::write(out.join("scale.md"), &md)?;
+    std::fs::write(out.join("scale.svg"), report::svg(&rows))?;
+    println!("{md}");
+    println!(
+        "bench: wrote {}/scale.json, scale.md and scale.svg",
+        out.display()
+    );
+    Ok(())
 }
 
 fn main() {
     let args = Args::parse();
     run::install_sigint();
+    if args.scale {
+        let out = args.out.clone().unwrap_or_else(run::default_out_dir);
+        if let Err(e) = scale(&args, &out) {
+            eprintln!("bench failed: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let mut plan = Plan::new(args.quick, args.rounds);
     if let Some(n) = args.cost_runs {
         plan.cost_runs = n.max(1);

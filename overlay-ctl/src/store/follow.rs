@@ -4,14 +4,18 @@
 //! (with exponential backoff between attempts), and if that history was
 //! compacted meanwhile, a full read replaces it. While the store cannot be
 //! reached, the channel keeps the last state: the dataplane keeps forwarding.
+//! Changes are gathered before a state is published: those of the nodes,
+//! services and instances for a few milliseconds, those of the measurements
+//! only for up to [`MEASUREMENTS_EVERY`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::keys::{self, NodeKey};
 use super::ops::prefix_end;
 use super::{
     Access, DEFAULT_PREFIX, Kv, Store, StoreError, build_state, is_state_key, normalise_prefix,
@@ -21,6 +25,16 @@ use crate::model::ClusterState;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A change of the nodes, services or instances is published once the
+/// events that arrived with it are applied, and at most this long after it
+/// (events that follow closely, as in a deploy or a node's start, make one
+/// state instead of many).
+const GATHER: Duration = Duration::from_millis(20);
+/// Changes of the measurements only (`rtt`, `load`) are published at most
+/// this often: in a large cluster they arrive many times a second, and
+/// each published state is rebuilt and reconciled by the agent whole
+/// (`docs/scale.md`).
+const MEASUREMENTS_EVERY: Duration = Duration::from_secs(2);
 
 /// The follower's copy of the state keys, at a revision.
 struct Mirror {
@@ -189,8 +203,24 @@ async fn watch(
         Err(StoreError::Compacted) => return compacted(mirror),
         Err(e) => return WatchEnd::Failed(e),
     };
+    let mut pending = Pending::default();
     loop {
-        let resp = match stream.message().await {
+        let due = pending.due();
+        let next = match due {
+            Some(at) if at > Instant::now() => tokio::time::timeout_at(at.into(), stream.message())
+                .await
+                .map_err(drop),
+            Some(_) => Err(()),
+            None => Ok(stream.message().await),
+        };
+        let Ok(next) = next else {
+            // Due: publish what was gathered.
+            publish(tx, mirror.state());
+            pending.published();
+            health.revision.store(mirror.revision, Ordering::Relaxed);
+            continue;
+        };
+        let resp = match next {
             Ok(Some(resp)) => resp,
             Ok(None) => {
                 return WatchEnd::Failed(StoreError::Rpc {
@@ -251,6 +281,7 @@ async fn watch(
             if !is_state_key(&kv.key) {
                 continue;
             }
+            pending.changed(&kv.key);
             match event.r#type {
                 proto::EVENT_PUT => {
                     mirror.entries.insert(kv.key, kv.value);
@@ -261,7 +292,44 @@ async fn watch(
                 _ => {}
             }
         }
-        publish(tx, mirror.state());
-        health.revision.store(mirror.revision, Ordering::Relaxed);
+    }
+}
+
+/// When the changes applied to the mirror but not yet published are due.
+#[derive(Default)]
+struct Pending {
+    /// Since when the nodes, services or instances changed.
+    structure: Option<Instant>,
+    /// Whether measurements changed.
+    measurements: bool,
+    last: Option<Instant>,
+}
+
+impl Pending {
+    fn changed(&mut self, key: &str) {
+        let measurement = matches!(
+            keys::parse_node_key(key),
+            Some((_, NodeKey::Rtt | NodeKey::Load))
+        );
+        if measurement {
+            self.measurements = true;
+        } else {
+            self.structure.get_or_insert_with(Instant::now);
+        }
+    }
+
+    fn due(&self) -> Option<Instant> {
+        if let Some(since) = self.structure {
+            return Some(since + GATHER);
+        }
+        let last = self.last.unwrap_or_else(Instant::now);
+        self.measurements.then(|| last + MEASUREMENTS_EVERY)
+    }
+
+    fn published(&mut self) {
+        *self = Pending {
+            last: Some(Instant::now()),
+            ..Pending::default()
+        };
     }
 }

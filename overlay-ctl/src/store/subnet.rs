@@ -84,20 +84,10 @@ impl Store {
                         })
                 })
                 .collect::<Result<_>>()?;
-            let overlaps = |s: &Subnet| {
-                taken
-                    .iter()
-                    .any(|t| t.contains(s.addr) || s.contains(t.addr))
-            };
-            let step = 1u32 << (32 - len);
-            let count = 1u32 << (len - pool.prefix);
-            let Some(subnet) = (0..count)
-                .map(|i| Subnet {
-                    addr: Ipv4Addr::from(u32::from(pool.addr) + i * step),
-                    prefix: len,
-                })
-                .find(|s| !overlaps(s))
-            else {
+            // The first free subnet; after a conflict (nodes starting
+            // together all want the same one), one after a random start.
+            let start = if attempt == 1 { 0 } else { random() };
+            let Some(subnet) = free_subnet(taken, pool, len, start) else {
                 return Err(StoreError::PoolExhausted {
                     what: "node subnet",
                     pool,
@@ -209,5 +199,61 @@ impl Store {
             op: "changing the node subnets",
             attempts: MAX_ATTEMPTS,
         })
+    }
+}
+
+/// A random number (for spreading racers over the pool).
+fn random() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) as u32
+}
+
+/// The first `/len` of `pool` from the `start`th on (wrapping around) that
+/// overlaps none of `taken` (which do not overlap each other).
+fn free_subnet(mut taken: Vec<Subnet>, pool: Subnet, len: u8, start: u32) -> Option<Subnet> {
+    taken.sort();
+    let overlaps = |s: &Subnet| {
+        // The nearest taken at or below `s` may contain it; the nearest
+        // above may lie inside it.
+        let i = taken.partition_point(|t| t.addr <= s.addr);
+        let below = i.checked_sub(1).map(|j| taken[j]);
+        below.is_some_and(|t| t.contains(s.addr))
+            || taken.get(i).is_some_and(|t| s.contains(t.addr))
+    };
+    let step = 1u64 << (32 - len);
+    let count = 1u64 << (len - pool.prefix);
+    (0..count)
+        .map(|i| (i + u64::from(start)) % count)
+        .map(|i| Subnet {
+            addr: Ipv4Addr::from((u64::from(u32::from(pool.addr)) + i * step) as u32),
+            prefix: len,
+        })
+        .find(|s| !overlaps(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Subnet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn free_subnets_skip_every_overlap() {
+        let pool = net("10.30.0.0/16");
+        let taken = vec![
+            net("10.30.0.0/24"),
+            net("10.30.1.128/25"),
+            net("10.30.4.0/22"),
+        ];
+        let free = |len, start| free_subnet(taken.clone(), pool, len, start);
+        assert_eq!(free(24, 0), Some(net("10.30.2.0/24")));
+        assert_eq!(free(25, 0), Some(net("10.30.1.0/25")));
+        assert_eq!(free(24, 4), Some(net("10.30.8.0/24")));
+        assert_eq!(free(24, 255), Some(net("10.30.255.0/24")));
+        assert_eq!(free(16, 0), None);
+        let all: Vec<Subnet> = (0..256).map(|i| net(&format!("10.30.{i}.0/24"))).collect();
+        assert_eq!(free_subnet(all, pool, 26, 7), None);
     }
 }
