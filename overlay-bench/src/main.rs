@@ -44,6 +44,14 @@ struct Args {
     /// With --scale: these cluster sizes instead.
     #[arg(long, value_delimiter = ',')]
     nodes: Vec<usize>,
+    /// With --scale: start the nodes evenly over this many seconds instead
+    /// of all at once.
+    #[arg(long)]
+    ramp: Option<f64>,
+    /// Instead of running: the rows of these scale.json files (of separate
+    /// runs) as one scale.json, scale.md and scale.svg in --out.
+    #[arg(long, value_delimiter = ',')]
+    scale_merge: Vec<PathBuf>,
 }
 
 /// `--scale`: the simulation alone, its files in `out`.
@@ -57,7 +65,20 @@ fn scale(args: &Args, out: &std::path::Path) -> anyhow::Result<()> {
     if !args.nodes.is_empty() {
         plan.sizes = args.nodes.clone();
     }
-    let rows = scale::run(&plan)?;
+    if let Some(s) = args.ramp {
+        plan.ramp = std::time::Duration::from_secs_f64(s.max(0.0));
+    }
+    let rows = if args.scale_merge.is_empty() {
+        scale::run(&plan)?
+    } else {
+        let mut rows = Vec::new();
+        for f in &args.scale_merge {
+            let text = std::fs::read_to_string(f)?;
+            rows.extend(serde_json::from_str::<Vec<report::ScaleRow>>(&text)?);
+        }
+        rows.sort_by_key(|r| r.nodes);
+        rows
+    };
     std::fs::create_dir_all(out)?;
     std::fs::write(out.join("scale.json"), serde_json::to_string_pretty(&rows)?)?;
     let md = report::markdown(&rows);
@@ -74,7 +95,7 @@ fn scale(args: &Args, out: &std::path::Path) -> anyhow::Result<()> {
 fn main() {
     let args = Args::parse();
     run::install_sigint();
-    if args.scale {
+    if args.scale || !args.scale_merge.is_empty() {
         let out = args.out.clone().unwrap_or_else(run::default_out_dir);
         if let Err(e) = scale(&args, &out) {
             eprintln!("bench failed: {e:#}");

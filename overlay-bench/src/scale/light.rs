@@ -25,6 +25,9 @@ pub struct Counts {
     pub services: AtomicI64,
     /// Registered and every instance published.
     pub published: AtomicBool,
+    /// Store calls that failed and were tried again (an overloaded store
+    /// answering late), as a supervised agent would be restarted.
+    pub retries: AtomicU64,
     /// When each measured deploy's service key arrived.
     pub deploys: Mutex<Vec<(String, Instant)>>,
     pub error: Mutex<Option<String>>,
@@ -62,25 +65,63 @@ impl Counts {
     }
 }
 
+/// Runs `op` until it succeeds, up to 300 times, 1-5 s apart (the agent's
+/// supervisor restarts it likewise).
+async fn retry<T, F: std::future::Future<Output = Result<T, StoreError>>>(
+    counts: &Counts,
+    mut op: impl FnMut() -> F,
+) -> Result<T, StoreError> {
+    let mut attempt = 0u32;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt >= 300 => return Err(e),
+            Err(_) => {
+                attempt += 1;
+                counts.retries.fetch_add(1, Ordering::Relaxed);
+                let secs = 1.0 + 4.0 * super::synth::Rng::new(attempt as u64).unit();
+                tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            }
+        }
+    }
+}
+
 /// Starts node `me` on the current runtime; it runs until the runtime ends.
-pub fn spawn(run: Arc<Run>, me: usize, counts: Arc<Counts>) {
+/// `delay`: when it starts (nodes started over a ramp).
+pub fn spawn(run: Arc<Run>, me: usize, counts: Arc<Counts>, delay: Duration) {
     let c = counts.clone();
     let r = run.clone();
     tokio::spawn(async move {
-        let store = match Store::connect(r.endpoint.as_str()).await {
+        tokio::time::sleep(delay).await;
+        let store = match retry(&c, || Store::connect(r.endpoint.as_str())).await {
             Ok(s) => s,
             Err(e) => return c.fail("connect", e),
         };
         let tally = store.clone();
         let counts = c.clone();
         tokio::spawn(async move {
-            if let Err(e) = tally
-                .tally(|s| {
-                    counts.see(&s);
-                    true
-                })
-                .await
-            {
+            // A failed watch resumes where it stopped, a failed read starts
+            // over (counted again from scratch), as the follower does.
+            let mut at = 0;
+            let mut result = Ok(());
+            for _ in 0..300 {
+                if at == 0 {
+                    reset(&counts);
+                }
+                result = tally
+                    .tally(&mut at, |s| {
+                        counts.see(&s);
+                        true
+                    })
+                    .await;
+                if result.is_ok() {
+                    break;
+                }
+                counts.retries.fetch_add(1, Ordering::Relaxed);
+                let secs = 1.0 + 4.0 * super::synth::Rng::new(at as u64).unit();
+                tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            }
+            if let Err(e) = result {
                 counts.fail("watch", e);
             }
         });
@@ -93,7 +134,7 @@ pub fn spawn(run: Arc<Run>, me: usize, counts: Arc<Counts>) {
 /// Registers, publishes the instances, then measures and publishes forever.
 async fn node(run: &Run, me: usize, store: &Store, counts: &Counts) -> Result<(), StoreError> {
     let name = node_name(me);
-    let subnet = store.lease_node_subnet(&name).await?;
+    let subnet = retry(counts, || store.lease_node_subnet(&name)).await?;
     let record = NodeRecord {
         name: name.clone(),
         ip: std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(100, 64, 0, 0)) + me as u32),
@@ -104,13 +145,15 @@ async fn node(run: &Run, me: usize, store: &Store, counts: &Counts) -> Result<()
         subnet,
         location: None,
     };
-    let reg = store
-        .register_node(&record, Duration::from_secs(10))
-        .await?;
+    let ttl = Duration::from_secs(10);
+    let reg = retry(counts, || store.register_node(&record, ttl)).await?;
     run.plan.publishing.apply(&reg, run.plan.nodes);
     let plan = &run.plan;
-    for spec in fixture::instances_of(me, plan.nodes, plan.instances, subnet) {
-        reg.publish_instance(&spec).await?;
+    let specs = fixture::instances_of(me, plan.nodes, plan.instances, subnet);
+    // A failed publish is written by the registration once the store
+    // answers again (as in the agent).
+    if reg.publish_instances(&specs).await.is_err() {
+        counts.retries.fetch_add(1, Ordering::Relaxed);
     }
     counts.published.store(true, Ordering::Relaxed);
     let period = plan.period;
@@ -129,5 +172,12 @@ async fn node(run: &Run, me: usize, store: &Store, counts: &Counts) -> Result<()
         if metrics.take_load(loads.round(&run.targets, secs)) {
             reg.set_status("load", &metrics.load);
         }
+    }
+}
+
+/// Forgets what a failed read and watch counted.
+fn reset(c: &Counts) {
+    for n in [&c.nodes, &c.instances, &c.services] {
+        n.store(0, Ordering::Relaxed);
     }
 }

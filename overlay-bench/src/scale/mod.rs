@@ -35,6 +35,8 @@ pub struct ScalePlan {
     pub services: usize,
     pub instances: usize,
     pub full_agents: usize,
+    /// Nodes start evenly over this long (zero: all at once).
+    pub ramp: Duration,
     /// Time after convergence before the steady state is measured.
     pub settle: Duration,
     /// The steady state's length (at least two publishing paces).
@@ -57,6 +59,7 @@ impl ScalePlan {
             services: 10_000,
             instances: 30_000,
             full_agents: 2,
+            ramp: Duration::ZERO,
             settle: Duration::from_secs(10),
             window: Duration::from_secs(40),
             deploys: 5,

@@ -3,10 +3,11 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything measured at one cluster size (raw figures of the JSON).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ScaleRow {
     pub nodes: usize,
     pub services: usize,
@@ -15,12 +16,17 @@ pub struct ScaleRow {
     pub per_node_prefix: u8,
     /// Writing the services (not measured against a target).
     pub preload_s: f64,
-    /// Every node started at once until every node has registered,
+    /// Nodes started evenly over this long (0: all at once).
+    pub ramp_s: f64,
+    /// Every node started (see `ramp_s`) until every node has registered,
     /// published its instances and seen every node, service and instance.
     pub cold_start_s: f64,
     /// The full agents joining the converged cluster until their maps
     /// hold everything.
     pub full_join_s: f64,
+    /// Store calls the nodes tried again during the cold start (timeouts of
+    /// an overloaded store).
+    pub cold_start_retries: u64,
     /// A deploy command until the service is at every node (light: its key
     /// arrived; full: its ServIP in the computed maps).
     pub deploy_p50_ms: f64,

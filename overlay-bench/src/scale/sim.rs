@@ -44,11 +44,19 @@ async fn until(
     mut done: impl FnMut() -> bool,
 ) -> anyhow::Result<Duration> {
     let start = Instant::now();
+    let mut told = Instant::now();
     while !done() {
+        if told.elapsed() > Duration::from_secs(15) {
+            told = Instant::now();
+            progress(what, start, counts);
+        }
         for (i, c) in counts.iter().enumerate() {
             if let Some(e) = c.error.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
                 bail!("{what}: node {} failed: {e}", super::node_name(i));
             }
+        }
+        if crate::run::INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("{what}: interrupted");
         }
         if start.elapsed() > timeout {
             bail!("{what}: not done after {timeout:?}");
@@ -56,6 +64,27 @@ async fn until(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(start.elapsed())
+}
+
+/// How far the nodes are, on stderr.
+fn progress(what: &str, start: Instant, counts: &[Arc<Counts>]) {
+    let least = |f: fn(&Counts) -> i64| counts.iter().map(|c| f(c)).min().unwrap_or(0);
+    let published = counts
+        .iter()
+        .filter(|c| c.published.load(Ordering::Relaxed))
+        .count();
+    let retries: u64 = counts
+        .iter()
+        .map(|c| c.retries.load(Ordering::Relaxed))
+        .sum();
+    eprintln!(
+        "scale: {what} after {:.0} s: {published} nodes published; every node sees at least \
+         {} nodes, {} services, {} instances; {retries} retries",
+        start.elapsed().as_secs_f64(),
+        least(|c| c.nodes.load(Ordering::Relaxed)),
+        least(|c| c.services.load(Ordering::Relaxed)),
+        least(|c| c.instances.load(Ordering::Relaxed)),
+    );
 }
 
 async fn simulate(plan: &ScalePlan, nodes: usize, endpoint: String) -> anyhow::Result<ScaleRow> {
@@ -85,7 +114,8 @@ async fn simulate(plan: &ScalePlan, nodes: usize, endpoint: String) -> anyhow::R
     let rss0 = rss_bytes();
     let counts: Vec<Arc<Counts>> = (0..nodes).map(|_| Arc::default()).collect();
     for (i, c) in counts.iter().enumerate() {
-        light::spawn(run.clone(), i, c.clone());
+        let delay = plan.ramp.mul_f64(i as f64 / nodes as f64);
+        light::spawn(run.clone(), i, c.clone(), delay);
     }
     let whole = |c: &Counts| {
         c.published.load(Ordering::Relaxed)
@@ -98,6 +128,10 @@ async fn simulate(plan: &ScalePlan, nodes: usize, endpoint: String) -> anyhow::R
     })
     .await?;
     let rss1 = rss_bytes();
+    let retries = counts
+        .iter()
+        .map(|c| c.retries.load(Ordering::Relaxed))
+        .sum();
 
     // The full agents join the converged cluster.
     let stop = Arc::new(AtomicBool::new(false));
@@ -131,6 +165,8 @@ async fn simulate(plan: &ScalePlan, nodes: usize, endpoint: String) -> anyhow::R
         preload_s,
         cold_start_s: cold.as_secs_f64(),
         full_join_s: join.as_secs_f64(),
+        cold_start_retries: retries,
+        ramp_s: plan.ramp.as_secs_f64(),
         deploy_p50_ms: percentile(&latencies, 50.0),
         deploy_p99_ms: percentile(&latencies, 99.0),
         deploy_max_ms: percentile(&latencies, 100.0),
@@ -149,7 +185,6 @@ async fn steady(
     counts: &[Arc<Counts>],
     stats: &[Arc<FullStats>],
 ) -> anyhow::Result<ScaleRow> {
-    let observer = counts.first().context("no nodes")?;
     let received = || -> Vec<u64> {
         counts
             .iter()
@@ -178,7 +213,6 @@ async fn steady(
         .zip(&bytes0)
         .map(|(b, a)| (b - a) as f64 / secs)
         .collect();
-    let _ = observer;
     let full_share = (fcpu1 - fcpu0) as f64 / 1e6 / secs / stats.len().max(1) as f64;
     let light_ms = ((cpu1 - cpu0) as f64 / 1e6 - (fcpu1 - fcpu0) as f64 / 1e6) / secs / n;
     Ok(ScaleRow {
@@ -213,10 +247,10 @@ async fn deploys(
     until("deploys", Duration::from_secs(60), counts, || {
         counts
             .iter()
-            .all(|c| c.deploys.lock().map_or(false, |d| d.len() >= want))
+            .all(|c| c.deploys.lock().is_ok_and(|d| d.len() >= want))
             && stats
                 .iter()
-                .all(|s| s.deploys.lock().map_or(false, |d| d.len() >= want))
+                .all(|s| s.deploys.lock().is_ok_and(|d| d.len() >= want))
     })
     .await?;
     let mut out = Vec::new();

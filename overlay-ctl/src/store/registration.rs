@@ -364,6 +364,49 @@ impl Registration {
         result
     }
 
+    /// [`Registration::publish_instance`] for many at once: one transaction
+    /// (per [`MAX_TXN_OPS`](super::client::MAX_TXN_OPS) puts), so that a
+    /// starting node's instances reach every watch as one event batch
+    /// rather than one each.
+    pub async fn publish_instances(&self, specs: &[InstanceSpec]) -> Result<()> {
+        self.check_open()?;
+        let node = &self.inner.record.name;
+        if let Some(spec) = specs.iter().find(|s| s.node != *node) {
+            return Err(StoreError::Invalid(format!(
+                "instance {}/{} runs on node `{}`, not on this node `{node}`",
+                spec.service, spec.instance, spec.node
+            )));
+        }
+        let mut state = self.inner.state.lock().await;
+        for spec in specs {
+            state
+                .instances
+                .insert((spec.service.clone(), spec.instance), spec.clone());
+        }
+        let per_txn =
+            super::client::MAX_TXN_OPS / if self.inner.v1_mirror.is_some() { 2 } else { 1 };
+        let mut result = Ok(());
+        for chunk in specs.chunks(per_txn) {
+            let puts = chunk
+                .iter()
+                .flat_map(|spec| self.inner.instance_puts(spec, self.lease_id()));
+            let txn = proto::TxnRequest {
+                success: ops(puts),
+                ..Default::default()
+            };
+            result = match self.inner.client.txn(txn).await {
+                Ok(_) => Ok(()),
+                Err(StoreError::LeaseNotFound) => self.inner.register(&state).await,
+                Err(e) => Err(e),
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+        state.dirty |= result.is_err();
+        result
+    }
+
     /// Sets one of the node's measurements, `node/<node>/<kind>` (`rtt`,
     /// `load`), under the node's lease so that it leaves with the node. The
     /// keepalive task writes it (within TTL/3), also after a lost lease.

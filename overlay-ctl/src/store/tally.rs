@@ -27,25 +27,18 @@ pub enum Change {
 impl Store {
     /// Reads every state key, then watches the prefix from the next
     /// revision, calling `seen` for each state key, until the watch fails
-    /// (its error is returned) or `seen` returns `false` (`Ok`).
-    pub async fn tally(&self, mut seen: impl FnMut(Seen<'_>) -> bool) -> Result<()> {
-        let (kvs, revision) = self.range_all("", false).await?;
-        for kv in kvs.iter().filter(|kv| is_state_key(&kv.key)) {
-            let bytes = self.prefix.len() + kv.key.len() + kv.value.len();
-            let change = Change::Created;
-            if !seen(Seen {
-                key: &kv.key,
-                bytes,
-                change,
-            }) {
-                return Ok(());
-            }
+    /// (its error is returned) or `seen` returns `false` (`Ok`). `at` is the
+    /// revision seen so far: 0 to start with the read; after a failure,
+    /// calling again with it resumes the watch where it stopped, as the
+    /// follower does.
+    pub async fn tally(&self, at: &mut i64, mut seen: impl FnMut(Seen<'_>) -> bool) -> Result<()> {
+        if *at == 0 {
+            self.tally_read(at, &mut seen).await?;
         }
-        drop(kvs);
         let create = proto::WatchCreateRequest {
             key: self.prefix.clone().into_bytes(),
             range_end: prefix_end(&self.prefix),
-            start_revision: revision + 1,
+            start_revision: *at + 1,
             progress_notify: true,
         };
         let (_requests, mut stream) = self.client.watch(create).await?;
@@ -56,7 +49,11 @@ impl Store {
                 Err(status) => return Err(self.client.watch_error(status)),
             };
             if resp.canceled || resp.compact_revision > 0 {
+                *at = 0;
                 return Err(StoreError::Compacted);
+            }
+            if resp.events.is_empty() && !resp.created {
+                *at = (*at).max(resp.header.map_or(0, |h| h.revision));
             }
             for kv in resp
                 .events
@@ -64,6 +61,7 @@ impl Store {
                 .filter_map(|e| Some((e.r#type, e.kv.as_ref()?)))
             {
                 let (kind, kv) = kv;
+                *at = (*at).max(kv.mod_revision);
                 let key = String::from_utf8_lossy(&kv.key);
                 let Some(rel) = key.strip_prefix(self.prefix.as_str()) else {
                     continue;
@@ -86,5 +84,27 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// The read of [`Store::tally`]; sets `at` to its revision.
+    async fn tally_read(
+        &self,
+        at: &mut i64,
+        seen: &mut impl FnMut(Seen<'_>) -> bool,
+    ) -> Result<()> {
+        let (kvs, revision) = self.range_all("", false).await?;
+        for kv in kvs.iter().filter(|kv| is_state_key(&kv.key)) {
+            let bytes = self.prefix.len() + kv.key.len() + kv.value.len();
+            let change = Change::Created;
+            if !seen(Seen {
+                key: &kv.key,
+                bytes,
+                change,
+            }) {
+                return Ok(());
+            }
+        }
+        *at = revision;
+        Ok(())
     }
 }
