@@ -48,6 +48,10 @@ struct Args {
     /// of all at once.
     #[arg(long)]
     ramp: Option<f64>,
+    /// With --scale: give up waiting for a phase after this many seconds
+    /// (the cold start's timeout is reported, and the rest measured).
+    #[arg(long)]
+    phase_timeout: Option<u64>,
     /// Instead of running: the rows of these scale.json files (of separate
     /// runs) as one scale.json, scale.md and scale.svg in --out.
     #[arg(long, value_delimiter = ',')]
@@ -64,6 +68,9 @@ fn scale(args: &Args, out: &std::path::Path) -> anyhow::Result<()> {
     };
     if !args.nodes.is_empty() {
         plan.sizes = args.nodes.clone();
+    }
+    if let Some(s) = args.phase_timeout {
+        plan.timeout = std::time::Duration::from_secs(s);
     }
     if let Some(s) = args.ramp {
         plan.ramp = std::time::Duration::from_secs_f64(s.max(0.0));

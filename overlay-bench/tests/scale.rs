@@ -11,6 +11,7 @@ fn a_small_cluster_converges_and_is_measured() {
     println!("{}", report::markdown(&rows));
     assert_eq!((r.nodes, r.instances), (20, 600));
     assert!(r.cold_start_s > 0.0 && r.full_join_s > 0.0, "{r:?}");
+    assert_eq!(r.converged_nodes, 20, "{r:?}");
     assert!(
         r.deploy_p50_ms > 0.0 && r.deploy_p99_ms >= r.deploy_p50_ms,
         "{r:?}"

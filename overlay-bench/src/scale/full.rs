@@ -47,17 +47,25 @@ pub fn spawn(
     me: usize,
     stats: Arc<FullStats>,
     stop: Arc<AtomicBool>,
+    expect: (usize, usize),
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime");
-        rt.block_on(follow(&run, me, &stats, &stop));
+        rt.block_on(follow(&run, me, &stats, &stop, expect));
     })
 }
 
-async fn follow(run: &Run, me: usize, stats: &FullStats, stop: &AtomicBool) {
+/// `expect`: the nodes and instances the light nodes saw at most.
+async fn follow(
+    run: &Run,
+    me: usize,
+    stats: &FullStats,
+    stop: &AtomicBool,
+    expect: (usize, usize),
+) {
     let (tx, mut rx) = watch::channel(ClusterState::default());
     let health = Arc::new(FollowHealth::default());
     let access = store::Access::from(run.endpoint.as_str());
@@ -92,7 +100,7 @@ async fn follow(run: &Run, me: usize, stats: &FullStats, stop: &AtomicBool) {
             balance: Default::default(),
         };
         let maps = reconcile::desired(&state, &local);
-        note(run, &state, &maps, stats);
+        note(run, &state, &maps, stats, expect);
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         let mut slowest = stats
             .slowest_pass_ms
@@ -110,10 +118,10 @@ fn config_ip() -> std::net::Ipv4Addr {
 }
 
 /// Records convergence and the deploys whose ServIP the maps now hold.
-fn note(run: &Run, state: &ClusterState, maps: &MapSet, stats: &FullStats) {
+fn note(run: &Run, state: &ClusterState, maps: &MapSet, stats: &FullStats, expect: (usize, usize)) {
     let plan = &run.plan;
-    let whole = maps.nodes.len() >= plan.nodes
-        && state.instances.len() >= plan.instances
+    let whole = maps.nodes.len() >= expect.0
+        && state.instances.len() >= expect.1
         && state.services.len() >= plan.services;
     if whole {
         let mut c = stats.converged.lock().unwrap_or_else(|e| e.into_inner());

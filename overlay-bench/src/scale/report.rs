@@ -21,6 +21,9 @@ pub struct ScaleRow {
     /// Every node started (see `ramp_s`) until every node has registered,
     /// published its instances and seen every node, service and instance.
     pub cold_start_s: f64,
+    /// Nodes converged at the end of the cold start (all of them, unless
+    /// it timed out: then `cold_start_s` is the timeout).
+    pub converged_nodes: usize,
     /// The full agents joining the converged cluster until their maps
     /// hold everything.
     pub full_join_s: f64,
@@ -103,6 +106,23 @@ const METRICS: [Metric; 6] = [
     ("etcd database, MB", |r| r.etcd_db_mb, None),
 ];
 
+/// The cold start as the table shows it.
+fn cold(r: &ScaleRow) -> String {
+    let ramp = if r.ramp_s > 0.0 {
+        format!(" (started over {:.0} s)", r.ramp_s)
+    } else {
+        String::new()
+    };
+    if r.converged_nodes >= r.nodes {
+        format!("{:.1} s{ramp}", r.cold_start_s)
+    } else {
+        format!(
+            "not converged: {} of {} nodes after {:.0} s{ramp}",
+            r.converged_nodes, r.nodes, r.cold_start_s
+        )
+    }
+}
+
 /// The table of `rows` in Markdown.
 pub fn markdown(rows: &[ScaleRow]) -> String {
     let mut s = String::from(
@@ -112,10 +132,10 @@ pub fn markdown(rows: &[ScaleRow]) -> String {
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {:.1} s | {:.0} / {:.0} ms | {:.0} | {:.1} | {:.1} | {:.2} ms/s, {:.0} KB | \
+            "| {} | {} | {:.0} / {:.0} ms | {:.0} | {:.1} | {:.1} | {:.2} ms/s, {:.0} KB | \
              {:.0} ms/s, {:.0} MB | {:.1} MB |",
             r.nodes,
-            r.cold_start_s,
+            cold(r),
             r.deploy_p50_ms,
             r.deploy_p99_ms,
             r.writes_per_s,

@@ -123,10 +123,26 @@ async fn simulate(plan: &ScalePlan, nodes: usize, endpoint: String) -> anyhow::R
             && c.instances.load(Ordering::Relaxed) == plan.instances as i64
             && c.services.load(Ordering::Relaxed) == plan.services as i64
     };
-    let cold = until("cold start", plan.timeout, &counts, || {
+    // A cold start that does not converge in time is reported as such
+    // (how far it got), and the rest is measured on the nodes that did.
+    let t = Instant::now();
+    let converged = until("cold start", plan.timeout, &counts, || {
         counts.iter().all(|c| whole(c))
     })
-    .await?;
+    .await;
+    let cold = match converged {
+        Err(e) if t.elapsed() >= plan.timeout => {
+            eprintln!("scale: {e}; measuring on with the nodes that converged");
+            t.elapsed()
+        }
+        other => other?,
+    };
+    let up: Vec<bool> = counts.iter().map(|c| whole(c)).collect();
+    let most = |f: fn(&Counts) -> i64| counts.iter().map(|c| f(c)).max().unwrap_or(0);
+    let expect = (
+        most(|c| c.nodes.load(Ordering::Relaxed)) as usize,
+        most(|c| c.instances.load(Ordering::Relaxed)) as usize,
+    );
     let rss1 = rss_bytes();
     let retries = counts
         .iter()
@@ -139,7 +155,7 @@ async fn simulate(plan: &ScalePlan, nodes: usize, endpoint: String) -> anyhow::R
     let threads: Vec<_> = stats
         .iter()
         .enumerate()
-        .map(|(k, s)| full::spawn(run.clone(), k, s.clone(), stop.clone()))
+        .map(|(k, s)| full::spawn(run.clone(), k, s.clone(), stop.clone(), expect))
         .collect();
     let join = until("full agents", plan.timeout, &counts, || {
         stats
@@ -151,7 +167,7 @@ async fn simulate(plan: &ScalePlan, nodes: usize, endpoint: String) -> anyhow::R
 
     tokio::time::sleep(plan.settle).await;
     let steady = steady(plan, &orch, &counts, &stats).await?;
-    let latencies = deploys(plan, &orch, &counts, &stats).await?;
+    let latencies = deploys(plan, &orch, &counts, &up, &stats).await?;
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
@@ -164,6 +180,7 @@ async fn simulate(plan: &ScalePlan, nodes: usize, endpoint: String) -> anyhow::R
         per_node_prefix: fixture::node_subnets(per_node).per_node,
         preload_s,
         cold_start_s: cold.as_secs_f64(),
+        converged_nodes: up.iter().filter(|u| **u).count(),
         full_join_s: join.as_secs_f64(),
         cold_start_retries: retries,
         ramp_s: plan.ramp.as_secs_f64(),
@@ -234,6 +251,7 @@ async fn deploys(
     plan: &ScalePlan,
     orch: &Store,
     counts: &[Arc<Counts>],
+    up: &[bool],
     stats: &[Arc<FullStats>],
 ) -> anyhow::Result<Vec<f64>> {
     let mut started = Vec::new();
@@ -244,15 +262,19 @@ async fn deploys(
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let want = plan.deploys;
-    until("deploys", Duration::from_secs(60), counts, || {
+    let waited = until("deploys", Duration::from_secs(60), counts, || {
         counts
             .iter()
-            .all(|c| c.deploys.lock().is_ok_and(|d| d.len() >= want))
+            .zip(up)
+            .all(|(c, up)| !up || c.deploys.lock().is_ok_and(|d| d.len() >= want))
             && stats
                 .iter()
                 .all(|s| s.deploys.lock().is_ok_and(|d| d.len() >= want))
     })
-    .await?;
+    .await;
+    if let Err(e) = waited {
+        eprintln!("scale: {e}; the latencies are those of the nodes the deploys reached");
+    }
     let mut out = Vec::new();
     let mut add = |seen: &[(String, Instant)]| {
         for (name, at) in seen {
