@@ -52,6 +52,10 @@ struct Args {
     /// (the cold start's timeout is reported, and the rest measured).
     #[arg(long)]
     phase_timeout: Option<u64>,
+    /// With --scale: nodes publish their measurements as the previous
+    /// release did (every change, every peer), for comparison.
+    #[arg(long)]
+    publish_every_change: bool,
     /// Instead of running: the rows of these scale.json files (of separate
     /// runs) as one scale.json, scale.md and scale.svg in --out.
     #[arg(long, value_delimiter = ',')]
@@ -68,6 +72,9 @@ fn scale(args: &Args, out: &std::path::Path) -> anyhow::Result<()> {
     };
     if !args.nodes.is_empty() {
         plan.sizes = args.nodes.clone();
+    }
+    if args.publish_every_change {
+        plan.publishing = overlay_ctl::store::Publishing::EVERY_CHANGE;
     }
     if let Some(s) = args.phase_timeout {
         plan.timeout = std::time::Duration::from_secs(s);

@@ -51,6 +51,8 @@ pub struct ScaleRow {
     /// Resident memory one full agent added (its state and maps).
     pub full_agent_mem_mb: f64,
     pub etcd_db_mb: f64,
+    /// How nodes published their measurements (`store::Publishing`).
+    pub publishing: String,
     /// The machine's 1-minute load average at the end.
     pub load_avg: f64,
 }

@@ -191,6 +191,7 @@ async fn simulate(plan: &ScalePlan, nodes: usize, endpoint: String) -> anyhow::R
         full_agent_mem_mb: full_mb,
         etcd_db_mb: 0.0,
         load_avg: load_avg(),
+        publishing: format!("{:?}", plan.publishing),
         ..steady
     })
 }

@@ -300,8 +300,9 @@ async fn watch(
 struct Pending {
     /// Since when the nodes, services or instances changed.
     structure: Option<Instant>,
-    /// Whether measurements changed.
-    measurements: bool,
+    /// Since when measurements changed.
+    measurements: Option<Instant>,
+    /// The last publish.
     last: Option<Instant>,
 }
 
@@ -312,7 +313,7 @@ impl Pending {
             Some((_, NodeKey::Rtt | NodeKey::Load))
         );
         if measurement {
-            self.measurements = true;
+            self.measurements.get_or_insert_with(Instant::now);
         } else {
             self.structure.get_or_insert_with(Instant::now);
         }
@@ -322,8 +323,13 @@ impl Pending {
         if let Some(since) = self.structure {
             return Some(since + GATHER);
         }
-        let last = self.last.unwrap_or_else(Instant::now);
-        self.measurements.then(|| last + MEASUREMENTS_EVERY)
+        // A fixed deadline (not one that moves with every event): a
+        // measurement change waits for the next slot, never longer.
+        let since = self.measurements?;
+        Some(match self.last {
+            Some(last) => (last + MEASUREMENTS_EVERY).max(since),
+            None => since + MEASUREMENTS_EVERY,
+        })
     }
 
     fn published(&mut self) {
@@ -331,5 +337,29 @@ impl Pending {
             last: Some(Instant::now()),
             ..Pending::default()
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measurements_wait_for_their_slot_and_structure_does_not() {
+        let mut p = Pending::default();
+        assert_eq!(p.due(), None);
+        p.changed("node/n1/rtt");
+        let first = p.due().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        p.changed("node/n2/load");
+        assert_eq!(p.due(), Some(first), "more measurements do not push it back");
+        assert!(first >= Instant::now() + MEASUREMENTS_EVERY - Duration::from_millis(50));
+        p.changed("node/n2/record");
+        assert!(p.due().unwrap() <= Instant::now() + GATHER);
+        p.published();
+        assert_eq!(p.due(), None);
+        p.changed("node/n1/rtt");
+        let next = p.due().unwrap();
+        assert!(next >= p.last.unwrap() + MEASUREMENTS_EVERY);
     }
 }
