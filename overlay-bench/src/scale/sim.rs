@@ -157,12 +157,20 @@ async fn simulate(plan: &ScalePlan, nodes: usize, endpoint: String) -> anyhow::R
         .enumerate()
         .map(|(k, s)| full::spawn(run.clone(), k, s.clone(), stop.clone(), expect))
         .collect();
-    let join = until("full agents", plan.timeout, &counts, || {
+    let t = Instant::now();
+    let joined = until("full agents", plan.timeout, &counts, || {
         stats
             .iter()
             .all(|s| s.converged.lock().map(|c| c.is_some()).unwrap_or(false))
     })
-    .await?;
+    .await;
+    let join = match joined {
+        Err(e) if t.elapsed() >= plan.timeout => {
+            eprintln!("scale: {e}; measuring on");
+            t.elapsed()
+        }
+        other => other?,
+    };
     let rss2 = rss_bytes();
 
     tokio::time::sleep(plan.settle).await;

@@ -352,7 +352,11 @@ mod tests {
         let first = p.due().unwrap();
         std::thread::sleep(Duration::from_millis(5));
         p.changed("node/n2/load");
-        assert_eq!(p.due(), Some(first), "more measurements do not push it back");
+        assert_eq!(
+            p.due(),
+            Some(first),
+            "more measurements do not push it back"
+        );
         assert!(first >= Instant::now() + MEASUREMENTS_EVERY - Duration::from_millis(50));
         p.changed("node/n2/record");
         assert!(p.due().unwrap() <= Instant::now() + GATHER);
