@@ -26,6 +26,6 @@ fn a_small_cluster_converges_and_is_measured() {
         "{r:?}"
     );
     let svg = report::svg(&rows);
-    assert!(svg.starts_with("<svg") && svg.contains("cold start"));
+    assert!(svg.starts_with("<svg") && svg.contains("converged"));
     serde_json::to_string(&rows).unwrap();
 }
