@@ -17,6 +17,7 @@
 //! * [`dns`]: queries per second of our DNS server against dnsmasq (dnsperf).
 //! * [`report`], [`chart`], [`stats`]: targets, markdown, JSON and SVG.
 //! * [`run`]: one run from start to files.
+//! * [`scale`]: `--scale`, N simulated nodes on one etcd (`docs/scale.md`).
 //!
 //! See `docs/benchmark.md` for what each figure means.
 
@@ -28,6 +29,7 @@ pub mod plan;
 pub mod rawbpf;
 pub mod report;
 pub mod run;
+pub mod scale;
 pub mod stats;
 pub mod topo;
 pub mod traffic;

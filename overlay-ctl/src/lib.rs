@@ -17,6 +17,7 @@
 //! * [`maps_view`]: `overlay-ctl maps` tables and JSON.
 //! * [`cli`]: the `overlay-ctl` command line (clap), a thin layer over the rest.
 //! * [`store`]: the cluster store (etcd): allocations, node registration, following.
+//! * [`subnets`]: the node subnet pool and length, a cluster setting, and its limits.
 //! * [`dns`]: the name service: `*.local` names over unicast DNS and mDNS.
 //! * [`probe`]: RTT probes to the other nodes over the East-West port.
 //! * [`telemetry`]: `/metrics`, the node in the Prometheus text format.
@@ -36,4 +37,5 @@ pub mod netns;
 pub mod probe;
 pub mod reconcile;
 pub mod store;
+pub mod subnets;
 pub mod telemetry;

@@ -37,12 +37,27 @@ impl Subnet {
         1u32.checked_shl(32 - self.prefix as u32).unwrap_or(0)
     }
 
-    /// A node's numeric id in the dataplane: its subnet's /24 number, unique
-    /// because subnets are leased to one node each.
+    /// A node's numeric id in the dataplane, unique because subnets are
+    /// leased to one node each and never overlap. A subnet of /24 or wider
+    /// has its first /24's number, which lets the dataplane bind a tunnel
+    /// packet's inner source to its sender without a lookup. A narrower one
+    /// has [`NARROW_NODE`] set above its address's upper 30 bits: never a
+    /// /24 number (so never matched that way: the dataplane looks the
+    /// source up in its routes instead), and distinct for any two subnets of
+    /// /30 or wider. Nonzero for every node subnet (none lies in 0.0.0.0/8).
     pub fn node_id(&self) -> u32 {
-        u32::from(self.addr) >> 8
+        let base = u32::from(self.addr);
+        if self.prefix <= 24 {
+            base >> 8
+        } else {
+            NARROW_NODE | base >> 2
+        }
     }
 }
+
+/// Marks the id of a node whose subnet is narrower than a /24
+/// ([`Subnet::node_id`]).
+pub const NARROW_NODE: u32 = 1 << 31;
 
 impl FromStr for Subnet {
     type Err = String;
@@ -205,7 +220,20 @@ pub struct ClusterSettings {
     /// default, [`PortRange::LINUX_EPHEMERAL`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ephemeral_ports: Option<PortRange>,
+    /// Where node subnets come from and how long each is; absent:
+    /// [`NodeSubnets::DEFAULT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_subnets: Option<NodeSubnets>,
 }
+
+impl ClusterSettings {
+    /// The node subnet pool and length in force.
+    pub fn node_subnets(&self) -> NodeSubnets {
+        self.node_subnets.unwrap_or(NodeSubnets::DEFAULT)
+    }
+}
+
+pub use crate::subnets::NodeSubnets;
 
 /// An inclusive range of ports, written `FIRST-LAST`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -388,6 +416,8 @@ mod tests {
         assert_eq!(s.host(2), Ipv4Addr::new(10, 30, 5, 2));
         assert_eq!(s.size(), 256);
         assert_eq!(s.node_id(), (10 << 16) | (30 << 8) | 5);
+        let wide: Subnet = "10.30.4.0/23".parse().unwrap();
+        assert_eq!(wide.node_id(), (10 << 16) | (30 << 8) | 4);
         for bad in ["10.30.5.1/24", "10.30.5.0/33", "10.30.5.0", "x/24"] {
             assert!(bad.parse::<Subnet>().is_err(), "{bad}");
         }

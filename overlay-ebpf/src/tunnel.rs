@@ -109,9 +109,12 @@ pub fn check_sender(port: Port, src: u32) -> Result<u32, Reason> {
 pub fn check_inner(port: Port, sender: u32, inner_src: u32, outer_src: u32) -> Result<(), Reason> {
     let host = Key::new(HOST_PREFIX, inner_src);
     let bound = match port {
-        // A node's id is its subnet's /24 number (no two nodes share one), so
-        // a source in that /24 is the sender's or nobody's: no lookup on the
-        // established path. Subnets wider than a /24 take the route lookup.
+        // The id of a node with a /24 or wider is its subnet's first /24
+        // number (no two nodes share one), so a source in that /24 is the
+        // sender's or nobody's: no lookup on the established path. Sources in
+        // the rest of a wider subnet take the route lookup, and so does every
+        // source of a node with a narrower subnet, whose id is never a /24
+        // number (`Subnet::node_id`).
         Port::Ewp if sender == SHARED_PEER => ROUTES.get(host).is_some_and(|node| {
             // SAFETY: value copied out at once.
             unsafe { NODES.get(*node) }.is_some_and(|n| n.ip == outer_src)

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--rounds N]`: prepares the machine as `demo`
+//! `cargo xtask bench [--quick] [--rounds N] [--scale]`: prepares the machine as `demo`
 //! does, then runs the `overlay-bench` binary (release build), which builds
 //! its networks in namespaces, measures, and writes `target/bench/`.
 
@@ -28,13 +28,15 @@ pub fn cargo_args(quick: bool, rounds: Option<usize>) -> Vec<String> {
 /// Prepares the machine and runs the benchmark; returns its exit code.
 /// Ctrl-C reaches the benchmark, which unwinds and deletes its namespaces;
 /// should it die anyway, they are deleted here once it has exited.
-pub fn run(quick: bool, rounds: Option<usize>) -> anyhow::Result<i32> {
+/// `scale`: the scale simulation alone (`docs/scale.md`).
+pub fn run(quick: bool, rounds: Option<usize>, scale: bool) -> anyhow::Result<i32> {
     prepare("cargo xtask bench", NEEDS)?;
     let _guard = crate::test::IgnoreSigint::install()?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(crate::workspace())
         .args(cargo_args(quick, rounds))
+        .args(scale.then_some("--scale"))
         .status()
         .context("cannot start cargo")?;
     let deleted =

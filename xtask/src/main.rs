@@ -8,7 +8,7 @@
 //!   path, for running the upgrade test by hand
 //!   (`OVERLAY_PREVIOUS_CTL=$(cargo xtask previous) cargo test --test upgrade_e2e`).
 //! * `demo`: a live dataplane in network namespaces, with its counters.
-//! * `bench [--quick] [--rounds N]`: the overlay against plain routing, VXLAN
+//! * `bench [--quick] [--rounds N] [--scale]`: the overlay against plain routing, VXLAN
 //!   and a TUN forwarder; results in `target/bench/` (`docs/benchmark.md`).
 //!
 //! The xtask depends on neither `overlay-ctl` nor the eBPF object, so it
@@ -60,6 +60,10 @@ enum Cmd {
         /// Interleaved rounds of the data-path measurements (default 5; quick 2).
         #[arg(long)]
         rounds: Option<usize>,
+        /// Only the scale simulation: 100, 300 and 1,000 simulated nodes on
+        /// one etcd (quick: 20; see docs/scale.md).
+        #[arg(long)]
+        scale: bool,
     },
 }
 
@@ -74,9 +78,11 @@ fn main() {
             println!("{}", p.display());
         }),
         Cmd::Demo => test::demo().map(|code| std::process::exit(code)),
-        Cmd::Bench { quick, rounds } => {
-            bench::run(quick, rounds).map(|code| std::process::exit(code))
-        }
+        Cmd::Bench {
+            quick,
+            rounds,
+            scale,
+        } => bench::run(quick, rounds, scale).map(|code| std::process::exit(code)),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

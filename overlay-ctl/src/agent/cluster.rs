@@ -70,11 +70,7 @@ pub async fn join(store: &Store, access: &store::Access, cfg: &AgentConfig) -> R
         tracing::warn!("`subnet` is ignored with a store: the store leases the node's subnet");
     }
     let subnet = store
-        .lease_subnet(
-            &cfg.node_id,
-            store::DEFAULT_SUBNET_POOL,
-            store::DEFAULT_SUBNET_LEN,
-        )
+        .lease_node_subnet(&cfg.node_id)
         .await
         .map_err(|e| match e {
             store::StoreError::PermissionDenied { .. } => AgentError::Unfit(format!(

@@ -115,8 +115,11 @@ pub async fn measure(agent: Shared, prober: Option<Prober>, scan: Arc<Tables>, p
             (rtt_moved, load_moved, left, st.metrics.clone())
         };
         if let Some(link) = &agent.store {
+            let publishing = crate::store::Publishing::DEFAULT;
+            publishing.apply(&link.registration, agent.state().cluster.nodes.len());
             if rtt_moved {
-                link.registration.set_status("rtt", &now.rtt);
+                link.registration
+                    .set_status("rtt", &publishing.rtt(&now.rtt));
             }
             if load_moved {
                 link.registration.set_status("load", &now.load);

@@ -16,6 +16,7 @@ mod host;
 mod instances;
 pub(crate) mod listeners;
 mod metrics;
+pub use metrics::Metrics;
 pub(crate) use metrics::window_ticks;
 mod name_service;
 mod path_mtu;

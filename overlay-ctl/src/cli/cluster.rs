@@ -8,7 +8,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use crate::descriptor::Descriptor;
-use crate::model::PortRange;
+use crate::model::{NodeSubnets, PortRange};
 use crate::store::{self, Access, Store};
 use overlay_common::registry::limits;
 
@@ -350,6 +350,45 @@ pub enum Setting {
     /// The nodes' local ephemeral port range, never exposed (`default`:
     /// Linux's 32768-60999).
     EphemeralPorts { range: String },
+    /// Where node subnets come from and their length, e.g. `10.30.0.0/16
+    /// 26` (`default`: 10.30.0.0/16 in /24s). While nodes hold subnets,
+    /// only a pool that still holds them all, at the same length.
+    NodeSubnets {
+        /// The pool, ADDRESS/PREFIX, or `default`.
+        pool: String,
+        /// Each node's prefix length (`26` or `/26`).
+        per_node: Option<String>,
+    },
+}
+
+/// `POOL LEN`, or `default` for none.
+fn node_subnets(pool: &str, per_node: Option<&str>) -> anyhow::Result<Option<NodeSubnets>> {
+    if pool == "default" && per_node.is_none() {
+        return Ok(None);
+    }
+    let pool = pool
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("{e}, or `default`"))?;
+    let per_node = per_node.ok_or_else(|| anyhow::anyhow!("give each node's prefix length"))?;
+    let per_node = per_node
+        .trim_start_matches('/')
+        .parse()
+        .map_err(|_| anyhow::anyhow!("`{per_node}` is not a prefix length"))?;
+    Ok(Some(NodeSubnets { pool, per_node }))
+}
+
+/// What the node subnets allow, for `cluster show`.
+fn subnet_limits(s: &NodeSubnets) -> String {
+    let check = if s.fast_sender_check() {
+        ""
+    } else {
+        "; narrower than /24: a route lookup per received tunnel packet"
+    };
+    format!(
+        "{} nodes, {} instances per node{check}",
+        s.max_nodes(),
+        s.max_instances()
+    )
 }
 
 /// `FIRST-LAST`, or `word` for none.
@@ -389,6 +428,16 @@ pub fn settings(cmd: ClusterCmd, access: &Access) -> anyhow::Result<()> {
                     r.to_string()
                 });
             println!("ephemeral-ports  {ephemeral}");
+            let subnets = settings.node_subnets();
+            let default = if settings.node_subnets.is_none() {
+                " (default)"
+            } else {
+                ""
+            };
+            println!(
+                "node-subnets  {subnets}{default}: {}",
+                subnet_limits(&subnets)
+            );
             println!(
                 "limits  {} exposed ports, {} ports and {} needs per service, {} nodes",
                 limits::EXPOSED_PORTS,
@@ -417,6 +466,14 @@ pub fn settings(cmd: ClusterCmd, access: &Access) -> anyhow::Result<()> {
             settings.ephemeral_ports = range_or(&range, "default")?;
             rt.block_on(store.set_settings(&settings))?;
             println!("ephemeral-ports  {range}");
+        }
+        ClusterCmd::Set {
+            setting: Setting::NodeSubnets { pool, per_node },
+        } => {
+            let want = node_subnets(&pool, per_node.as_deref())?;
+            rt.block_on(store.set_node_subnets(want))?;
+            let now = want.unwrap_or(NodeSubnets::DEFAULT);
+            println!("node-subnets  {now}: {}", subnet_limits(&now));
         }
         ClusterCmd::RotateProbeKey => {
             rt.block_on(store.begin_probe_key_rotation(crate::probe::generate_key()))?;

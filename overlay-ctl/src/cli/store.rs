@@ -52,12 +52,8 @@ pub fn node_add(name: &str, dir: Option<&PathBuf>, access: &Access) -> anyhow::R
     {
         println!("{}", dir.join(format!("{name}.crt")).display());
     }
-    let subnet = runtime()?.block_on(async {
-        Store::connect(access)
-            .await?
-            .add_node(name, store::DEFAULT_SUBNET_POOL, store::DEFAULT_SUBNET_LEN)
-            .await
-    })?;
+    let subnet =
+        runtime()?.block_on(async { Store::connect(access).await?.admit_node(name).await })?;
     println!(
         "node {name} admitted: subnet {subnet}, role {}",
         store::node_role(name)

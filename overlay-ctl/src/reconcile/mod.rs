@@ -76,7 +76,7 @@ pub struct LocalNode<'a> {
 
 /// The maps a node should hold for `state`.
 pub fn desired(state: &ClusterState, local: &LocalNode) -> MapSet {
-    let pools = validate::Pools::default();
+    let pools = validate::Pools::of(&state.settings);
     let (state, refused) = validate::validated(state, local.name, &pools);
     let state = &state;
     let mut m = MapSet {

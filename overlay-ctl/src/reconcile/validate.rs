@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use overlay_common::registry::limits;
 
 use super::Failure;
-use crate::model::{ClusterState, NodeSpec, ServiceSpec, Subnet};
+use crate::model::{ClusterSettings, ClusterState, NodeSpec, ServiceSpec, Subnet};
 use crate::store::{DEFAULT_SERVICE_POOL, DEFAULT_SUBNET_POOL};
 
 /// Where the cluster's addresses come from.
@@ -32,6 +32,21 @@ impl Default for Pools {
             services: DEFAULT_SERVICE_POOL,
             subnets: DEFAULT_SUBNET_POOL,
         }
+    }
+}
+
+impl Pools {
+    /// The pools `settings` name. A node subnet setting that is not valid
+    /// (a hand edit: `cluster set` refuses one) counts as the default, so
+    /// that it cannot widen what the overlay claims as its own.
+    pub fn of(settings: &ClusterSettings) -> Pools {
+        let services = DEFAULT_SERVICE_POOL;
+        let set = settings.node_subnets();
+        let subnets = match set.check(services) {
+            Ok(()) => set.pool,
+            Err(_) => DEFAULT_SUBNET_POOL,
+        };
+        Pools { services, subnets }
     }
 }
 
@@ -389,6 +404,34 @@ mod tests {
             port: 50104,
         };
         refused_alone(|s| s.gateways.push(gw), "gateways", "edge", "is a node's");
+    }
+
+    /// Node subnets from the cluster setting: /26s of another pool are
+    /// nodes' subnets, the default pool's no longer; a setting that is not
+    /// valid counts as the default.
+    #[test]
+    fn node_subnets_follow_the_cluster_setting() {
+        let mut s = good();
+        let set = "10.40.0.0/16".parse().unwrap();
+        s.settings.node_subnets = Some(crate::subnets::NodeSubnets {
+            pool: set,
+            per_node: 26,
+        });
+        assert_eq!(Pools::of(&s.settings).subnets, set);
+        s.nodes[1].subnet = "10.40.0.64/26".parse().unwrap();
+        s.instances[1].nsip = Ipv4Addr::new(10, 40, 0, 66);
+        let mut old = node("n3", 3);
+        old.ip = Ipv4Addr::new(192, 0, 2, 13);
+        s.nodes.push(old);
+        let (out, refused) = validated(&s, "n1", &Pools::of(&s.settings));
+        assert_eq!(out.nodes.len(), 2, "{refused:?}");
+        assert_eq!(out.instances.len(), 2, "{refused:?}");
+        assert_eq!((refused.len(), refused[0].key.as_str()), (1, "n3"));
+        s.settings.node_subnets = Some(crate::subnets::NodeSubnets {
+            pool: "0.0.0.0/1".parse().unwrap(),
+            per_node: 24,
+        });
+        assert_eq!(Pools::of(&s.settings).subnets, DEFAULT_SUBNET_POOL);
     }
 
     /// This node's own record is its agent's, not the store's: trusted.

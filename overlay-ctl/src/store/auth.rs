@@ -68,6 +68,19 @@ impl Store {
     /// Admits node `node`: its etcd user and role (read everything, write
     /// its own keys) and its subnetwork. Needs the root identity.
     pub async fn add_node(&self, node: &str, pool: Subnet, len: u8) -> Result<Subnet> {
+        self.node_identity(node).await?;
+        self.lease_subnet(node, pool, len).await
+    }
+
+    /// [`Store::add_node`] with a subnetwork per the cluster's node subnet
+    /// setting.
+    pub async fn admit_node(&self, node: &str) -> Result<Subnet> {
+        self.node_identity(node).await?;
+        self.lease_node_subnet(node).await
+    }
+
+    /// The node's etcd user and role: read everything, write its own keys.
+    async fn node_identity(&self, node: &str) -> Result<()> {
         let role = node_role(node);
         let own = format!("{}{}", self.prefix, keys::node_dir(node));
         self.role(
@@ -78,8 +91,7 @@ impl Store {
             ],
         )
         .await?;
-        self.user(node, &role).await?;
-        self.lease_subnet(node, pool, len).await
+        self.user(node, &role).await
     }
 
     /// Withdraws node `node`'s identity (its certificate no longer reaches

@@ -4,14 +4,18 @@
 //! (with exponential backoff between attempts), and if that history was
 //! compacted meanwhile, a full read replaces it. While the store cannot be
 //! reached, the channel keeps the last state: the dataplane keeps forwarding.
+//! Changes are gathered before a state is published: those of the nodes,
+//! services and instances for a few milliseconds, those of the measurements
+//! only for up to [`MEASUREMENTS_EVERY`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::keys::{self, NodeKey};
 use super::ops::prefix_end;
 use super::{
     Access, DEFAULT_PREFIX, Kv, Store, StoreError, build_state, is_state_key, normalise_prefix,
@@ -23,6 +27,16 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often the follower asks the store to confirm that it is current.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// A change of the nodes, services or instances is published once the
+/// events that arrived with it are applied, and at most this long after it
+/// (events that follow closely, as in a deploy or a node's start, make one
+/// state instead of many).
+const GATHER: Duration = Duration::from_millis(20);
+/// Changes of the measurements only (`rtt`, `load`) are published at most
+/// this often: in a large cluster they arrive many times a second, and
+/// each published state is rebuilt and reconciled by the agent whole
+/// (`docs/scale.md`).
+const MEASUREMENTS_EVERY: Duration = Duration::from_secs(2);
 
 /// The follower's copy of the state keys, at a revision.
 struct Mirror {
@@ -212,9 +226,17 @@ async fn watch(
         Err(e) => return WatchEnd::Failed(e),
     };
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    let mut pending = Pending::default();
     loop {
         let message = tokio::select! {
             m = stream.message() => m,
+            () = until(pending.due()) => {
+                // Due: publish what was gathered.
+                publish(tx, mirror.state());
+                pending.published();
+                health.revision.store(mirror.revision, Ordering::Relaxed);
+                continue;
+            }
             _ = progress.tick() => {
                 let ask = proto::watch_request::RequestUnion::ProgressRequest(
                     proto::WatchProgressRequest {},
@@ -290,6 +312,7 @@ async fn watch(
             if !is_state_key(&kv.key) {
                 continue;
             }
+            pending.changed(&kv.key);
             match event.r#type {
                 proto::EVENT_PUT => {
                     mirror.entries.insert(kv.key, kv.value);
@@ -300,10 +323,9 @@ async fn watch(
                 _ => {}
             }
         }
-        publish(tx, mirror.state());
-        health.revision.store(mirror.revision, Ordering::Relaxed);
-        // A watcher catching up gets old events under the store's current
-        // revision: current only once it reached that revision.
+        // Published when due (`Pending`). A watcher catching up gets old
+        // events under the store's current revision: current only once it
+        // reached that revision.
         if resp
             .header
             .as_ref()
@@ -311,5 +333,86 @@ async fn watch(
         {
             health.confirmed();
         }
+    }
+}
+
+/// Sleeps until `at`; forever without one.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// When the changes applied to the mirror but not yet published are due.
+#[derive(Default)]
+struct Pending {
+    /// Since when the nodes, services or instances changed.
+    structure: Option<Instant>,
+    /// Since when measurements changed.
+    measurements: Option<Instant>,
+    /// The last publish.
+    last: Option<Instant>,
+}
+
+impl Pending {
+    fn changed(&mut self, key: &str) {
+        let measurement = matches!(
+            keys::parse_node_key(key),
+            Some((_, NodeKey::Rtt | NodeKey::Load))
+        );
+        if measurement {
+            self.measurements.get_or_insert_with(Instant::now);
+        } else {
+            self.structure.get_or_insert_with(Instant::now);
+        }
+    }
+
+    fn due(&self) -> Option<Instant> {
+        if let Some(since) = self.structure {
+            return Some(since + GATHER);
+        }
+        // A fixed deadline (not one that moves with every event): a
+        // measurement change waits for the next slot, never longer.
+        let since = self.measurements?;
+        Some(match self.last {
+            Some(last) => (last + MEASUREMENTS_EVERY).max(since),
+            None => since + MEASUREMENTS_EVERY,
+        })
+    }
+
+    fn published(&mut self) {
+        *self = Pending {
+            last: Some(Instant::now()),
+            ..Pending::default()
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measurements_wait_for_their_slot_and_structure_does_not() {
+        let mut p = Pending::default();
+        assert_eq!(p.due(), None);
+        p.changed("node/n1/rtt");
+        let first = p.due().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        p.changed("node/n2/load");
+        assert_eq!(
+            p.due(),
+            Some(first),
+            "more measurements do not push it back"
+        );
+        assert!(first >= Instant::now() + MEASUREMENTS_EVERY - Duration::from_millis(50));
+        p.changed("node/n2/record");
+        assert!(p.due().unwrap() <= Instant::now() + GATHER);
+        p.published();
+        assert_eq!(p.due(), None);
+        p.changed("node/n1/rtt");
+        let next = p.due().unwrap();
+        assert!(next >= p.last.unwrap() + MEASUREMENTS_EVERY);
     }
 }

@@ -9,11 +9,13 @@
 //!   ([`Store::register_node`] returning a [`Registration`]; in
 //!   `registration`).
 //! * [`NodeRecord`] and the `ClusterState` built from the store (`state`).
-//! * [`follow`]: keeps a `watch::Sender<ClusterState>` equal to the store.
+//! * [`follow`]: keeps a `watch::Sender<ClusterState>` equal to the store;
+//!   [`Store::tally`] makes the same read and watch, counting instead.
 //! * `client`/`proto`: a minimal etcd gRPC client (tonic + hand-declared
 //!   prost messages, so building needs no `protoc`).
 
 mod auth;
+mod bulk;
 mod client;
 mod cluster;
 mod exposure;
@@ -23,10 +25,12 @@ pub mod keys;
 mod ops;
 mod pool;
 mod proto;
+mod publish;
 mod registration;
 mod services;
 mod state;
 mod subnet;
+mod tally;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -43,8 +47,10 @@ use state::{build_state, is_state_key};
 pub use auth::{DEFAULT_ORCHESTRATOR, ORCHESTRATOR_ROLE, ROOT, node_role};
 pub use follow::{FollowHealth, follow, follow_prefix, follow_with_health};
 pub use pool::AddressClaim;
+pub use publish::Publishing;
 pub use registration::Registration;
 pub use state::{NodeRecord, merge_legacy};
+pub use tally::{Change, Seen};
 pub use tls::{Access, Issued, TlsFiles, certificate_name, issue, new_ca};
 
 /// Every key lives under this prefix unless [`Store::with_prefix`] says otherwise.

@@ -34,6 +34,9 @@ struct Inner {
     /// (value, written yet). The keepalive task writes them, so that whoever
     /// sets them never waits for the store.
     status: std::sync::Mutex<BTreeMap<String, (Vec<u8>, bool)>>,
+    /// The measurements' pace (`rtt`, `load`): at most one write per
+    /// `.0`, the last at `.1` ([`super::Publishing`]).
+    pace: std::sync::Mutex<(Duration, Option<std::time::Instant>)>,
 }
 
 #[derive(Default)]
@@ -164,11 +167,24 @@ impl Inner {
         }
     }
 
-    /// Writes status entries that changed since the last write.
+    /// Writes status entries that changed since the last write; the
+    /// measurements only once their pace allows.
     async fn write_status(&self) -> Result<()> {
-        let status = self.unwritten_status(false);
+        let mut status = self.unwritten_status(false);
+        let paced = |k: &str| k.ends_with("/rtt") || k.ends_with("/load");
+        let due = {
+            let pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
+            pace.1.is_none_or(|last| last.elapsed() >= pace.0)
+        };
+        if !due {
+            status.retain(|(k, _)| !paced(k));
+        }
         if status.is_empty() {
             return Ok(());
+        }
+        if status.iter().any(|(k, _)| paced(k)) {
+            let mut pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
+            pace.1 = Some(std::time::Instant::now());
         }
         let lease = self.lease.load(Ordering::SeqCst);
         let txn = proto::TxnRequest {
@@ -256,6 +272,7 @@ impl Store {
             lease: AtomicI64::new(0),
             state: Mutex::new(Published::default()),
             status: Default::default(),
+            pace: std::sync::Mutex::new((Duration::ZERO, None)),
         });
         inner.register(&Published::default()).await?;
         let (stop, stop_rx) = watch::channel(None);
@@ -347,6 +364,49 @@ impl Registration {
         result
     }
 
+    /// [`Registration::publish_instance`] for many at once: one transaction
+    /// (per [`MAX_TXN_OPS`](super::client::MAX_TXN_OPS) puts), so that a
+    /// starting node's instances reach every watch as one event batch
+    /// rather than one each.
+    pub async fn publish_instances(&self, specs: &[InstanceSpec]) -> Result<()> {
+        self.check_open()?;
+        let node = &self.inner.record.name;
+        if let Some(spec) = specs.iter().find(|s| s.node != *node) {
+            return Err(StoreError::Invalid(format!(
+                "instance {}/{} runs on node `{}`, not on this node `{node}`",
+                spec.service, spec.instance, spec.node
+            )));
+        }
+        let mut state = self.inner.state.lock().await;
+        for spec in specs {
+            state
+                .instances
+                .insert((spec.service.clone(), spec.instance), spec.clone());
+        }
+        let per_txn =
+            super::client::MAX_TXN_OPS / if self.inner.v1_mirror.is_some() { 2 } else { 1 };
+        let mut result = Ok(());
+        for chunk in specs.chunks(per_txn) {
+            let puts = chunk
+                .iter()
+                .flat_map(|spec| self.inner.instance_puts(spec, self.lease_id()));
+            let txn = proto::TxnRequest {
+                success: ops(puts),
+                ..Default::default()
+            };
+            result = match self.inner.client.txn(txn).await {
+                Ok(_) => Ok(()),
+                Err(StoreError::LeaseNotFound) => self.inner.register(&state).await,
+                Err(e) => Err(e),
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+        state.dirty |= result.is_err();
+        result
+    }
+
     /// Sets one of the node's measurements, `node/<node>/<kind>` (`rtt`,
     /// `load`), under the node's lease so that it leaves with the node. The
     /// keepalive task writes it (within TTL/3), also after a lost lease.
@@ -356,6 +416,13 @@ impl Registration {
         let value = serde_json::to_vec(value).expect("status values serialise");
         let mut status = self.inner.status.lock().unwrap_or_else(|e| e.into_inner());
         status.insert(key, (value, false));
+    }
+
+    /// Writes the node's measurements at most once per `every` (the
+    /// keepalive writes what is due on its next round).
+    pub fn pace_status(&self, every: Duration) {
+        let mut pace = self.inner.pace.lock().unwrap_or_else(|e| e.into_inner());
+        pace.0 = every;
     }
 
     /// Withdraws an instance of this node. Returns whether it was published.

@@ -18,6 +18,7 @@
 //! * [`north_south`], [`gateway`]: north-south, direct and tunnelled by a gateway.
 //! * [`isolation`]: forged tunnel sources, infrastructure, unallocated
 //!   overlay addresses, outsiders.
+//! * [`narrow`]: nodes with subnets narrower than a /24.
 //! * [`malformed`]: truncation, options, fragments, spoofing, unknown peers.
 //! * [`cost`]: nanoseconds per packet on the two hot paths (printed only).
 
@@ -27,6 +28,7 @@ mod gateway;
 mod harness;
 mod isolation;
 mod malformed;
+mod narrow;
 mod north_south;
 mod pmtu;
 mod reverse;

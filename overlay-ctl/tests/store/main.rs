@@ -148,4 +148,5 @@ mod gateways;
 mod members;
 mod nodes;
 mod services;
+mod subnets;
 mod tls;
