@@ -477,21 +477,21 @@ impl Tables {
 
     /// New flows denied so far, per sending service (summed over CPUs).
     pub fn denied(&self) -> Vec<(u32, u64)> {
-        self.denied
-            .iter()
-            .filter_map(|r| r.ok())
-            .map(|(svc, per_cpu)| (svc, per_cpu.iter().sum()))
-            .collect()
+        per_service(&self.denied)
     }
 
     /// New flows this node opened per destination service, summed over CPUs.
     pub fn new_flows(&self) -> Vec<(u32, u64)> {
-        self.flows_new
-            .iter()
-            .filter_map(|r| r.ok())
-            .map(|(svc, per_cpu)| (svc, per_cpu.iter().sum()))
-            .collect()
+        per_service(&self.flows_new)
     }
+}
+
+/// A per-CPU counter map keyed by service, summed over the CPUs.
+fn per_service(map: &PerCpuHashMap<MapData, u32, u64>) -> Vec<(u32, u64)> {
+    map.iter()
+        .filter_map(|r| r.ok())
+        .map(|(svc, per_cpu)| (svc, per_cpu.iter().sum()))
+        .collect()
 }
 
 /// A tunnel endpoint (a node, or a gateway) as the maps hold it.

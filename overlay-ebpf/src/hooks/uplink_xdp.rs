@@ -15,7 +15,7 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use overlay_common::stats::Reason;
+use overlay_common::{maps::Config, stats::Reason};
 
 use crate::events;
 use crate::layout::{INNER_IP, Ipv4, L4_OFF, Udp};
@@ -40,33 +40,29 @@ pub fn uplink_xdp(ctx: XdpContext) -> u32 {
 /// it on (decapsulated if it is a node's tunnel packet).
 #[inline(always)]
 fn try_uplink_xdp(ctx: &XdpContext) -> Option<(Reason, u32)> {
-    let reason = match judge(ctx)? {
+    let cfg = config()?;
+    // `to_node` checks the header's version and length.
+    let Ok(Some(ip)) = packet::ipv4_unchecked(ctx) else {
+        return None;
+    };
+    let reason = match judge(ctx, cfg, &ip)? {
         Ok(Port::Ewp) => tunnel::decap_xdp(ctx).err()?,
         Ok(Port::Nsp) => return None,
         Err(reason) => reason,
     };
-    let src = packet::ipv4_unchecked(ctx)
-        .ok()
-        .flatten()
-        .map_or(0, |ip| ip.saddr);
-    Some((reason, src))
+    Some((reason, ip.saddr))
 }
 
 /// A tunnel packet's port once its sender and inner source passed, or why
 /// it must be dropped; `None` for anything TC judges (not a tunnel packet, a
 /// fragment, an RTT probe, an inner header TC finds malformed).
 #[inline(always)]
-fn judge(ctx: &XdpContext) -> Option<Result<Port, Reason>> {
-    let cfg = config()?;
-    // `to_node` checks the header's version and length.
-    let Ok(Some(ip)) = packet::ipv4_unchecked(ctx) else {
-        return None;
-    };
-    if !tunnel::to_node(cfg, &ip) {
+fn judge(ctx: &XdpContext, cfg: &Config, ip: &Ipv4) -> Option<Result<Port, Reason>> {
+    if !tunnel::to_node(cfg, ip) {
         return None;
     }
     let udp: Udp = read(ctx, L4_OFF).ok()?;
-    let port = tunnel::port(cfg, &ip, &udp)?;
+    let port = tunnel::port(cfg, ip, &udp)?;
     let sender = match tunnel::check_sender(port, ip.saddr) {
         Ok(sender) => sender,
         Err(reason) => return Some(Err(reason)),
