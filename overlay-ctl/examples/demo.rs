@@ -21,10 +21,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use ctl::Ctl;
 use overlay_testnet::{
     Etcd, EtcdTls, Netns, NsChild, Topology, require_root, servers, tun, wait_until,
 };
 use serde_json::Value;
+
+#[path = "common/ctl.rs"]
+mod ctl;
 
 const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 const FLOWS: usize = 30;
@@ -67,59 +71,29 @@ impl Drop for Pins {
 }
 
 struct Demo {
-    bin: PathBuf,
+    ctl: Ctl,
     dir: PathBuf,
-    store: String,
-    orchestrator: String,
 }
 
 impl Demo {
-    fn ctl(&self, ns: &str, env: &[(&str, String)], args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(&self.bin)
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "overlay-ctl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
     fn orchestrate(&self, args: &[&str]) -> anyhow::Result<String> {
-        self.as_identity("orchestrator", args)
-    }
-
-    /// `overlay-ctl ARGS` beside etcd with the certificate of `who`.
-    fn as_identity(&self, who: &str, args: &[&str]) -> anyhow::Result<String> {
-        let pki = |f: &str| self.pki().join(f).display().to_string();
-        let env = [
-            ("OVERLAY_STORE", self.store.clone()),
-            ("OVERLAY_STORE_CA", pki("ca.crt")),
-            ("OVERLAY_STORE_CERT", pki(&format!("{who}.crt"))),
-            ("OVERLAY_STORE_KEY", pki(&format!("{who}.key"))),
-        ];
-        self.ctl(&self.orchestrator, &env, args)
+        self.ctl.store_as("orchestrator", args)
     }
 
     /// Access control on, then each node admitted with its own identity
     /// and certificate: `store setup`, `node add` (as root).
     fn admit(&self, nodes: usize) -> anyhow::Result<()> {
-        self.as_identity("root", &["store", "setup"])?;
+        self.ctl.store_as("root", &["store", "setup"])?;
         let dir = self.pki().display().to_string();
         for n in 1..=nodes {
-            self.as_identity("root", &["node", "add", &format!("n{n}"), "--dir", &dir])?;
+            self.ctl
+                .store_as("root", &["node", "add", &format!("n{n}"), "--dir", &dir])?;
         }
         Ok(())
     }
 
     fn pki(&self) -> PathBuf {
-        self.dir.join("pki")
+        self.ctl.pki.clone()
     }
 
     /// The cluster's CA and certificates, as an operator makes them:
@@ -133,7 +107,7 @@ impl Demo {
             vec!["cert", "issue", "etcd", "--dir", &dir, "--ip", &etcd_ip],
         ];
         for args in runs {
-            let out = Command::new(&self.bin).args(&args).output()?;
+            let out = Command::new(&self.ctl.bin).args(&args).output()?;
             if !out.status.success() {
                 bail!(
                     "overlay-ctl {}: {}",
@@ -167,7 +141,7 @@ impl Demo {
         let (sock, config) = (base.join("agent.sock"), base.join("agent.toml"));
         let toml = format!(
             "node_id = \"n{n}\"\nuplink = \"eth0\"\nstore = \"{}\"\nstore_ca = \"{}\"\nstore_cert = \"{}\"\nstore_key = \"{}\"\nnode_ttl = 5\nstate_dir = \"{}\"\nbpf_pin_dir = \"{}\"\napi_socket = \"{}\"\n",
-            self.store,
+            self.ctl.store,
             self.pki().join("ca.crt").display(),
             self.pki().join(format!("n{n}.crt")).display(),
             self.pki().join(format!("n{n}.key")).display(),
@@ -178,7 +152,7 @@ impl Demo {
         std::fs::write(&config, toml)?;
         let log = std::fs::File::create(base.join("agent.log"))?;
         let mut cmd = ns.cmd(
-            &self.bin,
+            &self.ctl.bin,
             ["agent", "--config", config.to_str().unwrap_or("")],
         );
         cmd.stdout(log.try_clone()?)
@@ -212,10 +186,13 @@ fn run() -> anyhow::Result<()> {
         bail!("cannot mount a bpffs in {}", dir.display());
     }
     let mut demo = Demo {
-        bin,
+        ctl: Ctl {
+            bin,
+            pki: dir.join("pki"),
+            store: String::new(),
+            beside_etcd: orchestrator,
+        },
         dir,
-        store: String::new(),
-        orchestrator,
     };
     println!("demo: the cluster's CA and certificates (overlay-ctl cert), etcd over TLS");
     demo.certificates()?;
@@ -225,7 +202,7 @@ fn run() -> anyhow::Result<()> {
         key: demo.pki().join("etcd.key"),
     };
     let etcd = Etcd::start_tls(etcd_ns, ETCD_IP, tls)?;
-    demo.store = etcd.endpoint();
+    demo.ctl.store = etcd.endpoint();
     println!("demo: access control on (store setup); nodes n1-n3 admitted (node add)");
     demo.admit(3)?;
     let mut agents = Vec::new();
@@ -251,7 +228,7 @@ fn run() -> anyhow::Result<()> {
         let ns = Netns::new(&format!("{svc}{n}"))?;
         let sock = agents[node - 1].1.to_str().unwrap_or("").to_string();
         let name = format!("demo.prod.{svc}.v1");
-        let out = demo.ctl(
+        let out = demo.ctl.run(
             topo.node(node).ns().name(),
             &[("OVERLAY_API", sock.clone())],
             &[
@@ -357,7 +334,7 @@ fn run() -> anyhow::Result<()> {
     // Through n1's config: the tables then show service and node names.
     let config = demo.dir.join("n1/agent.toml");
     for table in ["services", "backends", "stats"] {
-        let out = Command::new(&demo.bin)
+        let out = Command::new(&demo.ctl.bin)
             .args(["maps", table, "--config"])
             .arg(&config)
             .stderr(Stdio::inherit())

@@ -19,6 +19,8 @@
 //! `OVERLAY_CTL_BIN` names the `overlay-ctl` binary (default: the one built
 //! beside this example). Everything is deleted at the end.
 
+#[path = "../common/ctl.rs"]
+mod ctl;
 mod render;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -27,6 +29,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use ctl::Ctl;
 use overlay_ctl::store::{Issued, issue, new_ca};
 use overlay_testnet::{Etcd, EtcdTls, Netns, NsChild, Topology, require_root, servers, wait_until};
 use serde_json::Value;
@@ -48,48 +51,7 @@ impl Drop for Work {
     }
 }
 
-/// How to run `overlay-ctl` against the cluster.
-struct Ctl {
-    bin: PathBuf,
-    pki: PathBuf,
-    store: String,
-    beside_etcd: String,
-}
-
 impl Ctl {
-    /// `overlay-ctl ARGS` in namespace `ns` with `env`; its stdout.
-    fn run(&self, ns: &str, env: &[(&str, String)], args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(&self.bin)
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "overlay-ctl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// `overlay-ctl ARGS` beside etcd with the certificate of `who`.
-    fn store_as(&self, who: &str, args: &[&str]) -> anyhow::Result<String> {
-        let file = |ext: &str| self.pki.join(format!("{who}.{ext}")).display().to_string();
-        let env = [
-            ("OVERLAY_STORE", self.store.clone()),
-            (
-                "OVERLAY_STORE_CA",
-                self.pki.join("ca.crt").display().to_string(),
-            ),
-            ("OVERLAY_STORE_CERT", file("crt")),
-            ("OVERLAY_STORE_KEY", file("key")),
-        ];
-        self.run(&self.beside_etcd, &env, args)
-    }
-
     fn deploy(&self, dir: &Path, name: &str, ports: &str, needs: &str) -> anyhow::Result<Value> {
         let file = dir.join(format!("{name}.yaml"));
         let yaml = format!(
