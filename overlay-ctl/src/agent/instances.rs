@@ -215,8 +215,9 @@ pub async fn deploy(agent: &Agent, req: DeployRequest) -> Result<LocalInstance> 
         return Err(AgentError::BadRequest("instance numbers start at 1".into()));
     }
     req.netns.parse::<NetnsRef>()?;
-    let _linking = agent.linking.lock().await;
+    // Waited for outside the lock: other deploys go on meanwhile.
     let svc = known_service(agent, &req.service).await?;
+    let _linking = agent.linking.lock().await;
     let fixed_ip = fixed_ip(agent, &svc, req.instance).await?;
     let inst = planned(agent, &agent.state(), &svc, &req, fixed_ip)?;
     let ep = link(agent, &inst).await?;
