@@ -29,12 +29,15 @@ pub fn below_own(agent: &Shared, tables: &Tables) -> BTreeMap<String, u16> {
         .filter(|n| n.name != agent.node.name)
         .map(|n| (n.subnet.node_id(), n.name.clone()))
         .collect();
+    // What `NODES` holds, from the agent's own copy: no map read per node
+    // every period.
+    let nodes = agent.maps().applied.nodes.clone();
     let now = tick_now();
-    tables
-        .nodes()
+    nodes
         .into_iter()
-        .filter_map(|(id, n)| {
-            let mtu = pmtu::overlay_mtu(own, n.mtu, reports.get(&n.ip), now);
+        .filter_map(|(id, (addr, _, node_mtu))| {
+            let report = reports.get(&ip::to_wire(addr));
+            let mtu = pmtu::overlay_mtu(own, node_mtu, report, now);
             Some((names.get(&id)?.clone(), mtu)).filter(|_| mtu < own)
         })
         .collect()
