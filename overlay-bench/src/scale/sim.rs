@@ -35,6 +35,24 @@ pub fn one(plan: &ScalePlan, nodes: usize) -> anyhow::Result<ScaleRow> {
     Ok(ScaleRow { etcd_db_mb, ..row })
 }
 
+/// The time of a phase started at `t` that [`until`] waited for: one that
+/// ran out of `timeout` is reported and measuring goes on (`how`: with
+/// what); any other failure ends the run.
+fn out_of_time(
+    waited: anyhow::Result<Duration>,
+    t: Instant,
+    timeout: Duration,
+    how: &str,
+) -> anyhow::Result<Duration> {
+    match waited {
+        Err(e) if t.elapsed() >= timeout => {
+            eprintln!("scale: {e}; measuring on {how}");
+            Ok(t.elapsed())
+        }
+        other => other,
+    }
+}
+
 /// Polls `done` every 100 ms until it holds, failing on the first node
 /// error or after `timeout`; returns the time it took.
 async fn until(
@@ -130,13 +148,7 @@ async fn simulate(plan: &ScalePlan, nodes: usize, endpoint: String) -> anyhow::R
         counts.iter().all(|c| whole(c))
     })
     .await;
-    let cold = match converged {
-        Err(e) if t.elapsed() >= plan.timeout => {
-            eprintln!("scale: {e}; measuring on with the nodes that converged");
-            t.elapsed()
-        }
-        other => other?,
-    };
+    let cold = out_of_time(converged, t, plan.timeout, "with the nodes that converged")?;
     let up: Vec<bool> = counts.iter().map(|c| whole(c)).collect();
     let most = |f: fn(&Counts) -> i64| counts.iter().map(|c| f(c)).max().unwrap_or(0);
     let expect = (
@@ -164,13 +176,7 @@ async fn simulate(plan: &ScalePlan, nodes: usize, endpoint: String) -> anyhow::R
             .all(|s| s.converged.lock().map(|c| c.is_some()).unwrap_or(false))
     })
     .await;
-    let join = match joined {
-        Err(e) if t.elapsed() >= plan.timeout => {
-            eprintln!("scale: {e}; measuring on");
-            t.elapsed()
-        }
-        other => other?,
-    };
+    let join = out_of_time(joined, t, plan.timeout, "with the full agents that joined")?;
     let rss2 = rss_bytes();
 
     tokio::time::sleep(plan.settle).await;
