@@ -477,8 +477,16 @@ fn the_api_answers_its_owner_only() {
     let sock = &s.agents[0].socket;
     let mode = std::fs::metadata(sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the API socket's mode");
+    // A copy of the CLI that user 65534 can run wherever the checkout is
+    // (a clone in a 0700 temporary directory, say), in a directory it can
+    // reach, as it can reach the socket's.
+    let open = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(&s.work.dir, open.clone()).unwrap();
+    let bin = s.work.dir.join("overlay-ctl-as-nobody");
+    std::fs::copy(common::agents::BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, open).unwrap();
     let as_nobody = || {
-        std::process::Command::new(common::agents::BIN)
+        std::process::Command::new(&bin)
             .args(["instance", "ls", "--api", sock.to_str().unwrap()])
             .uid(65534)
             .gid(65534)
