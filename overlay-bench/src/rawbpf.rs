@@ -1,6 +1,8 @@
-//! Two `bpf(2)` commands, called directly: loading a trivial program (the
-//! baseline every cost is measured against) and `BPF_PROG_TEST_RUN` (so the
-//! dataplane's programs and the baseline are timed by the very same code).
+//! A few `bpf(2)` commands, called directly: loading a trivial program (the
+//! baseline every cost is measured against, and the pass-through XDP
+//! program of wire mode), attaching it to an interface, and
+//! `BPF_PROG_TEST_RUN` (so the dataplane's programs and the baseline are
+//! timed by the very same code).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -8,6 +10,9 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_CREATE: libc::c_long = 28;
+/// `enum bpf_attach_type`'s `BPF_XDP`.
+const BPF_XDP: u32 = 37;
 
 pub const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 pub const BPF_PROG_TYPE_XDP: u32 = 6;
@@ -84,6 +89,12 @@ pub fn load_trivial(prog_type: u32, ret: i32, name: &str) -> io::Result<OwnedFd>
     let license = b"GPL\0";
     let mut attr = ProgLoad {
         prog_type,
+        // So that an XDP program can also be attached through a link.
+        expected_attach_type: if prog_type == BPF_PROG_TYPE_XDP {
+            BPF_XDP
+        } else {
+            0
+        },
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
@@ -92,6 +103,31 @@ pub fn load_trivial(prog_type: u32, ret: i32, name: &str) -> io::Result<OwnedFd>
     let n = name.len().min(15);
     attr.prog_name[..n].copy_from_slice(&name.as_bytes()[..n]);
     let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `union bpf_attr` for `BPF_LINK_CREATE`, up to `flags`.
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreate {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+/// Attaches XDP program `prog` to interface `ifindex` of the calling
+/// thread's network namespace; it stays attached while the returned link
+/// is open (or until the interface goes).
+pub fn attach_xdp(prog: BorrowedFd, ifindex: u32) -> io::Result<OwnedFd> {
+    let mut attr = LinkCreate {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_ifindex: ifindex,
+        attach_type: BPF_XDP,
+        flags: 0,
+    };
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
     // SAFETY: the kernel returned a new file descriptor that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

@@ -95,6 +95,9 @@ pub struct Overlay {
 
 /// All five paths, built once and measured in turns.
 pub struct Testbed {
+    /// Wire mode: the pass-through XDP program's links on the uplinks of
+    /// (a), (d) and (e) (see [`Testbed::build`]).
+    _pass: Vec<std::os::fd::OwnedFd>,
     pub plain: Routed,
     pub overlay: Overlay,
     pub vxlan: Routed,
@@ -106,9 +109,15 @@ impl Testbed {
     /// what it sends to the MTU (TSO and GSO off, as a wire carries frames)
     /// and every node's uplink receives with GRO (veth NAPI), as a NIC does;
     /// the overlay's uplinks get the XDP program, as the agent gives it to
-    /// every uplink but a veth's.
+    /// every uplink but a veth's. The uplinks of the other paths get an XDP
+    /// program that passes everything: on a veth, any XDP program makes the
+    /// receiver copy each frame into pages of its own before running it
+    /// (a NIC's driver runs XDP in its receive pages, without that copy), so
+    /// every path pays that copy alike and the ratios compare the paths, not
+    /// the copy.
     pub fn build(wire: bool) -> anyhow::Result<Testbed> {
-        let bed = Testbed {
+        let mut bed = Testbed {
+            _pass: Vec::new(),
             plain: routed(Underlay::Plain).context("building (a) plain routing")?,
             overlay: overlay(wire).context("building (b)/(c) the overlay")?,
             vxlan: routed(Underlay::Vxlan).context("building (d) VXLAN")?,
@@ -123,6 +132,8 @@ impl Testbed {
             ] {
                 wire_mode(topo).context("switching to wire mode")?;
             }
+            bed._pass = pass_through(&[&bed.plain.topo, &bed.vxlan.topo, &bed.tun.topo])
+                .context("attaching the pass-through XDP program")?;
         }
         Ok(bed)
     }
@@ -184,6 +195,27 @@ fn wire_mode(topo: &Topology) -> anyhow::Result<()> {
             .run("ethtool", ["-K", &node.uplink, "gro", "on"])?;
     }
     Ok(())
+}
+
+/// Attaches a program that passes every frame (`XDP_PASS`) to the uplink
+/// of every node of `topos`; detached when the returned links close.
+fn pass_through(topos: &[&Topology]) -> anyhow::Result<Vec<std::os::fd::OwnedFd>> {
+    use std::os::fd::AsFd;
+    const XDP_PASS: i32 = 2;
+    let prog =
+        crate::rawbpf::load_trivial(crate::rawbpf::BPF_PROG_TYPE_XDP, XDP_PASS, "wire_pass")?;
+    let mut links = Vec::new();
+    for topo in topos {
+        for node in topo.nodes() {
+            let (ifindex, _) = link(node.ns(), &node.uplink)?;
+            let l = node
+                .ns()
+                .enter(|| crate::rawbpf::attach_xdp(prog.as_fd(), ifindex))?
+                .with_context(|| format!("XDP on {} of {}", node.uplink, node.ns().name()))?;
+            links.push(l);
+        }
+    }
+    Ok(links)
 }
 
 impl Overlay {
