@@ -352,6 +352,85 @@ pub struct CachedHop {
     pub smac: [u8; 6],
 }
 
+/// `FLOW_CACHE` key: a flow's 5-tuple as it arrived, and which way it came.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// [`flow_cache::FROM_INSTANCE`] or [`flow_cache::FROM_PEER`].
+    pub way: u8,
+    pub _pad: [u8; 2],
+}
+
+/// `FLOW_CACHE` value: what the full path decided for a packet of an
+/// established flow, so that the flow's next packets in the same tick
+/// skip its lookups. Written whole (never changed in place), so a reader
+/// never sees half of it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedFlow {
+    /// `EPOCH` when it was written: any change of the maps ends it.
+    pub epoch: u32,
+    /// Conntrack tick when it was written: it serves in that tick only, so
+    /// that the full path (which refreshes the conntrack entry) runs at
+    /// least once per tick.
+    pub tick: u32,
+    /// Where the packets must come from: the sender's veth (from an
+    /// instance), or the sending node's address (from the uplink; 0: only
+    /// for packets the uplink's XDP program already checked).
+    pub from: u32,
+    /// The address written in: the backend (destination) going out, the
+    /// ServIP (source) coming back.
+    pub nat_addr: u32,
+    /// The port written in (network order; 0: none): the client's
+    /// translated source port going out, its own port coming back.
+    pub nat_port: u16,
+    /// The node's tunnel port (network order) when tunnelled.
+    pub node_port: u16,
+    /// The backend's node id when tunnelled (for the path MTU); 0: delivered
+    /// to a local instance.
+    pub node: u32,
+    /// The node's tunnel address (network order) when tunnelled.
+    pub node_ip: u32,
+    /// The overlay MTU toward the node when the decision was made: a
+    /// larger packet takes the full path (which answers it). The programs
+    /// raise `EPOCH` when they learn a lower path MTU.
+    pub mtu: u16,
+    pub _pad: u16,
+    /// Out of this interface (the uplink's next hop, or the instance's
+    /// veth) with these MACs.
+    pub ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+}
+
+/// `EPOCH[0]`: what the flow cache's decisions depend on beyond the maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Epoch {
+    /// Raised by the agent with every change to a map a cached decision
+    /// read, and by the programs when they learn a lower path MTU; a
+    /// decision keeps its low 32 bits.
+    pub value: u64,
+    /// The ServIP pool (network order, and its mask): every ServIP and
+    /// fixed IP is in it, so a packet to any other address skips the cache.
+    pub servips: u32,
+    pub servips_mask: u32,
+}
+
+/// The flow cache (`FLOW_CACHE`, `EPOCH`).
+pub mod flow_cache {
+    /// An instance's packet to a ServIP (key: as the instance sent it).
+    pub const FROM_INSTANCE: u8 = 1;
+    /// A node's tunnel packet with a reply to a ServIP flow (key: the inner
+    /// packet as it arrived).
+    pub const FROM_PEER: u8 = 2;
+}
+
 /// Per-CPU scratch space for building packets off the stack (`SCRATCH`).
 pub type Scratch = [u64; 12];
 
@@ -381,6 +460,9 @@ const _: () = {
     assert!(core::mem::size_of::<Layout>() == 16);
     assert!(core::mem::size_of::<InfraKey>() == 8);
     assert!(core::mem::size_of::<CachedHop>() == 20);
+    assert!(core::mem::size_of::<FlowKey>() == 16);
+    assert!(core::mem::size_of::<Epoch>() == 16);
+    assert!(core::mem::size_of::<CachedFlow>() == 48);
 };
 
 #[cfg(feature = "user")]
@@ -396,6 +478,9 @@ mod pod {
     unsafe impl aya::Pod for Node {}
     unsafe impl aya::Pod for PathMtu {}
     unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Epoch {}
+    unsafe impl aya::Pod for CachedFlow {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for InfraKey {}
     unsafe impl aya::Pod for Counter {}

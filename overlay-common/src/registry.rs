@@ -17,6 +17,9 @@
 /// `BPF_F_NO_PREALLOC`: the map's memory follows its entries (as Cilium's
 /// load-balancer maps); the capacity is only a ceiling.
 pub const NO_PREALLOC: u32 = 1;
+/// `BPF_F_NO_COMMON_LRU`: an LRU map with a list per CPU (no shared lock
+/// on the hot path).
+pub const NO_COMMON_LRU: u32 = 2;
 
 /// Capacities of the maps. Sized for thousands of services per cluster.
 pub mod capacity {
@@ -40,6 +43,8 @@ pub mod capacity {
     pub const UDP_PEERS: u32 = 65_536;
     /// The pools and every node subnet (subnets outside the pools included).
     pub const OVERLAY_NETS: u32 = 2 * ROUTES;
+    /// Established flows whose decisions are cached (both ways).
+    pub const FLOW_CACHE: u32 = 32_768;
     /// Room for every map of a registry many times this size.
     pub const LAYOUT: u32 = 128;
 }
@@ -163,6 +168,9 @@ macro_rules! for_each_map {
             /// (key: the address tunnel packets go to).
             PATH_MTU path_mtu: LruHashMap<u32, $crate::maps::PathMtu>,
                 $crate::registry::capacity::NODES, 0, 1;
+            /// Index 0: the flow cache's epoch (a `FLOW_CACHE` entry of an
+            /// older one is not used) and the ServIP pool (`Epoch`).
+            EPOCH epoch: Array<u32, $crate::maps::Epoch>, 1, 0, 1;
             /// Map name → layout version of the pinned maps (see `Layout`).
             LAYOUT layout: HashMap<$crate::maps::Layout, u32>,
                 $crate::registry::capacity::LAYOUT, $crate::registry::NO_PREALLOC, 1;
@@ -187,6 +195,11 @@ macro_rules! for_each_map {
             /// so that an established flow's packets skip `bpf_fib_lookup`.
             HOPS hops: PerCpuHashMap<u32, $crate::maps::CachedHop>,
                 $crate::registry::capacity::NODES, $crate::registry::NO_PREALLOC, 1;
+            /// Decisions for established flows (a ServIP flow's packets from
+            /// its client, its replies from the backend's node), valid for
+            /// one tick and one `EPOCH` (`docs/architecture.md`).
+            FLOW_CACHE flow_cache: LruHashMap<$crate::maps::FlowKey, $crate::maps::CachedFlow>,
+                $crate::registry::capacity::FLOW_CACHE, $crate::registry::NO_COMMON_LRU, 1;
           }
         }
     };

@@ -52,16 +52,22 @@ pub fn too_big(
     let Dest::Remote(id) = *dest else {
         return Ok(None);
     };
-    // Every path carries this much: no lookups for small packets.
-    if !packet::is_gso(ctx) && f.len <= pmtu::MIN_REPORTED - ENCAP_OVERHEAD {
-        return Ok(None);
-    }
-    let limit = exceeded(ctx, cfg, f, id);
+    let limit = limit_exceeded(ctx, cfg, f, id);
     if limit == 0 {
         return Ok(None);
     }
     let action = icmp::reply_unreachable(ctx, f.proto, icmp::CODE_FRAG_NEEDED, limit)?;
     Ok(Some((action, Reason::DropTooBig)))
+}
+
+/// The path MTU toward node `id` if `f` exceeds it, else 0.
+#[inline(always)]
+pub fn limit_exceeded(ctx: &TcContext, cfg: &Config, f: &Flow, id: u32) -> u16 {
+    // Every path carries this much: no lookups for small packets.
+    if !may_exceed(ctx, f) {
+        return 0;
+    }
+    exceeded(ctx, cfg, f, id)
 }
 
 /// The path MTU toward node `id` if `f` (each segment of a GSO packet)
@@ -70,17 +76,34 @@ pub fn too_big(
 #[inline(never)]
 fn exceeded(ctx: &TcContext, cfg: &Config, f: &Flow, id: u32) -> u16 {
     let limit = crate::pmtu::limit(cfg, id);
+    if wire_size(ctx, f) > u32::from(limit) {
+        limit
+    } else {
+        0
+    }
+}
+
+/// What must fit the path: the IPv4 packet `f`, or each segment of a GSO
+/// super-packet (0 when its TCP header cannot be read: nothing to judge).
+#[inline(always)]
+pub fn wire_size(ctx: &TcContext, f: &Flow) -> u32 {
     let gso = packet::gso_size(ctx);
-    let size = match (gso, f.l4) {
+    match (gso, f.l4) {
         (0, _) => u32::from(f.len),
         (_, L4::Tcp) => match read::<u8, _>(ctx, L4_OFF + TCP_HDR_DOFF) {
             Ok(doff) => IPV4_HLEN as u32 + u32::from(doff >> 4) * 4 + gso,
-            Err(_) => return 0,
+            Err(_) => 0,
         },
         (_, L4::Udp) => (IPV4_HLEN + UDP_HLEN) as u32 + gso,
         _ => IPV4_HLEN as u32 + gso,
-    };
-    if size > u32::from(limit) { limit } else { 0 }
+    }
+}
+
+/// Whether `f` may be larger than every path carries (so that its size
+/// must be judged): a GSO super-packet, or more than the smallest MTU.
+#[inline(always)]
+pub fn may_exceed(ctx: &TcContext, f: &Flow) -> bool {
+    packet::is_gso(ctx) || f.len > pmtu::MIN_REPORTED - ENCAP_OVERHEAD
 }
 
 /// Sends `f` to `dest`: delivered locally, or encapsulated toward its node.

@@ -16,7 +16,7 @@ use crate::layout::{
     Ipv4, L4Head, Macs, TCP_HDR_CHECK, VIHL_PLAIN,
 };
 use crate::maps::{SCRATCH, Scratch};
-use crate::packet::read;
+use crate::packet::{ptr_at, read};
 
 pub const CODE_HOST_UNREACH: u8 = 1;
 pub const CODE_PORT_UNREACH: u8 = 3;
@@ -68,8 +68,10 @@ fn turn_around<const W: usize>(ctx: &TcContext, code: u8, mtu: u16) -> Result<i3
     let [dst, src]: Macs = read(ctx, ETH_ADDRS)?;
     // SAFETY: `r` points at this CPU's scratch buffer, large enough (checked above).
     let r = unsafe { &mut *r };
-    let quote: [u16; W] = read(ctx, IP_OFF)?;
-    r.quote = quote;
+    // Straight from the packet into the buffer, not through the stack.
+    let quote = ptr_at::<[u16; W], _>(ctx, IP_OFF)?;
+    // SAFETY: `quote` spans W words of the packet (checked by `ptr_at`).
+    unsafe { core::ptr::copy_nonoverlapping(quote, &mut r.quote, 1) };
     // Back where it came from: the addresses swap.
     r.eth = Eth {
         dst: src,

@@ -10,6 +10,7 @@
 //! - `nexthop`: FIB next hops for packets the node sends, and the redirect;
 //! - `deliver`: local delivery into an instance;
 //! - `forward`: local or tunnelled, with the overlay MTU check;
+//! - `flow_cache`: the decisions of established flows, cached;
 //! - `guard`: isolation at the overlay's edges (infrastructure, unallocated
 //!   overlay addresses, outsiders);
 //! - `nat`: conntrack, backend choice and address translation;
@@ -23,6 +24,7 @@
 mod csum;
 mod deliver;
 mod events;
+mod flow_cache;
 mod forward;
 mod guard;
 mod hooks;

@@ -35,8 +35,11 @@ pub fn learn(ctx: &TcContext, cfg: &Config) {
     // SAFETY: value copied out at once.
     let old = unsafe { PATH_MTU.get(quoted.daddr) }.copied();
     let uplink = cfg.mtu.saturating_add(overlay_common::ENCAP_OVERHEAD);
-    if let Some(new) = pmtu::accept(old.as_ref(), u16::from_be(icmp.mtu), uplink, now) {
-        let _ = PATH_MTU.insert(quoted.daddr, new, 0);
+    if let Some(new) = pmtu::accept(old.as_ref(), u16::from_be(icmp.mtu), uplink, now)
+        && PATH_MTU.insert(quoted.daddr, new, 0).is_ok()
+    {
+        // Decisions cached with the old MTU are ended.
+        crate::flow_cache::changed();
     }
 }
 

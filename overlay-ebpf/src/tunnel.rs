@@ -11,24 +11,22 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
         BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
-    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
+    helpers::generated::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
     maps::lpm_trie::Key,
     programs::{TcContext, XdpContext},
 };
 use overlay_common::{
     ENCAP_OVERHEAD, ETH_P_IP, IPPROTO_UDP,
     flow::encap_sport,
-    maps::{Config, Node, SHARED_PEER},
+    maps::{CachedFlow, Config, Node, SHARED_PEER},
     stats::Reason,
 };
 
-use crate::csum::ipv4_csum;
-use crate::layout::{
-    DEFAULT_TTL, ETH_ADDRS, ETH_OFF, Eth, IP_DF, IP_OFF, Ipv4, Macs, UDP_HLEN, Udp, VIHL_PLAIN,
-};
+use crate::csum::fold;
+use crate::layout::{DEFAULT_TTL, ETH_OFF, Eth, IP_DF, IP_OFF, Ipv4, UDP_HLEN, Udp, VIHL_PLAIN};
 use crate::maps::{GATEWAYS, HOST_PREFIX, NODES, OVERLAY_NETS, PEERS, ROUTES};
 use crate::nexthop::{self, NextHop};
-use crate::packet::{Flow, read, write};
+use crate::packet::{Flow, ptr_at, read};
 
 /// What `bpf_skb_adjust_room` answers when asked to encapsulate a packet
 /// the kernel still marks as encapsulated.
@@ -137,39 +135,92 @@ pub fn check_inner(port: Port, sender: u32, inner_src: u32, outer_src: u32) -> R
 #[inline(always)]
 pub fn encap(ctx: &TcContext, cfg: &Config, node: &Node, f: &Flow) -> Result<i32, Reason> {
     let hop = nexthop::cached(ctx, cfg, node.ip)?;
-    add_room(ctx)?;
-    let mut ip = Ipv4 {
-        vihl: VIHL_PLAIN,
-        tos: f.tos,
-        tot_len: f.len.wrapping_add(ENCAP_OVERHEAD).to_be(),
-        id: 0,
-        frag: if f.df { IP_DF.to_be() } else { 0 },
-        ttl: DEFAULT_TTL,
-        proto: IPPROTO_UDP,
-        check: 0,
-        saddr: cfg.node_ip,
-        daddr: node.ip,
-    };
-    ip.check = ipv4_csum(&ip);
-    let udp = Udp {
-        sport: encap_sport(f.hash).to_be(),
-        dport: node.port,
-        len: f.len.wrapping_add(UDP_HLEN as u16).to_be(),
-        check: 0,
-    };
     // The Ethernet addresses are set now if known; else they stay as they
     // are and the kernel fills them when it resolves the neighbour.
-    let [dst, src] = match hop {
-        NextHop::Mac { dmac, smac, .. } => [dmac, smac],
-        NextHop::Neigh { .. } => read::<Macs, _>(ctx, ETH_ADDRS)?,
+    let macs = match hop {
+        NextHop::Mac { dmac, smac, .. } => Some([dmac, smac]),
+        NextHop::Neigh { .. } => None,
     };
-    let eth = Eth {
-        dst,
-        src,
-        proto: ETH_P_IP.to_be(),
-    };
-    write(ctx, ETH_OFF, &Outer { eth, ip, udp })?;
+    push_outer(ctx, cfg, f, node.ip, node.port, macs)?;
     Ok(nexthop::redirect(hop))
+}
+
+/// [`encap`] as the flow cache decided it (`c`: node address and port,
+/// next hop).
+#[inline(always)]
+pub fn encap_cached(
+    ctx: &TcContext,
+    cfg: &Config,
+    f: &Flow,
+    c: &CachedFlow,
+) -> Result<i32, Reason> {
+    push_outer(ctx, cfg, f, c.node_ip, c.node_port, Some([c.dmac, c.smac]))?;
+    // SAFETY: helper call.
+    Ok(unsafe { bpf_redirect(c.ifindex, 0) } as i32)
+}
+
+/// Puts the outer headers toward `daddr`:`dport` in front of `f`, with the
+/// Ethernet addresses `macs` (`None`: left as they are). Written in place,
+/// field by field: nothing is built on the stack, which the programs that
+/// encapsulate have little of.
+#[inline(always)]
+fn push_outer(
+    ctx: &TcContext,
+    cfg: &Config,
+    f: &Flow,
+    daddr: u32,
+    dport: u16,
+    macs: Option<[[u8; 6]; 2]>,
+) -> Result<(), Reason> {
+    add_room(ctx)?;
+    // The headers were pulled into the linear area (`packet::pull`) and the
+    // room was added there.
+    let o = ptr_at::<Outer, _>(ctx, ETH_OFF).map_err(|_| Reason::DropHelper)?;
+    let tot_len = f.len.wrapping_add(ENCAP_OVERHEAD).to_be();
+    let frag = if f.df { IP_DF.to_be() } else { 0 };
+    let check = outer_csum(f.tos, tot_len, frag, cfg.node_ip, daddr);
+    let udp_len = f.len.wrapping_add(UDP_HLEN as u16).to_be();
+    // SAFETY: `o` spans the outer headers (checked by `ptr_at`); the fields
+    // are written unaligned, as the packed layout requires.
+    unsafe {
+        use core::ptr::addr_of_mut as at;
+        if let Some([dst, src]) = macs {
+            at!((*o).eth.dst).write_unaligned(dst);
+            at!((*o).eth.src).write_unaligned(src);
+        }
+        at!((*o).eth.proto).write_unaligned(ETH_P_IP.to_be());
+        at!((*o).ip.vihl).write_unaligned(VIHL_PLAIN);
+        at!((*o).ip.tos).write_unaligned(f.tos);
+        at!((*o).ip.tot_len).write_unaligned(tot_len);
+        at!((*o).ip.id).write_unaligned(0);
+        at!((*o).ip.frag).write_unaligned(frag);
+        at!((*o).ip.ttl).write_unaligned(DEFAULT_TTL);
+        at!((*o).ip.proto).write_unaligned(IPPROTO_UDP);
+        at!((*o).ip.check).write_unaligned(check);
+        at!((*o).ip.saddr).write_unaligned(cfg.node_ip);
+        at!((*o).ip.daddr).write_unaligned(daddr);
+        at!((*o).udp.sport).write_unaligned(encap_sport(f.hash).to_be());
+        at!((*o).udp.dport).write_unaligned(dport);
+        at!((*o).udp.len).write_unaligned(udp_len);
+        at!((*o).udp.check).write_unaligned(0);
+    }
+    Ok(())
+}
+
+/// The checksum of the outer IPv4 header [`push_outer`] writes, summed from
+/// its fields (as they lie in memory) rather than from a copy of it.
+#[inline(always)]
+fn outer_csum(tos: u8, tot_len: u16, frag: u16, saddr: u32, daddr: u32) -> u16 {
+    let words = [
+        u16::from_ne_bytes([VIHL_PLAIN, tos]),
+        tot_len,
+        frag,
+        u16::from_ne_bytes([DEFAULT_TTL, IPPROTO_UDP]),
+    ];
+    let mut sum: u64 = words.iter().map(|&w| u64::from(w)).sum();
+    sum += u64::from(saddr & 0xffff) + u64::from(saddr >> 16);
+    sum += u64::from(daddr & 0xffff) + u64::from(daddr >> 16);
+    fold(sum)
 }
 
 /// Makes room for the outer headers in front of the inner IPv4 header.

@@ -346,7 +346,15 @@ pub(super) fn measure(
     // case once with its output copied out.
     let (fi, _, _) = prog(programs::FROM_INSTANCE)?;
     let fi = fi.as_fd();
-    for f in [&request_remote, &request_local] {
+    // The local backend's reply confirms its flow (the remote one is
+    // confirmed by the first `decap_reverse` run): established flows are
+    // confirmed ones, whose decisions the flow cache keeps.
+    let local_reply = eth(
+        [0x02, 0xaa, 0, 0, 1, 3],
+        [0x02, 0xbb, 0, 0, 1, 3],
+        &tcp(LOCAL, PORT, CLIENT, CLIENT_PORT),
+    );
+    for f in [&request_remote, &request_local, &local_reply] {
         let r = rawbpf::test_run(fi, f, Some(&mut out), Some(&ctx), 1)?;
         ensure!(
             r.ret == TC_ACT_REDIRECT,

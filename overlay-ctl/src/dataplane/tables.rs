@@ -12,7 +12,7 @@ use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
 use overlay_common::maps::{
-    Backend, Config, Counter, Endpoint, Layout, NeedKey, Node, PortKey, ServIp, SlotKey, ip,
+    Backend, Config, Counter, Endpoint, Epoch, Layout, NeedKey, Node, PortKey, ServIp, SlotKey, ip,
 };
 use overlay_common::policy::Policy;
 use overlay_common::registry::{self, MapDef, MapKind, def};
@@ -101,6 +101,10 @@ fn map_err(d: &'static MapDef) -> impl Fn(MapError) -> Error {
     }
 }
 
+/// Pinned maps that an agent of an earlier release did not pin: opening
+/// its pins, an empty stand-in takes their place.
+const NEWER: [&str; 2] = [def::LAYOUT.name, def::EPOCH.name];
+
 /// A new, unpinned, empty map as `d` declares it.
 fn create(d: &'static MapDef) -> Result<MapData> {
     let obj = aya_obj::Map::new_from_params(
@@ -139,7 +143,8 @@ impl Tables {
         Self::build(|d| {
             let path = dir.join(d.name);
             let data = match MapData::from_pin(&path) {
-                Err(_) if d.name == def::LAYOUT.name && !path.exists() => create(d)?,
+                // Maps newer than the agent that pinned the others.
+                Err(_) if NEWER.contains(&d.name) && !path.exists() => create(d)?,
                 other => other.map_err(|source| Error::Pinned { path, source })?,
             };
             Ok(Some(wrap(d, data)))
@@ -171,7 +176,32 @@ impl Tables {
     }
 
     pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
-        self.config.set(0, cfg, 0).map_err(map_err(&def::CONFIG))
+        self.config.set(0, cfg, 0).map_err(map_err(&def::CONFIG))?;
+        self.bump_epoch()
+    }
+
+    /// Ends every decision the programs cached (`FLOW_CACHE`): called after
+    /// each change to a map such a decision reads (the settings, nodes and
+    /// their addresses, subnets, local instances, ServIPs) and after ending
+    /// conntrack entries. Serialised within the process, so that two
+    /// writers (reconcile, conntrack GC) never move it back.
+    pub fn bump_epoch(&mut self) -> Result<()> {
+        static BUMP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = BUMP.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.epoch.get(&0, 0).map_err(map_err(&def::EPOCH))?;
+        let pool = crate::store::DEFAULT_SERVICE_POOL;
+        let next = Epoch {
+            value: now.value.wrapping_add(1),
+            // Validation keeps every ServIP and fixed IP in this pool.
+            servips: ip::to_wire(pool.addr),
+            servips_mask: pool.mask().to_be(),
+        };
+        self.epoch.set(0, next, 0).map_err(map_err(&def::EPOCH))
+    }
+
+    /// The epoch the cached decisions must carry (`bump_epoch`).
+    pub fn epoch(&self) -> Result<u64> {
+        Ok(self.epoch.get(&0, 0).map_err(map_err(&def::EPOCH))?.value)
     }
 
     /// Per-reason counters summed over CPUs.
@@ -213,16 +243,17 @@ impl Tables {
         if let Some(old) = old.filter(|o| o.ip != node.ip) {
             self.settle_peer(old.ip)?;
         }
-        self.settle_peer(node.ip)
+        self.settle_peer(node.ip)?;
+        self.bump_epoch()
     }
 
     pub fn remove_node(&mut self, id: u32) -> Result<()> {
         let old = self.nodes.get(&id, 0).ok();
         ignore_missing(self.nodes.remove(&id)).map_err(map_err(&def::NODES))?;
-        match old {
-            Some(node) => self.settle_peer(node.ip),
-            None => Ok(()),
+        if let Some(node) = old {
+            self.settle_peer(node.ip)?;
         }
+        self.bump_epoch()
     }
 
     /// Sets `PEERS` for the address `ip` (wire order) from the nodes that
@@ -251,22 +282,27 @@ impl Tables {
         let key = Key::new(prefix, ip::to_wire(subnet));
         self.routes
             .insert(&key, node, 0)
-            .map_err(map_err(&def::ROUTES))
+            .map_err(map_err(&def::ROUTES))?;
+        self.bump_epoch()
     }
 
     pub fn remove_route(&mut self, subnet: Ipv4Addr, prefix: u32) -> Result<()> {
         let key = Key::new(prefix, ip::to_wire(subnet));
-        ignore_missing(self.routes.remove(&key)).map_err(map_err(&def::ROUTES))
+        ignore_missing(self.routes.remove(&key)).map_err(map_err(&def::ROUTES))?;
+        self.bump_epoch()
     }
 
     pub fn put_endpoint(&mut self, nsip: Ipv4Addr, ep: &Endpoint) -> Result<()> {
         self.endpoints
             .insert(ip::to_wire(nsip), ep, 0)
-            .map_err(map_err(&def::ENDPOINTS))
+            .map_err(map_err(&def::ENDPOINTS))?;
+        self.bump_epoch()
     }
 
     pub fn remove_endpoint(&mut self, nsip: Ipv4Addr) -> Result<()> {
-        ignore_missing(self.endpoints.remove(&ip::to_wire(nsip))).map_err(map_err(&def::ENDPOINTS))
+        ignore_missing(self.endpoints.remove(&ip::to_wire(nsip)))
+            .map_err(map_err(&def::ENDPOINTS))?;
+        self.bump_epoch()
     }
 
     pub fn put_backend(&mut self, id: u32, nsip: Ipv4Addr, node: u32) -> Result<()> {
@@ -335,6 +371,7 @@ impl Tables {
         self.servips
             .insert(vip, sv, 0)
             .map_err(map_err(&def::SERVIPS))?;
+        self.bump_epoch()?;
         match old {
             Some(o) => self.remove_slots(vip, o.table, o.count),
             None => Ok(()),
@@ -347,6 +384,7 @@ impl Tables {
             return Ok(());
         };
         ignore_missing(self.servips.remove(&vip)).map_err(map_err(&def::SERVIPS))?;
+        self.bump_epoch()?;
         ignore_missing(self.turns.remove(&vip)).map_err(map_err(&def::TURNS))?;
         self.remove_slots(vip, sv.table, sv.count)
     }

@@ -438,6 +438,7 @@ mod tests {
             def::DENIED,
             def::FLOWS_NEW,
             def::LAYOUT,
+            def::EPOCH,
             def::MONITOR,
             def::LIMITER,
             def::EVENTS_0,

@@ -9,22 +9,23 @@
 //! are infrastructure or unallocated overlay addresses (`guard`).
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{__sk_buff, TC_ACT_OK, TC_ACT_SHOT},
     macros::classifier,
     maps::lpm_trie::Key,
     programs::TcContext,
 };
 use overlay_common::{
     events::Hook,
-    maps::{Config, ServIp, ct},
+    maps::{Config, ServIp, ct, flow_cache::FROM_INSTANCE},
     stats::Reason,
 };
 
 use crate::events;
+use crate::flow_cache;
 use crate::forward::{self, Dest, send, too_big};
 use crate::guard;
 use crate::icmp;
-use crate::layout::{IP_DST, L4_OFF, L4_SPORT};
+use crate::layout::{IP_DST, L4_OFF, L4_SPORT, TCP_SYN};
 use crate::maps::{ENDPOINTS, HOST_PREFIX, ROUTES, SERVIPS, config, count, log_due};
 use crate::nat::{self, Reversed};
 use crate::north_south;
@@ -32,19 +33,40 @@ use crate::packet::{self, Flow, L4};
 
 #[classifier]
 pub fn from_instance(ctx: TcContext) -> i32 {
-    match try_from_instance(&ctx) {
+    let done = match flow_cache::verdict(cached(ctx.skb.skb)) {
+        Some(Ok(action)) => return action,
+        Some(Err(reason)) => Err(reason),
+        None => try_from_instance(&ctx),
+    };
+    finish(&ctx, done)
+}
+
+/// An established flow's packet sent as the flow cache says (counted), in
+/// the form [`flow_cache::outcome`] gives. A function of its own: the full
+/// path leaves too little stack for its lookups; it calls nothing, so that
+/// its frame only ever adds to the entry's.
+#[inline(never)]
+fn cached(skb: *mut __sk_buff) -> i64 {
+    let ctx = TcContext::new(skb);
+    flow_cache::outcome(&ctx, flow_cache::from_instance(&ctx))
+}
+
+/// Counts what became of a packet (and reports a drop); its verdict.
+#[inline(always)]
+fn finish(ctx: &TcContext, done: Result<(i32, Reason), Reason>) -> i32 {
+    match done {
         Ok((action, reason)) => {
             count(reason, ctx.len());
-            events::drop_tc(&ctx, Hook::FromInstance, reason);
+            events::drop_tc(ctx, Hook::FromInstance, reason);
             action
         }
         Err(reason) => {
             if matches!(reason, Reason::DropNoRoute | Reason::DropHelper) && log_due(reason) {
                 // Never expected in a healthy node: worth a log line.
-                aya_log_ebpf::warn!(&ctx, "instance packet dropped: reason {}", reason as u32);
+                aya_log_ebpf::warn!(ctx, "instance packet dropped: reason {}", reason as u32);
             }
             count(reason, ctx.len());
-            events::drop_tc(&ctx, Hook::FromInstance, reason);
+            events::drop_tc(ctx, Hook::FromInstance, reason);
             TC_ACT_SHOT
         }
     }
@@ -60,10 +82,10 @@ fn try_from_instance(ctx: &TcContext) -> Result<(i32, Reason), Reason> {
     let Some(cfg) = config() else {
         return pass;
     };
-    // SAFETY: values are copied out of the maps at once.
-    let ep = unsafe { ENDPOINTS.get(ip.saddr) }.copied();
     // SAFETY: reading the program's own context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: values are copied out of the maps at once.
+    let ep = unsafe { ENDPOINTS.get(ip.saddr) }.copied();
     let Some(ep) = ep.filter(|ep| ep.ifindex == ifindex) else {
         return Err(Reason::DropSpoofed);
     };
@@ -124,6 +146,13 @@ fn to_servip(
     // Before the rewrite: the error must come from, and quote, the ServIP.
     if let Some(answered) = too_big(ctx, cfg, &f, &dest)? {
         return Ok(answered);
+    }
+    // Not a new flow's first packet (`remember` takes confirmed flows only).
+    if nat::tcp_flags(ctx, &f)? & TCP_SYN == 0 {
+        let port = if t.sport != f.sport { t.sport } else { 0 };
+        // SAFETY: reading the program's own context (again: no stack to keep it).
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        flow_cache::remember(&f, FROM_INSTANCE, ifindex, t.nsip, port, &dest);
     }
     nat::rewrite_addr(ctx, f.l4, IP_DST, f.daddr, t.nsip)?;
     f.daddr = t.nsip;

@@ -10,14 +10,20 @@
 //! untouched.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{__sk_buff, TC_ACT_OK, TC_ACT_SHOT},
     macros::classifier,
     programs::TcContext,
 };
-use overlay_common::{IPPROTO_ICMP, PROBE_MARK, events::Hook, maps::Config, stats::Reason};
+use overlay_common::{
+    IPPROTO_ICMP, PROBE_MARK,
+    events::Hook,
+    maps::{Config, flow_cache::FROM_PEER},
+    stats::Reason,
+};
 
 use crate::deliver;
 use crate::events;
+use crate::flow_cache;
 use crate::guard;
 use crate::layout::{INNER_IP, INNER_L4, Ipv4, L4_OFF, Udp};
 use crate::maps::{ENDPOINTS, config, count, stranger};
@@ -29,34 +35,64 @@ use crate::tunnel::{self, Port};
 
 #[classifier]
 pub fn uplink(ctx: TcContext) -> i32 {
-    match try_uplink(&ctx) {
-        Ok(Some((action, reason))) => {
+    let decapped = tunnel::decapped_by_xdp(&ctx);
+    let done = match flow_cache::verdict(cached(ctx.skb.skb, decapped)) {
+        Some(Ok(action)) => return action,
+        Some(Err(reason)) => Err(reason),
+        None => match try_uplink(&ctx, decapped) {
+            Ok(Some(done)) => Ok(done),
+            // Not a tunnel packet: the node's own traffic, not counted.
+            Ok(None) => return TC_ACT_OK,
+            Err(reason) => Err(reason),
+        },
+    };
+    finish(&ctx, done)
+}
+
+/// A node's reply of an established flow delivered as the flow cache says
+/// (`decapped`: by XDP; counted), in the form [`flow_cache::outcome`]
+/// gives. A function of its own, as `from_instance`'s.
+#[inline(never)]
+fn cached(skb: *mut __sk_buff, decapped: bool) -> i64 {
+    let ctx = TcContext::new(skb);
+    flow_cache::outcome(&ctx, flow_cache::from_peer(&ctx, decapped))
+}
+
+/// Counts what became of a packet (and reports a drop); its verdict.
+#[inline(always)]
+fn finish(ctx: &TcContext, done: Result<(i32, Reason), Reason>) -> i32 {
+    match done {
+        Ok((action, reason)) => {
             count(reason, ctx.len());
-            events::drop_tc(&ctx, Hook::Uplink, reason);
+            events::drop_tc(ctx, Hook::Uplink, reason);
             action
         }
-        // Not a tunnel packet: the node's own traffic, not counted.
-        Ok(None) => TC_ACT_OK,
         Err(reason) => {
             count(reason, ctx.len());
-            events::drop_tc(&ctx, Hook::Uplink, reason);
+            events::drop_tc(ctx, Hook::Uplink, reason);
             TC_ACT_SHOT
         }
     }
 }
 
 #[inline(always)]
-fn try_uplink(ctx: &TcContext) -> Result<Option<(i32, Reason)>, Reason> {
-    let decapped = tunnel::decapped_by_xdp(ctx);
+fn try_uplink(ctx: &TcContext, decapped: bool) -> Result<Option<(i32, Reason)>, Reason> {
     packet::pull(ctx);
     let (Some(cfg), Ok(Some(ip))) = (config(), packet::ipv4(ctx)) else {
         return Ok(None);
     };
     let f = match decapped {
         // A node's tunnel packet, judged and decapsulated by XDP.
-        true => packet::flow(ctx, &ip, L4_OFF)?,
+        true => {
+            let f = packet::flow(ctx, &ip, L4_OFF)?;
+            flow_cache::begin(&f, FROM_PEER, 0);
+            f
+        }
         false => match arriving(ctx, cfg, &ip)? {
-            Arrived::Tunnelled(f) => f,
+            Arrived::Tunnelled(f) => {
+                flow_cache::begin(&f, FROM_PEER, ip.saddr);
+                f
+            }
             Arrived::Done(verdict) => return Ok(verdict),
         },
     };
@@ -133,5 +169,7 @@ fn to_instance(ctx: &TcContext, cfg: &Config, mut f: Flow) -> Result<(i32, Reaso
         .copied()
         .ok_or(Reason::DropNoEndpoint)?;
     crate::guard::note_udp(&f, &ep);
+    // A reply given its ServIP back is remembered (confirmed flows only).
+    flow_cache::restored(&f, &ep);
     Ok((deliver::to_instance(ctx, &ep)?, Reason::Decap))
 }

@@ -134,10 +134,7 @@ impl Tables {
                 _ => gone.contains(&t.key.saddr),
             })
             .collect();
-        for t in &dead {
-            self.forget(t)?;
-        }
-        Ok(dead.len())
+        self.forget_all(&dead)
     }
 
     /// Ends the flows idle longer than their lifetime (`snat`: this node's
@@ -173,10 +170,7 @@ impl Tables {
                 gone.extend(pair.into_iter().copied());
             }
         }
-        for t in &gone {
-            self.forget(t)?;
-        }
-        Ok(gone.len())
+        self.forget_all(&gone)
     }
 
     /// Puts a flow's entry into the confirmed table (an upgrade carrying
@@ -185,6 +179,18 @@ impl Tables {
         self.conntrack
             .insert(k, v, 0)
             .map_err(map_err(&def::CONNTRACK))
+    }
+
+    /// Deletes the entries, then ends the decisions the programs cached
+    /// for them; gives how many there were.
+    fn forget_all(&mut self, entries: &[Tracked]) -> Result<usize> {
+        for t in entries {
+            self.forget(t)?;
+        }
+        if !entries.is_empty() {
+            self.bump_epoch()?;
+        }
+        Ok(entries.len())
     }
 
     /// Deletes one entry from the map it is in.
