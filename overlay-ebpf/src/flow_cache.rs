@@ -23,7 +23,7 @@
 use aya_ebpf::{helpers::generated::bpf_redirect_peer, programs::TcContext};
 use overlay_common::{
     IPPROTO_TCP, IPPROTO_UDP,
-    maps::{CachedFlow, Config, CtKey, Endpoint, FlowKey, Scratch},
+    maps::{CachedFlow, Config, CtKey, Endpoint, FlowKey, Scratch, flow_cache::FROM_PEER},
     stats::Reason,
 };
 
@@ -235,10 +235,11 @@ fn to_backend(
     Ok(Some((action, Reason::Encap)))
 }
 
-/// A reply of an established ServIP flow from another node (inner header
-/// `inner`, its L4 header at `l4_off`; `from`: the sender's address, `None`
-/// when XDP decapsulated and checked it), decapsulated if `l4_off` says it
-/// still is, given its ServIP back and delivered as the cache says.
+/// A node's packet for a local instance (inner header `inner`, its L4
+/// header at `l4_off`; `from`: the sender's address, `None` when XDP
+/// decapsulated and checked it), decapsulated if `l4_off` says it still
+/// is, given its ServIP back if it is a reply to one, and delivered as the
+/// cache says.
 #[inline(always)]
 pub fn to_client(
     ctx: &TcContext,
@@ -258,7 +259,9 @@ pub fn to_client(
     }
     // SAFETY: valid for this run (`lookup`).
     let (nat_addr, nat_port) = unsafe { ((*c).nat_addr, (*c).nat_port) };
-    nat::rewrite_addr(ctx, f.l4, IP_SRC, f.saddr, nat_addr)?;
+    if nat_addr != 0 {
+        nat::rewrite_addr(ctx, f.l4, IP_SRC, f.saddr, nat_addr)?;
+    }
     if nat_port != 0 {
         nat::rewrite_port(ctx, f.l4, L4_DPORT, f.dport, nat_port)?;
     }
@@ -323,24 +326,47 @@ pub fn begin(f: &Flow, way: u8, from: u32) {
     }
 }
 
-/// The second half for a reply from another node, now `f`, delivered into
-/// the local instance `ep`: remembered if it got its ServIP back (its
-/// source changed since [`begin`]).
+/// The second half for a packet from another node, now `f`, delivered into
+/// the local instance `ep`: a reply that got its ServIP back (its source
+/// changed since [`begin`]), or a packet that needed no translation.
 #[inline(always)]
-pub fn restored(f: &Flow, ep: &Endpoint) {
+pub fn delivered(f: &Flow, ep: &Endpoint) {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     let (k, _) = split(s);
     // SAFETY: this CPU's scratch value, as `begin` left it.
     let (saddr, dport) = unsafe { ((*k).saddr, (*k).dport) };
-    if f.saddr == saddr {
-        return;
-    }
+    // Untranslated: no address (and no conntrack entry) to keep.
+    let nat_addr = if f.saddr != saddr { f.saddr } else { 0 };
     let port = if f.dport != dport { f.dport } else { 0 };
-    if let Some(c) = value(f.saddr, port) {
+    if let Some(c) = value(nat_addr, port) {
         local(c, ep);
         commit();
+    }
+}
+
+/// Forgets the decision cached for packets from other nodes with the
+/// 5-tuple `k`: a new flow's replies will have it, and need translating.
+#[inline(always)]
+pub fn forget_reply(k: &CtKey) {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let (key, _) = split(s);
+    // SAFETY: this CPU's scratch value, unused by the caller meanwhile.
+    unsafe {
+        *key = FlowKey {
+            saddr: k.saddr,
+            daddr: k.daddr,
+            sport: k.sport,
+            dport: k.dport,
+            proto: k.proto,
+            way: FROM_PEER,
+            _pad: [0; 2],
+        };
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        let _ = FLOW_CACHE.remove(&*key);
     }
 }
 
@@ -396,9 +422,11 @@ fn commit() {
     let (k, c) = split(s);
     // SAFETY: this CPU's scratch value, as `remember` left it.
     unsafe {
-        // Confirmed flows only: their conntrack entries stay where they are
-        // until the agent ends them (which raises the epoch). The key is
-        // the conntrack key of the packet's direction.
+        // Translated: confirmed flows only, whose conntrack entries stay
+        // put until the agent ends them (which raises the epoch). The key
+        // is the conntrack key of the packet's direction. Untranslated (no
+        // address): a new flow that will need translating forgets it
+        // (`forget_reply`).
         let tracked = CtKey {
             saddr: (*k).saddr,
             daddr: (*k).daddr,
@@ -407,7 +435,7 @@ fn commit() {
             proto: (*k).proto,
             _pad: [0; 3],
         };
-        if CONNTRACK.get(tracked).is_none() {
+        if (*c).nat_addr != 0 && CONNTRACK.get(tracked).is_none() {
             return;
         }
         // Read now rather than before the full path's lookups (there is no

@@ -43,6 +43,8 @@ pub struct Target {
     pub nsip: u32,
     pub node: u32,
     pub sport: u16,
+    /// Of a confirmed flow (its decision may be cached).
+    pub confirmed: bool,
 }
 
 /// Tries for a free source port when a new flow's reply tuple is taken.
@@ -98,11 +100,12 @@ pub fn choose_backend(
     flags: u8,
 ) -> Result<Target, Reason> {
     let fwd = ct_key(f.saddr, f.daddr, f.sport, f.dport, f.proto);
-    if let Some((e, _)) = refresh_ct(&fwd, Some(ct::FORWARD), flags, true) {
+    if let Some((e, confirmed)) = refresh_ct(&fwd, Some(ct::FORWARD), flags, true) {
         return Ok(Target {
             nsip: e.nat_addr,
             node: e.via,
             sport: if e.nat_port != 0 { e.nat_port } else { f.sport },
+            confirmed,
         });
     }
     let port = match f.l4 {
@@ -160,6 +163,9 @@ pub fn choose_backend(
     CT_NEW
         .insert(fwd, entry(b.nsip, b.node, ct::FORWARD, fwd_port), 0)
         .map_err(|_| Reason::DropHelper)?;
+    // Its replies must now be translated: a decision cached for that tuple
+    // as an untranslated packet (a direct flow's) goes.
+    crate::flow_cache::forget_reply(&rev);
     count(Reason::NewFlow, 0);
     crate::maps::count_new_flow(sv.service);
     events::new_flow(&fwd);
@@ -167,6 +173,7 @@ pub fn choose_backend(
         nsip: b.nsip,
         node: b.node,
         sport,
+        confirmed: false,
     })
 }
 

@@ -25,7 +25,7 @@ use crate::flow_cache;
 use crate::forward::{self, Dest, send, too_big};
 use crate::guard;
 use crate::icmp;
-use crate::layout::{IP_DST, L4_OFF, L4_SPORT, TCP_SYN};
+use crate::layout::{IP_DST, L4_OFF, L4_SPORT};
 use crate::maps::{ENDPOINTS, HOST_PREFIX, ROUTES, SERVIPS, config, count, log_due};
 use crate::nat::{self, Reversed};
 use crate::north_south;
@@ -147,8 +147,7 @@ fn to_servip(
     if let Some(answered) = too_big(ctx, cfg, &f, &dest)? {
         return Ok(answered);
     }
-    // Not a new flow's first packet (`remember` takes confirmed flows only).
-    if nat::tcp_flags(ctx, &f)? & TCP_SYN == 0 {
+    if t.confirmed {
         let port = if t.sport != f.sport { t.sport } else { 0 };
         // SAFETY: reading the program's own context (again: no stack to keep it).
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };

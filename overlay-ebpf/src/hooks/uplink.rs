@@ -169,7 +169,6 @@ fn to_instance(ctx: &TcContext, cfg: &Config, mut f: Flow) -> Result<(i32, Reaso
         .copied()
         .ok_or(Reason::DropNoEndpoint)?;
     crate::guard::note_udp(&f, &ep);
-    // A reply given its ServIP back is remembered (confirmed flows only).
-    flow_cache::restored(&f, &ep);
+    flow_cache::delivered(&f, &ep);
     Ok((deliver::to_instance(ctx, &ep)?, Reason::Decap))
 }
