@@ -179,6 +179,17 @@ impl Dataplane {
         })
     }
 
+    /// How many decisions the programs' flow cache holds (`FLOW_CACHE`,
+    /// a map of their own: not pinned, so only the loading process sees it).
+    pub fn cached_flows(&self) -> Result<usize> {
+        use overlay_common::maps::{CachedFlow, FlowKey};
+        let name = overlay_common::registry::def::FLOW_CACHE.name;
+        let map = self.ebpf.map(name).ok_or(Error::Missing(name))?;
+        let cache = aya::maps::HashMap::<_, FlowKey, CachedFlow>::try_from(map)
+            .map_err(|source| Error::Map { name, source })?;
+        Ok(cache.keys().filter(|k| k.is_ok()).count())
+    }
+
     /// The programs' log records (aya-log), to be forwarded by the agent.
     pub fn take_logger(&mut self) -> Option<ProgramLogger> {
         aya_log::EbpfLogger::init(&mut self.ebpf).ok()

@@ -19,11 +19,13 @@
 //! * [`isolation`]: forged tunnel sources, infrastructure, unallocated
 //!   overlay addresses, outsiders.
 //! * [`narrow`]: nodes with subnets narrower than a /24.
+//! * [`flow_cache`]: cached decisions of established flows, and what ends them.
 //! * [`malformed`]: truncation, options, fragments, spoofing, unknown peers.
 //! * [`cost`]: nanoseconds per packet on the two hot paths (printed only).
 
 mod cost;
 mod flood;
+mod flow_cache;
 mod gateway;
 mod harness;
 mod isolation;
