@@ -100,27 +100,26 @@ fn a_removed_instance_gets_nothing_through_the_cache() {
     );
 }
 
+/// Hands the uplink `inner` tunnelled from `from`; its verdict and counters.
+fn arrive(dp: &mut Dataplane, from: Ipv4Addr, inner: &[u8]) -> (u32, Vec<(Reason, u64)>) {
+    let before = snapshot(dp);
+    let (ret, _) = uplink_tc(dp, &tunnel(from, inner));
+    (ret, before.delta(dp))
+}
+
 #[test]
 fn a_stranger_cannot_ride_a_cached_delivery() {
     let mut dp = node(LO);
     let inner = ack(REMOTE, HTTP, CLIENT.ip, CLIENT_PORT);
-    let mut arrive = |from| {
-        let before = snapshot(&dp);
-        let (ret, _) = uplink_tc(&mut dp, &tunnel(from, &inner));
-        (ret, before.delta(&dp))
-    };
     for _ in 0..2 {
-        assert_eq!(arrive(PEER_IP), (TC_ACT_REDIRECT, vec![(Reason::Decap, 1)]));
+        assert_eq!(
+            arrive(&mut dp, PEER_IP, &inner),
+            (TC_ACT_REDIRECT, vec![(Reason::Decap, 1)])
+        );
     }
-    drop(arrive);
     assert_eq!(dp.cached_flows().unwrap(), 1, "the delivery's decision");
-    let mut arrive = |from| {
-        let before = snapshot(&dp);
-        let (ret, _) = uplink_tc(&mut dp, &tunnel(from, &inner));
-        (ret, before.delta(&dp))
-    };
     assert_eq!(
-        arrive(STRANGER_IP),
+        arrive(&mut dp, STRANGER_IP, &inner),
         (TC_ACT_SHOT, vec![(Reason::DropUnknownPeer, 1)])
     );
 }
