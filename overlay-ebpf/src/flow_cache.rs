@@ -113,6 +113,14 @@ fn lookup(
     if !ip.is_plain() || ip.is_fragment() || !(ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP) {
         return None;
     }
+    // SYN, FIN and RST take the full path (conntrack records them): a new
+    // TCP flow's first packet does not even look.
+    if ip.proto == IPPROTO_TCP {
+        let flags: u8 = read(ctx, l4_off + TCP_HDR_FLAGS).ok()?;
+        if flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+            return None;
+        }
+    }
     let ports: Ports = read(ctx, l4_off).ok()?;
     let k = SCRATCH.get_ptr_mut(0)? as *mut FlowKey;
     // SAFETY: this CPU's scratch value, larger than a key (`remember`).
@@ -134,13 +142,6 @@ fn lookup(
     let now = now();
     if epoch != now.epoch || tick != now.tick || from.is_some_and(|f| f != sender) {
         return None;
-    }
-    // SYN, FIN and RST take the full path (conntrack records them).
-    if ip.proto == IPPROTO_TCP {
-        let flags: u8 = read(ctx, l4_off + TCP_HDR_FLAGS).ok()?;
-        if flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
-            return None;
-        }
     }
     Some(c)
 }
@@ -365,8 +366,12 @@ pub fn forget_reply(k: &CtKey) {
             way: FROM_PEER,
             _pad: [0; 2],
         };
+        // Looked up first: a delete takes the bucket's lock, and there is
+        // rarely anything to delete.
         #[allow(clippy::needless_borrows_for_generic_args)]
-        let _ = FLOW_CACHE.remove(&*key);
+        if FLOW_CACHE.get_ptr(&*key).is_some() {
+            let _ = FLOW_CACHE.remove(&*key);
+        }
     }
 }
 

@@ -163,9 +163,12 @@ pub fn choose_backend(
     CT_NEW
         .insert(fwd, entry(b.nsip, b.node, ct::FORWARD, fwd_port), 0)
         .map_err(|_| Reason::DropHelper)?;
-    // Its replies must now be translated: a decision cached for that tuple
-    // as an untranslated packet (a direct flow's) goes.
-    crate::flow_cache::forget_reply(&rev);
+    // Its replies (tunnelled from the backend's node) must now be
+    // translated: a decision cached for that tuple as an untranslated
+    // delivery (a direct flow's) goes.
+    if b.node != local_node {
+        crate::flow_cache::forget_reply(&rev);
+    }
     count(Reason::NewFlow, 0);
     crate::maps::count_new_flow(sv.service);
     events::new_flow(&fwd);
