@@ -97,12 +97,29 @@ fn progress(what: &str, start: Instant, counts: &[Arc<Counts>]) {
         .sum();
     eprintln!(
         "scale: {what} after {:.0} s: {published} nodes published; every node sees at least \
-         {} nodes, {} services, {} instances; {retries} retries",
+         {} nodes, {} services, {} instances; {retries} retries{}",
         start.elapsed().as_secs_f64(),
         least(|c| c.nodes.load(Ordering::Relaxed)),
         least(|c| c.services.load(Ordering::Relaxed)),
         least(|c| c.instances.load(Ordering::Relaxed)),
+        last_errors(counts),
     );
+}
+
+/// The nodes' last errors, the most frequent first (with their count).
+fn last_errors(counts: &[Arc<Counts>]) -> String {
+    let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+    for c in counts {
+        if let Some(e) = c.last_error.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            *by.entry(e.chars().take(120).collect()).or_default() += 1;
+        }
+    }
+    let mut top: Vec<_> = by.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1));
+    top.iter()
+        .take(3)
+        .map(|(e, n)| format!("\n  last error of {n} nodes: {e}"))
+        .collect()
 }
 
 async fn simulate(plan: &ScalePlan, nodes: usize, endpoint: String) -> anyhow::Result<ScaleRow> {
