@@ -114,40 +114,47 @@ pub fn spawn(run: Arc<Run>, me: usize, counts: Arc<Counts>, delay: Duration) {
             Ok(s) => s,
             Err(e) => return c.fail("connect", e),
         };
-        let tally = store.clone();
-        let counts = c.clone();
-        tokio::spawn(async move {
-            // A failed read continues from its last page, a failed watch
-            // where it stopped; only a compacted revision starts over
-            // (counted again from scratch), as the follower does.
-            let mut at = Cursor::default();
-            let mut rng = Rng::new(0x7a11 ^ me as u64);
-            let mut result = Ok(());
-            for _ in 0..300 {
-                if at.is_new() {
-                    reset(&counts);
-                }
-                result = tally
-                    .tally(&mut at, |s| {
-                        counts.see(&s);
-                        true
-                    })
-                    .await;
-                match &result {
-                    Ok(()) => break,
-                    Err(e) if at.read_done() => counts.retry("watch", e),
-                    Err(e) => counts.retry("read", e),
-                }
-                pause(&mut rng).await;
-            }
-            if let Err(e) = result {
-                counts.fail("watch", e);
-            }
-        });
+        tokio::spawn(follow(r.clone(), me, c.clone()));
         if let Err(e) = node(&r, me, &store, &c).await {
             c.fail("node", e);
         }
     });
+}
+
+/// The follower's read and watch, counted: on a connection of its own (as
+/// the agent's follower has), made again after a failure. A failed read
+/// continues from its last page, a failed watch where it stopped; only a
+/// compacted revision starts over (counted again from scratch), as the
+/// follower does.
+async fn follow(run: Arc<Run>, me: usize, counts: Arc<Counts>) {
+    let mut at = Cursor::default();
+    let mut rng = Rng::new(0x7a11 ^ me as u64);
+    let mut result = Ok(());
+    for _ in 0..300 {
+        if at.is_new() {
+            reset(&counts);
+        }
+        result = match Store::connect(run.endpoint.as_str()).await {
+            Ok(store) => {
+                store
+                    .tally(&mut at, |s| {
+                        counts.see(&s);
+                        true
+                    })
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(()) => break,
+            Err(e) if at.read_done() => counts.retry("watch", e),
+            Err(e) => counts.retry("read", e),
+        }
+        pause(&mut rng).await;
+    }
+    if let Err(e) = result {
+        counts.fail("watch", e);
+    }
 }
 
 /// Registers, publishes the instances, then measures and publishes forever.

@@ -138,6 +138,11 @@ async fn simulate(plan: &ScalePlan, nodes: usize, endpoint: String) -> anyhow::R
     let t = Instant::now();
     orch.put_records(&fixture::service_records(plan.services))
         .await?;
+    // As `node add` does before a node's first start: the cold start is
+    // the restart of a cluster whose nodes hold their subnets.
+    for i in 0..nodes {
+        orch.lease_node_subnet(&super::node_name(i)).await?;
+    }
     let preload_s = t.elapsed().as_secs_f64();
     let run = Arc::new(Run {
         endpoint: endpoint.clone(),
