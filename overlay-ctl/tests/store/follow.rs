@@ -249,7 +249,11 @@ impl Relay {
                 list.push(client.try_clone().unwrap());
                 list.push(server.try_clone().unwrap());
                 for (mut from, mut to, down) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap(), false),
+                    (
+                        client.try_clone().unwrap(),
+                        server.try_clone().unwrap(),
+                        false,
+                    ),
                     (server, client, true),
                 ] {
                     let shared = shared.clone();
@@ -296,7 +300,9 @@ impl Relay {
 
     /// Cuts (once) when `bytes` more have come from the store.
     pub(crate) fn cut_after(&self, bytes: u64) {
-        self.shared.trip.store(self.down() + bytes, Ordering::SeqCst);
+        self.shared
+            .trip
+            .store(self.down() + bytes, Ordering::SeqCst);
     }
 }
 
