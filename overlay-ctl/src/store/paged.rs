@@ -2,11 +2,15 @@
 //! (a timeout under load, a lost connection) is asked for again from the
 //! key after the last page received, at the same revision, instead of
 //! reading everything over. Only a revision compacted meanwhile starts the
-//! read over. A page that timed out is asked for again half as large: when
-//! many nodes read at once (a cluster's cold start), each one's share of
-//! the store is small, and a page that does not arrive within the call's
-//! timeout would never arrive whole (`docs/scale.md`).
+//! read over. A page that timed out is asked for again half as large and
+//! given twice as long: when many nodes read at once (a cluster's cold
+//! start), each one's share of the store is small, and a page that does not
+//! arrive within the usual call timeout would never arrive whole, while
+//! asking again wastes what the store had done (`docs/scale.md`).
 
+use std::time::Duration;
+
+use super::client::CALL_TIMEOUT;
 use super::ops::prefix_end;
 use super::{Kv, Result, Store, StoreError, proto};
 
@@ -14,6 +18,8 @@ use super::{Kv, Result, Store, StoreError, proto};
 pub(crate) const PAGE_MAX: i64 = 1000;
 /// Keys per page after repeated timeouts.
 const PAGE_MIN: i64 = 25;
+/// The longest a page may take after repeated timeouts.
+const PATIENCE_MAX: Duration = Duration::from_secs(40);
 
 /// Where a follower stands: a read of the whole prefix in progress (the
 /// revision it reads at and the key its next page starts at), or, once the
@@ -26,6 +32,8 @@ pub struct Cursor {
     next: Option<Vec<u8>>,
     /// Keys to ask for in the next page.
     page: i64,
+    /// How long the next page may take.
+    patience: Duration,
 }
 
 impl Default for Cursor {
@@ -34,6 +42,7 @@ impl Default for Cursor {
             revision: 0,
             next: Some(Vec::new()),
             page: PAGE_MAX,
+            patience: CALL_TIMEOUT,
         }
     }
 }
@@ -64,14 +73,31 @@ impl Cursor {
     pub fn page(&self) -> i64 {
         self.page
     }
+
+    /// How long the next page may take.
+    pub fn patience(&self) -> Duration {
+        self.patience
+    }
+
+    /// The page timed out: the next is smaller and given longer.
+    fn timed_out(&mut self) {
+        self.page = (self.page / 2).max(PAGE_MIN);
+        self.patience = (self.patience * 2).min(PATIENCE_MAX);
+    }
+
+    /// A page came: the next may be larger and given less time again.
+    fn answered(&mut self) {
+        self.page = (self.page * 2).min(PAGE_MAX);
+        self.patience = (self.patience / 2).max(CALL_TIMEOUT);
+    }
 }
 
 impl Store {
     /// The next page of the range under `rel` (relative to the prefix) that
     /// `cursor` is reading, with keys relative to the prefix; the cursor
     /// moves past it. After an error the cursor is where it was, so calling
-    /// again (on any connection) asks for the same keys, fewer of them after
-    /// a timeout; after [`StoreError::Compacted`] it is new: the read starts
+    /// again (on any connection) asks for the same keys, fewer of them and
+    /// with more time after a timeout; after [`StoreError::Compacted`] it is new: the read starts
     /// over at the current revision.
     pub(crate) async fn next_page(
         &self,
@@ -87,19 +113,22 @@ impl Store {
         };
         let asked = self
             .client
-            .range(proto::RangeRequest {
-                key: from,
-                range_end: prefix_end(&start),
-                limit: cursor.page,
-                revision: cursor.revision,
-                keys_only,
-            })
+            .range_within(
+                proto::RangeRequest {
+                    key: from,
+                    range_end: prefix_end(&start),
+                    limit: cursor.page,
+                    revision: cursor.revision,
+                    keys_only,
+                },
+                cursor.patience,
+            )
             .await;
         let resp = match asked {
             Ok(resp) => resp,
             Err(e) => {
                 match e {
-                    StoreError::Timeout { .. } => cursor.page = (cursor.page / 2).max(PAGE_MIN),
+                    StoreError::Timeout { .. } => cursor.timed_out(),
                     StoreError::Compacted => *cursor = Cursor::default(),
                     _ => {}
                 }
@@ -117,7 +146,7 @@ impl Store {
             }
             _ => None,
         };
-        cursor.page = (cursor.page * 2).min(PAGE_MAX);
+        cursor.answered();
         Ok(resp
             .kvs
             .into_iter()
@@ -145,5 +174,22 @@ mod tests {
         assert_eq!(done.revision(), 7, "never goes back");
         done.seen(9);
         assert_eq!(done.revision(), 9);
+    }
+
+    #[test]
+    fn timeouts_ask_for_smaller_pages_with_more_time_within_bounds() {
+        let mut c = Cursor::default();
+        c.timed_out();
+        assert_eq!((c.page(), c.patience()), (PAGE_MAX / 2, CALL_TIMEOUT * 2));
+        for _ in 0..20 {
+            c.timed_out();
+        }
+        assert_eq!((c.page(), c.patience()), (PAGE_MIN, PATIENCE_MAX));
+        c.answered();
+        assert_eq!((c.page(), c.patience()), (PAGE_MIN * 2, PATIENCE_MAX / 2));
+        for _ in 0..20 {
+            c.answered();
+        }
+        assert_eq!((c.page(), c.patience()), (PAGE_MAX, CALL_TIMEOUT));
     }
 }
