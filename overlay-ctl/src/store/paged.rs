@@ -3,11 +3,12 @@
 //! key after the last page received, at the same revision, instead of
 //! reading everything over. Only a revision compacted meanwhile starts the
 //! read over. A page that timed out is asked for again half as large and
-//! given twice as long, and so are the read's next pages: when many nodes
-//! read at once (a cluster's cold start), each one's share of the store is
-//! small, a page that does not arrive within the usual call timeout would
-//! not arrive whole the next time either, and asking again throws away what
-//! the store had done (`docs/scale.md`).
+//! given twice as long, and the read's next pages keep that longer
+//! deadline while they grow back: when many nodes read at once (a cluster's
+//! cold start), each one's share of the store is small, a page that does
+//! not arrive within the usual call timeout would not arrive whole the next
+//! time either, and asking again throws away what the store had done; small
+//! pages, though, cost a round trip each (`docs/scale.md`).
 
 use std::time::Duration;
 
@@ -80,12 +81,17 @@ impl Cursor {
         self.patience
     }
 
-    /// The page timed out: it and the read's next pages are smaller and
-    /// given longer (a store that was slow once is slow for a while: pages
-    /// growing back would time out again).
+    /// The page timed out: it is asked for again smaller, and given longer,
+    /// as are the read's next pages (a store that was slow once is slow for
+    /// a while).
     fn timed_out(&mut self) {
         self.page = (self.page / 2).max(PAGE_MIN);
         self.patience = (self.patience * 2).min(PATIENCE_MAX);
+    }
+
+    /// A page came: the next may be larger again, with the same deadline.
+    fn answered(&mut self) {
+        self.page = (self.page * 2).min(PAGE_MAX);
     }
 }
 
@@ -135,6 +141,7 @@ impl Store {
         if cursor.revision == 0 {
             cursor.revision = resp.header.as_ref().map_or(0, |h| h.revision);
         }
+        cursor.answered();
         cursor.next = match resp.kvs.last() {
             Some(last) if resp.more => {
                 let mut next = last.key.clone();
@@ -173,7 +180,7 @@ mod tests {
     }
 
     #[test]
-    fn timeouts_make_pages_smaller_and_more_patient_within_bounds() {
+    fn timeouts_make_pages_smaller_and_more_patient_and_pages_grow_back() {
         let mut c = Cursor::default();
         c.timed_out();
         assert_eq!((c.page(), c.patience()), (PAGE_MAX / 2, CALL_TIMEOUT * 2));
@@ -181,6 +188,12 @@ mod tests {
             c.timed_out();
         }
         assert_eq!((c.page(), c.patience()), (PAGE_MIN, PATIENCE_MAX));
+        c.answered();
+        assert_eq!((c.page(), c.patience()), (PAGE_MIN * 2, PATIENCE_MAX));
+        for _ in 0..20 {
+            c.answered();
+        }
+        assert_eq!((c.page(), c.patience()), (PAGE_MAX, PATIENCE_MAX));
         assert_eq!(Cursor::default().patience(), CALL_TIMEOUT);
     }
 }
