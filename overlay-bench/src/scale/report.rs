@@ -30,6 +30,14 @@ pub struct ScaleRow {
     /// Store calls the nodes tried again during the cold start (timeouts of
     /// an overloaded store).
     pub cold_start_retries: u64,
+    /// Key and value bytes one node received during the cold start (its
+    /// read and its watch), MB on average.
+    pub cold_start_mb_per_node: f64,
+    /// CPU time etcd spent during the cold start, s.
+    pub cold_start_etcd_cpu_s: f64,
+    /// CPU time the simulation's process (every node) spent during the cold
+    /// start, s.
+    pub cold_start_sim_cpu_s: f64,
     /// A deploy command until the service is at every node (light: its key
     /// arrived; full: its ServIP in the computed maps).
     pub deploy_p50_ms: f64,

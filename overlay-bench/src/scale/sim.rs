@@ -2,6 +2,7 @@
 //! full agents joining, the steady state, the deploys.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,13 +21,14 @@ pub fn one(plan: &ScalePlan, nodes: usize) -> anyhow::Result<ScaleRow> {
     let ns = Netns::new("scale")?;
     let etcd = Etcd::start(&ns, Ipv4Addr::LOCALHOST)?;
     let endpoint = etcd.endpoint();
-    let db = etcd.data_dir().join("member/snap/db");
+    let data_dir = etcd.data_dir();
+    let db = data_dir.join("member/snap/db");
     let row = ns.enter(|| {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let result = rt.block_on(simulate(plan, nodes, endpoint));
+        let result = rt.block_on(simulate(plan, nodes, endpoint, &data_dir));
         // The nodes' tasks end with the runtime, before etcd does.
         rt.shutdown_timeout(Duration::from_secs(2));
         result
@@ -97,15 +99,42 @@ fn progress(what: &str, start: Instant, counts: &[Arc<Counts>]) {
         .sum();
     eprintln!(
         "scale: {what} after {:.0} s: {published} nodes published; every node sees at least \
-         {} nodes, {} services, {} instances; {retries} retries",
+         {} nodes, {} services, {} instances; {retries} retries{}",
         start.elapsed().as_secs_f64(),
         least(|c| c.nodes.load(Ordering::Relaxed)),
         least(|c| c.services.load(Ordering::Relaxed)),
         least(|c| c.instances.load(Ordering::Relaxed)),
+        last_errors(counts),
     );
 }
 
-async fn simulate(plan: &ScalePlan, nodes: usize, endpoint: String) -> anyhow::Result<ScaleRow> {
+/// The nodes' last errors, the most frequent first (with their count).
+fn last_errors(counts: &[Arc<Counts>]) -> String {
+    let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+    for c in counts {
+        if let Some(e) = c
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            *by.entry(e.chars().take(120).collect()).or_default() += 1;
+        }
+    }
+    let mut top: Vec<_> = by.into_iter().collect();
+    top.sort_by_key(|e| std::cmp::Reverse(e.1));
+    top.iter()
+        .take(3)
+        .map(|(e, n)| format!("\n  last error of {n} nodes: {e}"))
+        .collect()
+}
+
+async fn simulate(
+    plan: &ScalePlan,
+    nodes: usize,
+    endpoint: String,
+    etcd_dir: &Path,
+) -> anyhow::Result<ScaleRow> {
     let sim = Sim {
         nodes,
         services: plan.services,
@@ -121,6 +150,11 @@ async fn simulate(plan: &ScalePlan, nodes: usize, endpoint: String) -> anyhow::R
     let t = Instant::now();
     orch.put_records(&fixture::service_records(plan.services))
         .await?;
+    // As `node add` does before a node's first start: the cold start is
+    // the restart of a cluster whose nodes hold their subnets.
+    for i in 0..nodes {
+        orch.lease_node_subnet(&super::node_name(i)).await?;
+    }
     let preload_s = t.elapsed().as_secs_f64();
     let run = Arc::new(Run {
         endpoint: endpoint.clone(),
@@ -144,11 +178,14 @@ async fn simulate(plan: &ScalePlan, nodes: usize, endpoint: String) -> anyhow::R
     // A cold start that does not converge in time is reported as such
     // (how far it got), and the rest is measured on the nodes that did.
     let t = Instant::now();
+    let cpu0 = (process_cpu_ns(), etcd_cpu_ns(etcd_dir));
     let converged = until("cold start", plan.timeout, &counts, || {
         counts.iter().all(|c| whole(c))
     })
     .await;
     let cold = out_of_time(converged, t, plan.timeout, "with the nodes that converged")?;
+    let cpu1 = (process_cpu_ns(), etcd_cpu_ns(etcd_dir));
+    let received: u64 = counts.iter().map(|c| c.bytes.load(Ordering::Relaxed)).sum();
     let up: Vec<bool> = counts.iter().map(|c| whole(c)).collect();
     let most = |f: fn(&Counts) -> i64| counts.iter().map(|c| f(c)).max().unwrap_or(0);
     let expect = (
@@ -197,6 +234,9 @@ async fn simulate(plan: &ScalePlan, nodes: usize, endpoint: String) -> anyhow::R
         converged_nodes: up.iter().filter(|u| **u).count(),
         full_join_s: join.as_secs_f64(),
         cold_start_retries: retries,
+        cold_start_mb_per_node: received as f64 / nodes as f64 / 1e6,
+        cold_start_sim_cpu_s: cpu1.0.saturating_sub(cpu0.0) as f64 / 1e9,
+        cold_start_etcd_cpu_s: cpu1.1.saturating_sub(cpu0.1) as f64 / 1e9,
         ramp_s: plan.ramp.as_secs_f64(),
         deploy_p50_ms: percentile(&latencies, 50.0),
         deploy_p99_ms: percentile(&latencies, 99.0),
@@ -327,6 +367,36 @@ fn process_cpu_ns() -> u64 {
     // SAFETY: `ts` is a valid timespec for the call to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The CPU time (user and system) of the etcd whose data directory is
+/// `dir` (found by its command line), ns; 0 if there is none.
+fn etcd_cpu_ns(dir: &Path) -> u64 {
+    let dir = dir.to_string_lossy();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for p in procs.flatten() {
+        let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if !(cmd.starts_with("etcd\0") && cmd.contains(&*dir)) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+        // The fields after the command's closing parenthesis: utime and
+        // stime are the 12th and 13th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let ticks: u64 = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|f| f.parse::<u64>().ok())
+            .sum();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        return ticks * 1_000_000_000 / hz;
+    }
+    0
 }
 
 fn load_avg() -> f64 {

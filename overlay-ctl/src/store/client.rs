@@ -15,7 +15,7 @@ use super::proto;
 /// How long connecting to one endpoint may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one unary call may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 pings detect a dead connection under an idle watch.
 const KEEPALIVE: Duration = Duration::from_secs(3);
 /// Large enough for a full range over a big cluster's keys.
@@ -104,6 +104,21 @@ impl Client {
         Q: prost::Message + Clone + Send + Sync + 'static,
         A: prost::Message + Default + Send + Sync + 'static,
     {
+        self.unary_within(op, path, req, CALL_TIMEOUT).await
+    }
+
+    /// [`Client::unary`] with a deadline of `limit`.
+    async fn unary_within<Q, A>(
+        &self,
+        op: &'static str,
+        path: &'static str,
+        req: Q,
+        limit: Duration,
+    ) -> Result<A, StoreError>
+    where
+        Q: prost::Message + Clone + Send + Sync + 'static,
+        A: prost::Message + Default + Send + Sync + 'static,
+    {
         let mut grpc = self.grpc();
         let call = async {
             let mut retries = self.members;
@@ -126,12 +141,12 @@ impl Client {
                 }
             }
         };
-        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        match tokio::time::timeout(limit, call).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Timeout {
                 op,
                 endpoint: self.endpoint.clone(),
-                after: CALL_TIMEOUT,
+                after: limit,
             }),
         }
     }
@@ -189,6 +204,17 @@ impl Client {
         req: proto::RangeRequest,
     ) -> Result<proto::RangeResponse, StoreError> {
         self.unary("range", "/etcdserverpb.KV/Range", req).await
+    }
+
+    /// [`Client::range`] with a deadline of `limit` instead of the usual
+    /// [`CALL_TIMEOUT`].
+    pub async fn range_within(
+        &self,
+        req: proto::RangeRequest,
+        limit: Duration,
+    ) -> Result<proto::RangeResponse, StoreError> {
+        self.unary_within("range", "/etcdserverpb.KV/Range", req, limit)
+            .await
     }
 
     pub async fn txn(&self, req: proto::TxnRequest) -> Result<proto::TxnResponse, StoreError> {

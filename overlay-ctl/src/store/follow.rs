@@ -1,8 +1,9 @@
 //! Following the store: keeps a `watch::Sender<ClusterState>` equal to the
 //! store's desired state. A full read first, then a watch on the prefix from
-//! the next revision; after a disconnect the watch resumes where it stopped
-//! (with exponential backoff between attempts), and if that history was
-//! compacted meanwhile, a full read replaces it. While the store cannot be
+//! the next revision; after a disconnect the read continues from its last
+//! page and the watch where it stopped (with jittered exponential backoff
+//! between attempts), and if that history was compacted meanwhile, a full
+//! read replaces it. While the store cannot be
 //! reached, the channel keeps the last state: the dataplane keeps forwarding.
 //! Changes are gathered before a state is published: those of the nodes,
 //! services and instances for a few milliseconds, those of the measurements
@@ -18,8 +19,8 @@ use tokio::sync::watch;
 use super::keys::{self, NodeKey};
 use super::ops::prefix_end;
 use super::{
-    Access, DEFAULT_PREFIX, Kv, Store, StoreError, build_state, is_state_key, normalise_prefix,
-    proto,
+    Access, Cursor, DEFAULT_PREFIX, Kv, Store, StoreError, build_state, is_state_key,
+    normalise_prefix, proto,
 };
 use crate::model::ClusterState;
 
@@ -48,6 +49,14 @@ impl Mirror {
     fn state(&self) -> ClusterState {
         build_state(self.entries.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
     }
+}
+
+/// A full read under way: what its pages brought so far, and where the
+/// next page starts.
+#[derive(Default)]
+struct Partial {
+    entries: BTreeMap<String, Vec<u8>>,
+    cursor: Cursor,
 }
 
 /// Publishes `state` unless the receivers already have it.
@@ -137,6 +146,7 @@ async fn run(
     health: &FollowHealth,
 ) {
     let mut mirror: Option<Mirror> = None;
+    let mut partial = Partial::default();
     let mut backoff = BACKOFF_MIN;
     // Starts true so that a store unreachable from the start is reported too.
     let mut connected = true;
@@ -144,7 +154,7 @@ async fn run(
         let result = async {
             let store = Store::connect(access).await?.with_prefix(prefix);
             if mirror.is_none() {
-                let m = read_all(&store).await?;
+                let m = read_all(&store, &mut partial).await?;
                 tracing::info!(
                     "store: read the full state from {} at revision {}",
                     store.endpoint(),
@@ -182,19 +192,36 @@ async fn run(
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(jittered(backoff)).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
-async fn read_all(store: &Store) -> Result<Mirror, StoreError> {
-    let (kvs, revision) = store.range_all("", false).await?;
-    let entries = kvs
-        .into_iter()
-        .filter(|kv| is_state_key(&kv.key))
-        .map(|kv| (kv.key, kv.value))
-        .collect();
-    Ok(Mirror { entries, revision })
+/// Reads every state key into `partial`, page by page; after a failed page,
+/// what was read stays in `partial`, and the next call continues from there
+/// at the same revision (or starts over if that revision was compacted).
+async fn read_all(store: &Store, partial: &mut Partial) -> Result<Mirror, StoreError> {
+    while !partial.cursor.read_done() {
+        if partial.cursor.is_new() {
+            partial.entries.clear();
+        }
+        let kvs = store.next_page("", &mut partial.cursor, false).await?;
+        let state = kvs.into_iter().filter(|kv| is_state_key(&kv.key));
+        partial.entries.extend(state.map(|kv| (kv.key, kv.value)));
+    }
+    let Partial { entries, cursor } = std::mem::take(partial);
+    Ok(Mirror {
+        entries,
+        revision: cursor.revision(),
+    })
+}
+
+/// Between `d / 2` and `d`, at random: followers that lost the store
+/// together (an overloaded or restarted etcd) do not come back in step.
+fn jittered(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, RandomState};
+    let r = RandomState::new().hash_one(Instant::now()) % 1024;
+    d / 2 + d.mul_f64(r as f64 / 2048.0)
 }
 
 fn compacted(mirror: &Mirror) -> WatchEnd {

@@ -23,6 +23,7 @@ mod follow;
 mod gateways;
 pub mod keys;
 mod ops;
+mod paged;
 mod pool;
 mod proto;
 mod publish;
@@ -46,6 +47,7 @@ use state::{build_state, is_state_key};
 
 pub use auth::{DEFAULT_ORCHESTRATOR, ORCHESTRATOR_ROLE, ROOT, node_role};
 pub use follow::{FollowHealth, follow, follow_prefix, follow_with_health};
+pub use paged::Cursor;
 pub use pool::AddressClaim;
 pub use publish::Publishing;
 pub use registration::Registration;
@@ -200,34 +202,12 @@ impl Store {
     /// Every key and value under `rel` (relative to the prefix), read at
     /// one revision in pages; keys are returned relative to the prefix.
     async fn range_all(&self, rel: &str, keys_only: bool) -> Result<(Vec<Kv>, i64)> {
-        let start = self.key(rel);
-        let end = ops::prefix_end(&start);
-        let mut from = start.clone().into_bytes();
-        let mut revision = 0;
+        let mut cursor = Cursor::default();
         let mut out = Vec::new();
-        loop {
-            let resp = self
-                .client
-                .range(proto::RangeRequest {
-                    key: from.clone(),
-                    range_end: end.clone(),
-                    limit: 1000,
-                    revision,
-                    keys_only,
-                })
-                .await?;
-            if revision == 0 {
-                revision = resp.header.as_ref().map_or(0, |h| h.revision);
-            }
-            if let Some(last) = resp.kvs.last() {
-                from = last.key.clone();
-                from.push(0);
-            }
-            out.extend(resp.kvs.into_iter().map(|kv| Kv::new(&self.prefix, kv)));
-            if !resp.more {
-                return Ok((out, revision));
-            }
+        while !cursor.read_done() {
+            out.extend(self.next_page(rel, &mut cursor, keys_only).await?);
         }
+        Ok((out, cursor.revision()))
     }
 
     async fn records<T: DeserializeOwned>(&self, rel: &str) -> Result<Vec<T>> {

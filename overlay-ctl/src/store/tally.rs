@@ -4,7 +4,7 @@
 //! where a full follower per node would not fit in one machine.
 
 use super::ops::prefix_end;
-use super::{Result, Store, StoreError, is_state_key, proto};
+use super::{Cursor, Result, Store, StoreError, is_state_key, proto};
 
 /// One key the read or the watch delivered.
 #[derive(Debug)]
@@ -26,19 +26,26 @@ pub enum Change {
 
 impl Store {
     /// Reads every state key, then watches the prefix from the next
-    /// revision, calling `seen` for each state key, until the watch fails
-    /// (its error is returned) or `seen` returns `false` (`Ok`). `at` is the
-    /// revision seen so far: 0 to start with the read; after a failure,
-    /// calling again with it resumes the watch where it stopped, as the
-    /// follower does.
-    pub async fn tally(&self, at: &mut i64, mut seen: impl FnMut(Seen<'_>) -> bool) -> Result<()> {
-        if *at == 0 {
-            self.tally_read(at, &mut seen).await?;
+    /// revision, calling `seen` for each state key, until the read or the
+    /// watch fails (its error is returned) or `seen` returns `false` (`Ok`).
+    /// `cursor` is where the follower stands: new to start with the read;
+    /// after a failure, calling again with it continues the read from its
+    /// last page, or the watch where it stopped, as the follower does (a
+    /// new cursor after [`StoreError::Compacted`]: everything is read again).
+    pub async fn tally(
+        &self,
+        cursor: &mut Cursor,
+        mut seen: impl FnMut(Seen<'_>) -> bool,
+    ) -> Result<()> {
+        while !cursor.read_done() {
+            if !self.tally_page(cursor, &mut seen).await? {
+                return Ok(());
+            }
         }
         let create = proto::WatchCreateRequest {
             key: self.prefix.clone().into_bytes(),
             range_end: prefix_end(&self.prefix),
-            start_revision: *at + 1,
+            start_revision: cursor.revision() + 1,
             progress_notify: true,
         };
         let (_requests, mut stream) = self.client.watch(create).await?;
@@ -49,11 +56,11 @@ impl Store {
                 Err(status) => return Err(self.client.watch_error(status)),
             };
             if resp.canceled || resp.compact_revision > 0 {
-                *at = 0;
+                *cursor = Cursor::default();
                 return Err(StoreError::Compacted);
             }
             if resp.events.is_empty() && !resp.created {
-                *at = (*at).max(resp.header.map_or(0, |h| h.revision));
+                cursor.seen(resp.header.map_or(0, |h| h.revision));
             }
             for kv in resp
                 .events
@@ -61,7 +68,7 @@ impl Store {
                 .filter_map(|e| Some((e.r#type, e.kv.as_ref()?)))
             {
                 let (kind, kv) = kv;
-                *at = (*at).max(kv.mod_revision);
+                cursor.seen(kv.mod_revision);
                 let key = String::from_utf8_lossy(&kv.key);
                 let Some(rel) = key.strip_prefix(self.prefix.as_str()) else {
                     continue;
@@ -86,13 +93,14 @@ impl Store {
         }
     }
 
-    /// The read of [`Store::tally`]; sets `at` to its revision.
-    async fn tally_read(
+    /// One page of the read of [`Store::tally`]; `false` when `seen` said
+    /// to stop.
+    async fn tally_page(
         &self,
-        at: &mut i64,
+        cursor: &mut Cursor,
         seen: &mut impl FnMut(Seen<'_>) -> bool,
-    ) -> Result<()> {
-        let (kvs, revision) = self.range_all("", false).await?;
+    ) -> Result<bool> {
+        let kvs = self.next_page("", cursor, false).await?;
         for kv in kvs.iter().filter(|kv| is_state_key(&kv.key)) {
             let bytes = self.prefix.len() + kv.key.len() + kv.value.len();
             let change = Change::Created;
@@ -101,10 +109,9 @@ impl Store {
                 bytes,
                 change,
             }) {
-                return Ok(());
+                return Ok(false);
             }
         }
-        *at = revision;
-        Ok(())
+        Ok(true)
     }
 }

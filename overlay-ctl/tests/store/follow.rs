@@ -170,16 +170,50 @@ fn follow_tracks_changes_outages_and_compaction() {
 /// A TCP relay inside the namespace between the follower and etcd, which
 /// the test can cut (closing every relayed connection and refusing new
 /// ones) and mend: a network partition between one node and the store
-/// while the store itself stays up for everybody else.
-struct Relay {
+/// while the store itself stays up for everybody else. It counts the bytes
+/// it relays from the store, and can cut itself once they reach a mark.
+pub(crate) struct Relay {
     addr: SocketAddr,
-    open: Arc<AtomicBool>,
-    done: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    open: AtomicBool,
+    done: AtomicBool,
+    conns: Mutex<Vec<TcpStream>>,
+    /// Bytes relayed from the store to its clients.
+    down: AtomicU64,
+    /// Cut once `down` reaches this (0: never).
+    trip: AtomicU64,
+}
+
+impl Shared {
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for conn in self.conns.lock().unwrap().drain(..) {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Counts `n` bytes from the store; cuts if they reach the mark.
+    fn relayed(&self, n: usize) {
+        let down = self.down.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+        let trip = self.trip.load(Ordering::SeqCst);
+        if trip > 0
+            && down >= trip
+            && self
+                .trip
+                .compare_exchange(trip, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            self.cut();
+        }
+    }
 }
 
 impl Relay {
-    fn start(ns: &Netns, target: SocketAddr) -> Relay {
+    pub(crate) fn start(ns: &Netns, target: SocketAddr) -> Relay {
         let listener = ns
             .enter(|| TcpListener::bind("127.0.0.1:0"))
             .unwrap()
@@ -187,14 +221,15 @@ impl Relay {
         listener.set_nonblocking(true).unwrap();
         let relay = Relay {
             addr: listener.local_addr().unwrap(),
-            open: Arc::new(AtomicBool::new(true)),
-            done: Arc::new(AtomicBool::new(false)),
-            conns: Arc::default(),
+            shared: Arc::new(Shared {
+                open: AtomicBool::new(true),
+                ..Shared::default()
+            }),
         };
-        let (open, done, conns) = (relay.open.clone(), relay.done.clone(), relay.conns.clone());
+        let shared = relay.shared.clone();
         // Threads spawned from a namespace thread stay in the namespace.
         ns.thread(move || {
-            while !done.load(Ordering::SeqCst) {
+            while !shared.done.load(Ordering::SeqCst) {
                 let client = match listener.accept() {
                     Ok((client, _)) => client,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -203,25 +238,33 @@ impl Relay {
                     }
                     Err(e) => panic!("relay accept: {e}"),
                 };
-                if !open.load(Ordering::SeqCst) {
+                if !shared.open.load(Ordering::SeqCst) {
                     continue; // dropped: closed at once
                 }
                 client.set_nonblocking(false).unwrap();
                 let Ok(server) = TcpStream::connect(target) else {
                     continue;
                 };
-                let mut list = conns.lock().unwrap();
+                let mut list = shared.conns.lock().unwrap();
                 list.push(client.try_clone().unwrap());
                 list.push(server.try_clone().unwrap());
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
+                for (mut from, mut to, down) in [
+                    (
+                        client.try_clone().unwrap(),
+                        server.try_clone().unwrap(),
+                        false,
+                    ),
+                    (server, client, true),
                 ] {
+                    let shared = shared.clone();
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16384];
                         while let Ok(n @ 1..) = from.read(&mut buf) {
                             if to.write_all(&buf[..n]).is_err() {
                                 break;
+                            }
+                            if down {
+                                shared.relayed(n);
                             }
                         }
                         let _ = to.shutdown(Shutdown::Both);
@@ -234,26 +277,39 @@ impl Relay {
         relay
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    fn cut(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        for conn in self.conns.lock().unwrap().drain(..) {
-            let _ = conn.shutdown(Shutdown::Both);
-        }
+    pub(crate) fn cut(&self) {
+        self.shared.cut();
     }
 
-    fn mend(&self) {
-        self.open.store(true, Ordering::SeqCst);
+    pub(crate) fn mend(&self) {
+        self.shared.open.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.shared.open.load(Ordering::SeqCst)
+    }
+
+    /// Bytes relayed from the store so far.
+    pub(crate) fn down(&self) -> u64 {
+        self.shared.down.load(Ordering::SeqCst)
+    }
+
+    /// Cuts (once) when `bytes` more have come from the store.
+    pub(crate) fn cut_after(&self, bytes: u64) {
+        self.shared
+            .trip
+            .store(self.down() + bytes, Ordering::SeqCst);
     }
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
         self.cut();
-        self.done.store(true, Ordering::SeqCst);
+        self.shared.done.store(true, Ordering::SeqCst);
     }
 }
 
