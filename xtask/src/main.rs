@@ -3,7 +3,7 @@
 //! * `build-ebpf [--release]`: secure the eBPF toolchain and build `overlay-ebpf`.
 //! * `test [-- CARGO_TEST_ARGS]`: prepare the machine (root, packages, bpffs),
 //!   build the previous release's `overlay-ctl` for the upgrade test, and run
-//!   every lint and test.
+//!   every lint and test, and verify the release build's eBPF programs.
 //! * `previous`: build the previous release's `overlay-ctl` and print its
 //!   path, for running the upgrade test by hand
 //!   (`OVERLAY_PREVIOUS_CTL=$(cargo xtask previous) cargo test --test upgrade_e2e`).

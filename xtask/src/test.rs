@@ -79,6 +79,27 @@ pub fn run(cargo_test_args: &[String]) -> anyhow::Result<()> {
             }),
         ),
         (
+            "release",
+            "cargo test --release -p overlay-ctl --test programs all_programs_verify".into(),
+            // The release eBPF object is what `cargo build --release` ships;
+            // its code differs from the debug object's (stack frames,
+            // registers), and the verifier judges each on its own.
+            Box::new(move || {
+                cargo(
+                    ws,
+                    &[
+                        "test",
+                        "--release",
+                        "-p",
+                        "overlay-ctl",
+                        "--test",
+                        "programs",
+                        "all_programs_verify",
+                    ],
+                )
+            }),
+        ),
+        (
             "leftovers",
             "no ovt* namespace may remain".into(),
             Box::new(no_leftover_namespaces),
