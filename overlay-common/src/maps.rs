@@ -366,6 +366,35 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
+impl FlowKey {
+    /// The key of the 5-tuple `t` coming `way`.
+    #[inline(always)]
+    pub const fn new(t: CtKey, way: u8) -> FlowKey {
+        FlowKey {
+            saddr: t.saddr,
+            daddr: t.daddr,
+            sport: t.sport,
+            dport: t.dport,
+            proto: t.proto,
+            way,
+            _pad: [0; 2],
+        }
+    }
+
+    /// Its 5-tuple, as conntrack keys it.
+    #[inline(always)]
+    pub const fn tuple(&self) -> CtKey {
+        CtKey {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// `FLOW_CACHE` value: what the full path decided for a packet of an
 /// established flow, so that the flow's next packets in the same tick
 /// skip its lookups. Written whole (never changed in place), so a reader

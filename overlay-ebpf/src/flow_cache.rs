@@ -1,7 +1,8 @@
 //! The flow cache: what the full path decided for a packet of an
-//! established ServIP flow (`FLOW_CACHE`), so that the flow's next packets
-//! take one lookup instead of five (sender, ServIP, conntrack, node, next
-//! hop going out; sender node, conntrack, instance coming back).
+//! established ServIP flow, or for a node's packet delivered to a local
+//! instance as it is (`FLOW_CACHE`), so that the flow's next packets take
+//! one lookup instead of five (sender, ServIP, conntrack, node, next hop
+//! going out; sender node, conntrack, instance coming back).
 //!
 //! A decision serves only while nothing it rests on can have changed:
 //! * within the conntrack tick it was made in: the full path runs at least
@@ -125,15 +126,10 @@ fn lookup(
     let k = SCRATCH.get_ptr_mut(0)? as *mut FlowKey;
     // SAFETY: this CPU's scratch value, larger than a key (`remember`).
     let c = unsafe {
-        *k = FlowKey {
-            saddr: ip.saddr,
-            daddr: ip.daddr,
-            sport: ports.sport,
-            dport: ports.dport,
-            proto: ip.proto,
+        *k = FlowKey::new(
+            nat::ct_key(ip.saddr, ip.daddr, ports.sport, ports.dport, ip.proto),
             way,
-            _pad: [0; 2],
-        };
+        );
         FLOW_CACHE.get_ptr(&*k)?
     };
     // SAFETY: valid for this run (see above).
@@ -190,13 +186,13 @@ pub fn from_peer(ctx: &TcContext, decapped: bool) -> Result<Option<(i32, Reason)
     let Ok(udp) = read::<Udp, _>(ctx, L4_OFF) else {
         return Ok(None);
     };
+    if tunnel::port(cfg, &ip, &udp) != Some(Port::Ewp) {
+        return Ok(None);
+    }
     let Ok(inner) = read::<Ipv4, _>(ctx, INNER_IP) else {
         return Ok(None);
     };
-    match tunnel::port(cfg, &ip, &udp) {
-        Some(Port::Ewp) => to_client(ctx, &inner, INNER_L4, Some(ip.saddr)),
-        _ => Ok(None),
-    }
+    to_client(ctx, &inner, INNER_L4, Some(ip.saddr))
 }
 
 /// An instance's packet (arrived on `ifindex`) of an established flow to a
@@ -299,7 +295,7 @@ pub fn remember(f: &Flow, way: u8, from: u32, nat_addr: u32, nat_port: u16, dest
 
 /// The first half of a decision: the key of `f` (as it arrived, `way`,
 /// from `from`) in this CPU's scratch space, which nothing else may use
-/// until [`restored`] (or [`remember`]) finishes it.
+/// until [`delivered`] (or [`remember`]) finishes it.
 #[inline(always)]
 pub fn begin(f: &Flow, way: u8, from: u32) {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
@@ -314,15 +310,10 @@ pub fn begin(f: &Flow, way: u8, from: u32) {
     };
     // SAFETY: this CPU's scratch value.
     unsafe {
-        *k = FlowKey {
-            saddr: f.saddr,
-            daddr: f.daddr,
-            sport: f.sport,
-            dport: f.dport,
-            proto: f.proto,
+        *k = FlowKey::new(
+            nat::ct_key(f.saddr, f.daddr, f.sport, f.dport, f.proto),
             way,
-            _pad: [0; 2],
-        };
+        );
         (*c).from = from;
     }
 }
@@ -357,15 +348,7 @@ pub fn forget_reply(k: &CtKey) {
     let (key, _) = split(s);
     // SAFETY: this CPU's scratch value, unused by the caller meanwhile.
     unsafe {
-        *key = FlowKey {
-            saddr: k.saddr,
-            daddr: k.daddr,
-            sport: k.sport,
-            dport: k.dport,
-            proto: k.proto,
-            way: FROM_PEER,
-            _pad: [0; 2],
-        };
+        *key = FlowKey::new(*k, FROM_PEER);
         // Looked up first: a delete takes the bucket's lock, and there is
         // rarely anything to delete.
         #[allow(clippy::needless_borrows_for_generic_args)]
@@ -432,15 +415,7 @@ fn commit() {
         // is the conntrack key of the packet's direction. Untranslated (no
         // address): a new flow that will need translating forgets it
         // (`forget_reply`).
-        let tracked = CtKey {
-            saddr: (*k).saddr,
-            daddr: (*k).daddr,
-            sport: (*k).sport,
-            dport: (*k).dport,
-            proto: (*k).proto,
-            _pad: [0; 3],
-        };
-        if (*c).nat_addr != 0 && CONNTRACK.get(tracked).is_none() {
+        if (*c).nat_addr != 0 && CONNTRACK.get((*k).tuple()).is_none() {
             return;
         }
         // Read now rather than before the full path's lookups (there is no

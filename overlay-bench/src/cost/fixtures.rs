@@ -29,6 +29,9 @@ pub(super) const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 30, 1, 2);
 pub(super) const CLIENT_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 1, 2];
 pub(super) const CLIENT_HOST_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 1, 2];
 pub(super) const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 30, 1, 3);
+/// The local backend's MACs, as `configure` gives its endpoint.
+pub(super) const LOCAL_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 1, 3];
+pub(super) const LOCAL_HOST_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 1, 3];
 pub(super) const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 30, 2, 5);
 pub(super) const VIP_REMOTE: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 10);
 pub(super) const VIP_LOCAL: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 11);

@@ -7,9 +7,9 @@ use overlay_common::stats::Reason;
 use overlay_ctl::dataplane::{Dataplane, programs};
 
 use super::fixtures::{
-    CLIENT, CLIENT_HOST_MAC, CLIENT_MAC, CLIENT_PORT, LO, LOCAL, NEW_FLOW_PORTS, NODE_IP, OUTSIDE,
-    PEER_IP, PEER_MAC, PORT, REMOTE, STRANGER_IP, UPLINK_MAC, VIP_LOCAL, VIP_REMOTE,
-    clear_new_flows, configure, conntrack_map, eth, tcp, tunnel, with_sport,
+    CLIENT, CLIENT_HOST_MAC, CLIENT_MAC, CLIENT_PORT, LO, LOCAL, LOCAL_HOST_MAC, LOCAL_MAC,
+    NEW_FLOW_PORTS, NODE_IP, OUTSIDE, PEER_IP, PEER_MAC, PORT, REMOTE, STRANGER_IP, UPLINK_MAC,
+    VIP_LOCAL, VIP_REMOTE, clear_new_flows, configure, conntrack_map, eth, tcp, tunnel, with_sport,
 };
 use super::{
     Case, OwnedFdOrProgram, TC_ACT_OK, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS, into_rows, monitor,
@@ -350,8 +350,8 @@ pub(super) fn measure(
     // confirmed by the first `decap_reverse` run): established flows are
     // confirmed ones, whose decisions the flow cache keeps.
     let local_reply = eth(
-        [0x02, 0xaa, 0, 0, 1, 3],
-        [0x02, 0xbb, 0, 0, 1, 3],
+        LOCAL_MAC,
+        LOCAL_HOST_MAC,
         &tcp(LOCAL, PORT, CLIENT, CLIENT_PORT),
     );
     for f in [&request_remote, &request_local, &local_reply] {

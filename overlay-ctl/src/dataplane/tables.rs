@@ -199,11 +199,6 @@ impl Tables {
         self.epoch.set(0, next, 0).map_err(map_err(&def::EPOCH))
     }
 
-    /// The epoch the cached decisions must carry (`bump_epoch`).
-    pub fn epoch(&self) -> Result<u64> {
-        Ok(self.epoch.get(&0, 0).map_err(map_err(&def::EPOCH))?.value)
-    }
-
     /// Per-reason counters summed over CPUs.
     pub fn stats(&self) -> Result<Vec<(Reason, Counter)>> {
         (0..REASONS)
